@@ -1,0 +1,1 @@
+"""ExportToXlsx function: runs configured SQL queries and uploads each result as an .xlsx workbook."""

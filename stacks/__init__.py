@@ -1,0 +1,1 @@
+"""The CDK side of the pipeline: config, constructs, bundling and the stack."""

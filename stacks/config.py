@@ -1,0 +1,371 @@
+"""Typed, validated per-environment configuration read once from ``cdk.json`` context.
+
+``app.py`` calls :func:`load_environment` with the whole context and an environment
+name; every construct gets plain typed values from here and never reads context or
+``os.environ`` itself. Any problem raises :class:`ConfigError` naming the field,
+before a single construct is built.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, TypeVar, Union
+
+from lambdas.export_to_xlsx import settings as export_contract
+
+CONTEXT_KEY = "environments"
+DEFAULT_ENVIRONMENT = "dev"
+
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+
+_RATE_RE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+_CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*?,/\-#L W]+$")
+_BUCKET_RE = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ACCOUNT_RE = re.compile(r"^\d{12}$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
+_AZ_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d[a-z]$")
+_SECRET_ARN_RE = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[\w/+=.@-]+-[A-Za-z0-9]{6}$")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the field."""
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    name: str
+    sql: str
+    sheet_name: str
+    schedule: str | None = None
+
+
+@dataclass(frozen=True)
+class LambdaConfig:
+    memory_mb: int = 1024
+    timeout_seconds: int = 900
+    ephemeral_storage_mb: int = 2048
+
+
+@dataclass(frozen=True)
+class CreateDatabaseConfig:
+    """Build a VPC (isolated subnets, no NAT) and an encrypted RDS MySQL 8.0 instance."""
+
+    database_name: str = "app"
+    engine_version: str = "8.0.46"
+    instance_type: str = "t4g.micro"
+    allocated_storage_gb: int = 20
+    backup_retention_days: int = 7
+    multi_az: bool = False
+    deletion_protection: bool = False
+    vpc_cidr: str = "10.0.0.0/16"
+    availability_zones: tuple[str, ...] = ()
+    mode: Literal["create"] = "create"
+
+
+@dataclass(frozen=True)
+class ExistingDatabaseConfig:
+    """Import a VPC, its subnets and the database around it, all from config (no lookups)."""
+
+    vpc_id: str
+    availability_zones: tuple[str, ...]
+    subnet_ids: tuple[str, ...]
+    route_table_ids: tuple[str, ...]
+    security_group_id: str
+    host: str
+    port: int
+    database_name: str
+    secret_arn: str
+    create_endpoints: bool = True
+    mode: Literal["existing"] = "existing"
+
+
+DatabaseConfig = Union[CreateDatabaseConfig, ExistingDatabaseConfig]
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """``bucket_name`` set: import that bucket (another team's or account's) and only grant access."""
+
+    bucket_name: str | None = None
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    name: str
+    account: str | None
+    region: str | None
+    removal_policy: Literal["destroy", "retain"]
+    log_retention_days: int
+    alarm_email: str | None
+    export_function: LambdaConfig
+    key_prefix: str
+    exports: tuple[ExportConfig, ...]
+    database: DatabaseConfig
+    destination: DestinationConfig = field(default_factory=DestinationConfig)
+    source_bucket_name: str | None = None
+
+    @property
+    def stack_name(self) -> str:
+        return f"MysqlXlsxPipeline-{self.name}"
+
+
+# --- small typed readers; each error names the path of the field -------------------
+
+
+class _Reader:
+    def __init__(self, data: Any, path: str):
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected an object, got {type(data).__name__}")
+        self.data = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def _get(self, key: str, required: bool) -> Any:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise ConfigError(f"{self.path}.{key}: required field is missing")
+            return None
+        return self.data[key]
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}.{key}: {message}")
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False,
+            check: Callable[[str], bool] | None = None, expect: str = "") -> str | None:
+        value = self._get(key, required)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {value!r}")
+        if check is not None and not check(value):
+            raise self.fail(key, f"{value!r} is not {expect}")
+        return value
+
+    def int(self, key: str, default: int, low: int, high: int) -> int:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"expected a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise self.fail(key, f"{value} is outside {low}..{high}")
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {value!r}")
+        return value
+
+    def str_list(self, key: str, *, required: bool, check: Callable[[str], bool], expect: str) -> tuple[str, ...]:
+        value = self._get(key, required)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, "expected a non-empty list of strings")
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not check(item):
+                raise ConfigError(f"{self.path}.{key}[{i}]: {item!r} is not {expect}")
+        if len(set(value)) != len(value):
+            raise self.fail(key, "holds duplicates")
+        return tuple(value)
+
+    def obj(self, key: str) -> "_Reader":
+        value = self._get(key, False)
+        return _Reader({} if value is None else value, f"{self.path}.{key}")
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(f"{self.path}: unknown field(s) {', '.join(unknown)}")
+
+
+def validate_schedule(expr: str) -> str | None:
+    """Return a problem with an EventBridge schedule expression, or None if it is valid."""
+    rate = _RATE_RE.match(expr)
+    if rate:
+        n, unit = int(rate.group(1)), rate.group(2)
+        if n < 1:
+            return "a rate must be at least 1"
+        if (n == 1) != (not unit.endswith("s")):
+            return f"use '{unit.rstrip('s')}' for 1 and '{unit.rstrip('s')}s' otherwise"
+        return None
+    if expr.startswith("cron(") and expr.endswith(")"):
+        fields = expr[5:-1].split()
+        if len(fields) != 6:
+            return "cron() takes 6 fields: minutes hours day-of-month month day-of-week year"
+        if not all(_CRON_FIELD_RE.match(f) for f in fields):
+            return "a cron field holds a character EventBridge does not accept"
+        if (fields[2] == "?") == (fields[4] == "?"):
+            return "exactly one of day-of-month and day-of-week must be '?'"
+        return None
+    return "expected 'rate(N unit)' or 'cron(min hour day month weekday year)'"
+
+
+def _contract(fn: Callable[[Any], T], value: Any, path: str) -> T:
+    try:
+        return fn(value)
+    except export_contract.ConfigurationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _read_exports(env: _Reader, key_prefix: str) -> tuple[ExportConfig, ...]:
+    raw = env._get("exports", True)
+    if not isinstance(raw, list) or not raw:
+        raise env.fail("exports", "expected a non-empty list of exports")
+    exports = []
+    for i, item in enumerate(raw):
+        r = _Reader(item, f"{env.path}.exports[{i}]")
+        name = _contract(export_contract.check_export_name, r.str("name", required=True), f"{r.path}.name")
+        sql = _contract(export_contract.check_sql, r.str("sql", required=True), f"{r.path}.sql")
+        sheet = _contract(export_contract.check_sheet_name, r.str("sheet_name", name), f"{r.path}.sheet_name")
+        schedule = r.str("schedule")
+        if schedule is not None:
+            problem = validate_schedule(schedule)
+            if problem:
+                raise r.fail("schedule", f"{schedule!r}: {problem}")
+        r.done()
+        exports.append(ExportConfig(name=name, sql=sql, sheet_name=sheet, schedule=schedule))
+    names = [e.name for e in exports]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise env.fail("exports", f"duplicate export name(s): {', '.join(dupes)}")
+    encoded = export_contract.encode_exports(
+        [export_contract.ExportDefinition(e.name, e.sql, e.sheet_name) for e in exports]
+    )
+    size = len(encoded.encode())
+    if size > export_contract.MAX_EXPORTS_JSON_BYTES:
+        raise env.fail(
+            "exports",
+            f"the export definitions take {size} bytes, more than the {export_contract.MAX_EXPORTS_JSON_BYTES} "
+            "that fit in the function's environment (Lambda allows 4 KB in all); shorten the SQL, e.g. with views",
+        )
+    return tuple(exports)
+
+
+def _read_database(env: _Reader, retain: bool) -> DatabaseConfig:
+    r = env.obj("database")
+    mode = r.str("mode", "create")
+    az_check = dict(check=_AZ_RE.match, expect="an availability zone name like 'eu-west-1a'")
+    if mode == "create":
+        cfg = CreateDatabaseConfig(
+            database_name=r.str("database_name", "app", check=re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$").match,
+                                expect="a MySQL database name"),
+            engine_version=r.str("engine_version", "8.0.46", check=re.compile(r"^8\.[04]\.\d+$").match,
+                                 expect="a MySQL 8.0 or 8.4 engine version like '8.0.46'"),
+            instance_type=r.str("instance_type", "t4g.micro", check=_INSTANCE_TYPE_RE.match,
+                                expect="an instance type like 't4g.micro'"),
+            allocated_storage_gb=r.int("allocated_storage_gb", 20, 20, 65536),
+            backup_retention_days=r.int("backup_retention_days", 7, 1, 35),
+            multi_az=r.bool("multi_az", False),
+            deletion_protection=r.bool("deletion_protection", retain),
+            vpc_cidr=r.str("vpc_cidr", "10.0.0.0/16", check=re.compile(r"^\d+\.\d+\.\d+\.\d+/(1[6-9]|2[0-4])$").match,
+                           expect="an IPv4 CIDR from /16 to /24"),
+            availability_zones=r.str_list("availability_zones", required=False, **az_check),
+        )
+    elif mode == "existing":
+        azs = r.str_list("availability_zones", required=True, **az_check)
+        subnets = r.str_list("subnet_ids", required=True, check=re.compile(r"^subnet-[0-9a-f]+$").match,
+                             expect="a subnet id")
+        tables = r.str_list("route_table_ids", required=True, check=re.compile(r"^rtb-[0-9a-f]+$").match,
+                            expect="a route table id")
+        if not len(azs) == len(subnets) == len(tables):
+            raise ConfigError(f"{r.path}: availability_zones, subnet_ids and route_table_ids must have one entry per "
+                              f"subnet ({len(azs)}, {len(subnets)} and {len(tables)} given)")
+        cfg = ExistingDatabaseConfig(
+            vpc_id=r.str("vpc_id", required=True, check=re.compile(r"^vpc-[0-9a-f]+$").match, expect="a VPC id"),
+            availability_zones=azs,
+            subnet_ids=subnets,
+            route_table_ids=tables,
+            security_group_id=r.str("security_group_id", required=True, check=re.compile(r"^sg-[0-9a-f]+$").match,
+                                    expect="a security group id"),
+            host=r.str("host", required=True, check=re.compile(r"^[A-Za-z0-9.-]{1,253}$").match, expect="a host name"),
+            port=r.int("port", 3306, 1, 65535),
+            database_name=r.str("database_name", required=True),
+            secret_arn=r.str("secret_arn", required=True, check=_SECRET_ARN_RE.match,
+                             expect="a complete Secrets Manager secret ARN (ending in the 6-character suffix)"),
+            create_endpoints=r.bool("create_endpoints", True),
+        )
+    else:
+        raise r.fail("mode", f"{mode!r} is not one of 'create', 'existing'")
+    r.done()
+    return cfg
+
+
+def _read_environment(name: str, raw: Any) -> EnvironmentConfig:
+    env = _Reader(raw, f"{CONTEXT_KEY}.{name}")
+    account = env.str("account", check=_ACCOUNT_RE.match, expect="a 12-digit account id")
+    region = env.str("region", check=_REGION_RE.match, expect="a region name like 'eu-west-1'")
+    if (account is None) != (region is None):
+        raise ConfigError(f"{env.path}: give both account and region, or neither (environment-agnostic stack)")
+    removal = env.str("removal_policy", "retain", check=lambda v: v in ("destroy", "retain"),
+                      expect="one of 'destroy', 'retain'")
+    retention = env.int("log_retention_days", 30, 1, 3653)
+    if retention not in LOG_RETENTION_DAYS:
+        raise env.fail("log_retention_days", f"{retention} is not a CloudWatch Logs retention; pick one of "
+                                             f"{', '.join(map(str, LOG_RETENTION_DAYS))}")
+    email = env.str("alarm_email", check=_EMAIL_RE.match, expect="an e-mail address")
+    fn = env.obj("export_function")
+    export_function = LambdaConfig(
+        memory_mb=fn.int("memory_mb", 1024, 128, 10240),
+        timeout_seconds=fn.int("timeout_seconds", 900, 60, 900),
+        ephemeral_storage_mb=fn.int("ephemeral_storage_mb", 2048, 512, 10240),
+    )
+    fn.done()
+    key_prefix = env.str("key_prefix", "", check=lambda v: v == "" or re.match(r"^[A-Za-z0-9!_.*'()/-]+/$", v) is not None
+                         and not v.startswith("/"), expect="empty or a key prefix ending in '/'")
+    exports = _read_exports(env, key_prefix)
+    database = _read_database(env, retain=removal == "retain")
+    if account and isinstance(database, CreateDatabaseConfig) and not database.availability_zones:
+        raise ConfigError(f"{env.path}.database.availability_zones: required when account and region are set "
+                          "(synth must not look them up)")
+    dest = env.obj("destination")
+    destination = DestinationConfig(
+        bucket_name=dest.str("bucket_name", check=_BUCKET_RE.match, expect="an S3 bucket name"),
+        prefix=dest.str("prefix", "", check=lambda v: not v.startswith("/") and len(v) < 512,
+                        expect="a key prefix not starting with '/'"),
+    )
+    dest.done()
+    source_name = env.str("source_bucket_name", check=_BUCKET_RE.match, expect="an S3 bucket name")
+    if source_name and source_name == destination.bucket_name:
+        raise ConfigError(f"{env.path}.destination.bucket_name: {source_name!r} is the source bucket; "
+                          "the replicator would copy the bucket onto itself")
+    env.done()
+    return EnvironmentConfig(
+        name=name,
+        account=account,
+        region=region,
+        removal_policy=removal,  # type: ignore[arg-type]
+        log_retention_days=retention,
+        alarm_email=email,
+        export_function=export_function,
+        key_prefix=key_prefix,
+        exports=exports,
+        database=database,
+        destination=destination,
+        source_bucket_name=source_name,
+    )
+
+
+def load_environment(context: Mapping[str, Any], name: str | None) -> EnvironmentConfig:
+    """Pick environment ``name`` (``dev`` when None) from the app context and validate it."""
+    environments = context.get(CONTEXT_KEY)
+    if isinstance(environments, str):  # `-c environments=...` on the command line arrives as text
+        environments = json.loads(environments)
+    if not isinstance(environments, Mapping) or not environments:
+        raise ConfigError(f"cdk.json context has no '{CONTEXT_KEY}' object naming the environments")
+    name = name or DEFAULT_ENVIRONMENT
+    if name not in environments:
+        raise ConfigError(f"unknown environment {name!r}; configured: {', '.join(sorted(environments))}")
+    return _read_environment(name, environments[name])

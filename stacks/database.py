@@ -1,0 +1,142 @@
+"""Where the database lives: a new VPC and RDS MySQL instance, or an existing one imported from config."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_rds as rds
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from stacks.config import CreateDatabaseConfig, DatabaseConfig, ExistingDatabaseConfig
+
+MYSQL_PORT = 3306
+
+
+class Database(Construct):
+    """The database the export reads, and the network around it.
+
+    ``create`` mode default settings:
+    - a VPC with isolated subnets only (no NAT gateway, no internet gateway) in two
+      availability zones, and a flow log of rejected traffic kept ``log_retention``;
+    - RDS MySQL (8.0 by default), storage encrypted, TLS required by its parameter group, IAM
+      authentication on, automated backups, minor versions upgraded automatically;
+    - the master password is managed by RDS in Secrets Manager (rotated by RDS, no
+      rotation function); deletion protection from config;
+    - a security group with no ingress: the export construct admits its own group.
+
+    ``existing`` mode imports the VPC, subnets, route tables, availability zones,
+    security group, endpoint and secret by id/ARN from config; nothing is looked up.
+
+    Exposes ``vpc``, ``subnets``, ``security_group``, ``host``, ``port``,
+    ``database_name``, ``secret`` and, in create mode, ``instance``.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: DatabaseConfig,
+        removal_policy: RemovalPolicy,
+        log_retention: logs.RetentionDays,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.instance: rds.CfnDBInstance | None = None
+        if isinstance(config, CreateDatabaseConfig):
+            self._create(config, removal_policy, log_retention)
+        elif isinstance(config, ExistingDatabaseConfig):
+            self._import(config)
+        else:
+            raise ValueError(f"unsupported database config {config!r}")
+
+    def _create(self, config: CreateDatabaseConfig, removal_policy: RemovalPolicy,
+                log_retention: logs.RetentionDays) -> None:
+        flow_log_group = logs.LogGroup(self, "FlowLogs", retention=log_retention, removal_policy=removal_policy)
+        self.vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr(config.vpc_cidr),
+            availability_zones=list(config.availability_zones) or None,
+            max_azs=None if config.availability_zones else 2,
+            nat_gateways=0,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="isolated", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, cidr_mask=24)
+            ],
+            flow_logs={
+                "rejected": ec2.FlowLogOptions(
+                    destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_log_group),
+                    traffic_type=ec2.FlowLogTrafficType.REJECT,
+                )
+            },
+        )
+        self.subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+        self.security_group = ec2.SecurityGroup(
+            self, "SecurityGroup", vpc=self.vpc, allow_all_outbound=False,
+            description="MySQL instance: admits only the export function",
+        )
+        subnet_group = rds.CfnDBSubnetGroup(
+            self, "SubnetGroup",
+            db_subnet_group_description="Isolated subnets of the export database",
+            subnet_ids=self.vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED).subnet_ids,
+        )
+        parameters = rds.CfnDBParameterGroup(
+            self, "Parameters",
+            family=f"mysql{config.engine_version.rsplit('.', 1)[0]}",
+            description="Require TLS for every connection",
+            parameters={"require_secure_transport": "1"},
+        )
+        self.instance = rds.CfnDBInstance(
+            self,
+            "Instance",
+            engine="mysql",
+            engine_version=config.engine_version,
+            auto_minor_version_upgrade=True,
+            db_instance_class=f"db.{config.instance_type}",
+            allocated_storage=str(config.allocated_storage_gb),
+            storage_type="gp3",
+            storage_encrypted=True,
+            db_name=config.database_name,
+            master_username="admin",
+            manage_master_user_password=True,
+            enable_iam_database_authentication=True,
+            db_subnet_group_name=subnet_group.ref,
+            db_parameter_group_name=parameters.ref,
+            vpc_security_groups=[self.security_group.security_group_id],
+            publicly_accessible=False,
+            multi_az=config.multi_az,
+            backup_retention_period=config.backup_retention_days,
+            deletion_protection=config.deletion_protection,
+            copy_tags_to_snapshot=True,
+            enable_cloudwatch_logs_exports=["error", "slowquery"],
+            port=str(MYSQL_PORT),
+        )
+        # Retained data is snapshotted on delete; a destroyed dev database is just gone.
+        self.instance.apply_removal_policy(
+            RemovalPolicy.SNAPSHOT if removal_policy == RemovalPolicy.RETAIN else RemovalPolicy.DESTROY
+        )
+        self.host = self.instance.attr_endpoint_address
+        self.port = MYSQL_PORT
+        self.database_name = config.database_name
+        self.secret = secretsmanager.Secret.from_secret_complete_arn(
+            self, "Secret", self.instance.attr_master_user_secret_secret_arn
+        )
+
+    def _import(self, config: ExistingDatabaseConfig) -> None:
+        self.vpc = ec2.Vpc.from_vpc_attributes(
+            self,
+            "Vpc",
+            vpc_id=config.vpc_id,
+            availability_zones=list(config.availability_zones),
+            isolated_subnet_ids=list(config.subnet_ids),
+            isolated_subnet_route_table_ids=list(config.route_table_ids),
+        )
+        self.subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+        self.security_group = ec2.SecurityGroup.from_security_group_id(
+            self, "SecurityGroup", config.security_group_id, allow_all_outbound=False, mutable=True
+        )
+        self.host = config.host
+        self.port = config.port
+        self.database_name = config.database_name
+        self.secret = secretsmanager.Secret.from_secret_complete_arn(self, "Secret", config.secret_arn)
