@@ -1,2 +1,71 @@
-def handler(event, context):
-    raise NotImplementedError
+"""Lambda entry point of BucketReplicator: copy every .xlsx record of an S3 notification."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from .replicate import CopyFailed, replicate
+from .events import CopyRequest, Skipped, parse
+from .settings import Settings, load_settings
+
+log = logging.getLogger()
+log.setLevel(logging.INFO)
+
+#: Throttling and transient errors are retried with exponential backoff inside the invocation.
+AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5, read_timeout=120)
+
+
+class ReplicationError(Exception):
+    """Some records of the event could not be copied; the message names every failed key."""
+
+
+def s3_client() -> Any:
+    return boto3.client("s3", config=AWS_CONFIG)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    s3: Any
+
+
+@functools.cache
+def runtime() -> Runtime:
+    """Read and check the environment once per cold start; refuses a destination equal to the source."""
+    return Runtime(settings=load_settings(os.environ), s3=s3_client())
+
+
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    rt = runtime()
+    copied, already, skipped, failed = 0, 0, 0, []
+    for item in parse(event, rt.settings):
+        started = time.monotonic()
+        if isinstance(item, Skipped):
+            skipped += 1
+            log.info(json.dumps({"key": item.key, "outcome": "skipped", "reason": item.reason}))
+            continue
+        assert isinstance(item, CopyRequest)
+        try:
+            outcome = replicate(rt.s3, item, rt.settings)
+        except CopyFailed as exc:
+            failed.append(exc)
+            log.error(json.dumps({"key": item.key, "version": item.version_id, "outcome": "failed",
+                                  "error": exc.reason, "ms": round((time.monotonic() - started) * 1000)}))
+            continue
+        copied += outcome.outcome == "copied"
+        already += outcome.outcome == "already-copied"
+        log.info(json.dumps({"key": outcome.key, "version": outcome.version_id, "bytes": outcome.bytes,
+                             "outcome": outcome.outcome, "destination_key": outcome.destination_key,
+                             "ms": round((time.monotonic() - started) * 1000)}))
+    if failed:
+        raise ReplicationError(f"{len(failed)} object(s) not copied: " + "; ".join(str(f) for f in failed))
+    return {"copied": copied, "already_copied": already, "skipped": skipped}

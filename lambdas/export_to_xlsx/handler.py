@@ -1,2 +1,96 @@
-def handler(event, context):
-    raise NotImplementedError
+"""Lambda entry point of ExportToXlsx: parse the event, run the named export(s)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from .credentials import SecretCache
+from .database import Endpoint
+from .errors import ExportError
+from .export import Target, remove_stale_files, run_export
+from .settings import CA_BUNDLE_FILE, ExportDefinition, Settings, load_settings
+
+log = logging.getLogger()
+log.setLevel(logging.INFO)
+
+AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60)
+
+
+def s3_client() -> Any:
+    return boto3.client("s3", config=AWS_CONFIG)
+
+
+def secrets_client() -> Any:
+    return boto3.client("secretsmanager", config=AWS_CONFIG)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    endpoint: Endpoint
+    secrets: SecretCache
+    s3: Any
+    target: Target
+
+
+@functools.cache
+def runtime() -> Runtime:
+    """Read and check the environment once per cold start; create the clients."""
+    settings = load_settings(os.environ)
+    ca_file = Path(__file__).with_name(CA_BUNDLE_FILE) if settings.tls == "verify" else None
+    return Runtime(
+        settings=settings,
+        endpoint=Endpoint(settings.db_host, settings.db_port, settings.db_name, ca_file),
+        secrets=SecretCache(secrets_client(), settings.secret_arn),
+        s3=s3_client(),
+        target=Target(settings.source_bucket, settings.key_prefix),
+    )
+
+
+def select_exports(event: Any, exports: dict[str, ExportDefinition]) -> list[ExportDefinition]:
+    """``{"export": NAME}`` runs one export; an event naming none runs all. SQL never comes from the event."""
+    if event is None:
+        event = {}
+    if not isinstance(event, dict):
+        raise ExportError('the event must be a JSON object such as {"export": "orders"}')
+    if {"sql", "query"} & event.keys():
+        raise ExportError("the event may only name an export; SQL comes from the deployment config")
+    name = event.get("export")
+    if name is None:
+        return list(exports.values())
+    if not isinstance(name, str) or name not in exports:
+        raise ExportError(f"unknown export {name!r}; valid names: {', '.join(sorted(exports))}")
+    return [exports[name]]
+
+
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    rt = runtime()
+    selected = select_exports(event, dict(rt.settings.exports))
+    remaining = (lambda: context.get_remaining_time_in_millis() / 1000) if context is not None else (lambda: float("inf"))
+    temp_dir = Path(tempfile.gettempdir())
+    remove_stale_files(temp_dir)
+    results, failures = [], []
+    for export in selected:
+        try:
+            result = run_export(export, endpoint=rt.endpoint, secrets=rt.secrets, s3=rt.s3, target=rt.target,
+                                remaining_seconds=remaining, temp_dir=temp_dir)
+        except ExportError as exc:
+            log.error(json.dumps({"export": export.name, "outcome": "failed", "error": str(exc)}))
+            failures.append(str(exc))
+            continue
+        log.info(json.dumps({**result, "outcome": "uploaded"}))
+        results.append(result)
+    if failures:
+        done = f" ({len(results)} other export(s) uploaded)" if results else ""
+        raise ExportError("; ".join(failures) + done)
+    return {"exports": results}

@@ -1,0 +1,62 @@
+"""Turn an S3 notification into the copies to make, and say why anything else is skipped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+from urllib.parse import unquote_plus
+
+from .settings import SUFFIX, Settings
+
+
+@dataclass(frozen=True)
+class CopyRequest:
+    key: str  # decoded
+    version_id: str | None
+    size: int | None
+    etag: str | None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    key: str | None
+    reason: str
+
+
+def parse(event: Any, settings: Settings) -> Iterator[CopyRequest | Skipped]:
+    """One item per record: a copy to make, or why the record is not ours to copy."""
+    if not isinstance(event, dict):
+        yield Skipped(None, "not an S3 notification")
+        return
+    if event.get("Event") == "s3:TestEvent":
+        yield Skipped(None, "s3:TestEvent")
+        return
+    records = event.get("Records")
+    if not isinstance(records, list):
+        yield Skipped(None, "no Records in the event")
+        return
+    for record in records:
+        yield _parse_record(record, settings)
+
+
+def _parse_record(record: Any, settings: Settings) -> CopyRequest | Skipped:
+    try:
+        name = record["eventName"]
+        bucket = record["s3"]["bucket"]["name"]
+        obj = record["s3"]["object"]
+        key = unquote_plus(obj["key"])
+    except (KeyError, TypeError):
+        return Skipped(None, "malformed record")
+    if not record.get("eventSource", "aws:s3") == "aws:s3" or not name.startswith("ObjectCreated:"):
+        return Skipped(key, f"event {name} is not an object creation")
+    if bucket != settings.source_bucket:
+        return Skipped(key, f"record from bucket {bucket!r}, not the source bucket")
+    if not key.lower().endswith(SUFFIX):
+        return Skipped(key, f"key does not end in {SUFFIX}")
+    size = obj.get("size")
+    return CopyRequest(
+        key=key,
+        version_id=obj.get("versionId") or None,
+        size=size if isinstance(size, int) else None,
+        etag=obj.get("eTag") or None,
+    )

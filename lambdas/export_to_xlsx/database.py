@@ -1,0 +1,137 @@
+"""Connect to MySQL and stream a query's rows with an unbuffered server-side cursor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import pymysql
+from pymysql.constants import CR, ER, FIELD_TYPE
+from pymysql.cursors import SSCursor
+
+from .credentials import Credentials
+from .errors import ExportError
+
+BATCH_ROWS = 2000
+CONNECT_TIMEOUT = 10
+_LOGIN_ERRORS = {ER.ACCESS_DENIED_ERROR, ER.DBACCESS_DENIED_ERROR, 1698}  # 1698: access denied, no password
+_CONNECTION_ERRORS = {CR.CR_CONNECTION_ERROR, CR.CR_CONN_HOST_ERROR, CR.CR_SERVER_GONE_ERROR,
+                      CR.CR_SERVER_LOST, CR.CR_UNKNOWN_HOST}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    database: str
+    ca_file: Path | None  # None: no TLS (local tests only)
+
+
+class LoginFailed(ExportError):
+    """The server refused the credentials (maybe rotated since they were read)."""
+
+
+def _code(exc: pymysql.err.MySQLError) -> int | None:
+    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+
+
+def connect(endpoint: Endpoint, credentials: Credentials) -> pymysql.connections.Connection:
+    tls = {}
+    if endpoint.ca_file is not None:
+        if not endpoint.ca_file.is_file():
+            raise ExportError(f"the RDS CA bundle {endpoint.ca_file} is missing from the function's package")
+        tls = {"ssl_ca": str(endpoint.ca_file), "ssl_verify_cert": True, "ssl_verify_identity": True}
+    try:
+        return pymysql.connect(
+            host=endpoint.host,
+            port=endpoint.port,
+            user=credentials.username,
+            password=credentials.password,
+            database=endpoint.database,
+            charset="utf8mb4",
+            connect_timeout=CONNECT_TIMEOUT,
+            autocommit=False,
+            **tls,
+        )
+    except pymysql.err.OperationalError as exc:
+        where = f"{endpoint.host}:{endpoint.port}/{endpoint.database}"
+        if _code(exc) in _LOGIN_ERRORS:
+            raise LoginFailed(f"database login to {where} failed for user {credentials.username!r}") from None
+        raise ExportError(f"cannot connect to the database at {where}: {exc.args[-1]}") from None
+    except (OSError, pymysql.err.MySQLError) as exc:
+        raise ExportError(f"cannot connect to the database at {endpoint.host}:{endpoint.port}: {exc}") from None
+
+
+def _bit_converter(length: int) -> Callable[[object], object]:
+    def convert(value: object) -> object:
+        if isinstance(value, (bytes, bytearray)):
+            number = int.from_bytes(value, "big")
+            return bool(number) if length == 1 else number
+        return value
+
+    return convert
+
+
+class QueryStream:
+    """Rows of one query, read in batches from an unbuffered cursor inside a read-only transaction."""
+
+    def __init__(self, connection: pymysql.connections.Connection, sql: str, *, export: str,
+                 batch_rows: int = BATCH_ROWS):
+        self._connection = connection
+        self._export = export
+        self._batch_rows = batch_rows
+        self.rows_read = 0
+        try:
+            connection.query("START TRANSACTION READ ONLY")
+            self._cursor = connection.cursor(SSCursor)
+            self._cursor.execute(sql)
+        except pymysql.err.MySQLError as exc:
+            raise self._error(exc) from None
+        description = self._cursor.description or ()
+        if not description:
+            raise ExportError(f"export {export!r}: the SQL returned no result set (is it a SELECT?)")
+        self.columns: list[str] = [d[0] for d in description]
+        self._converters = {
+            i: _bit_converter(d[3] or 1) for i, d in enumerate(description) if d[1] == FIELD_TYPE.BIT
+        }
+
+    def _error(self, exc: pymysql.err.MySQLError) -> ExportError:
+        code = _code(exc)
+        if code in _CONNECTION_ERRORS:
+            return ExportError(
+                f"export {self._export!r}: lost the database connection after {self.rows_read} rows: {exc.args[-1]}"
+            )
+        return ExportError(f"export {self._export!r}: the SQL failed: ({code}) {exc.args[-1]}")
+
+    def batches(self) -> Iterator[Sequence[Sequence[object]]]:
+        convert = self._converters
+        try:
+            while True:
+                rows = self._cursor.fetchmany(self._batch_rows)
+                if not rows:
+                    return
+                if convert:
+                    rows = [
+                        tuple(convert[i](v) if i in convert else v for i, v in enumerate(row)) for row in rows
+                    ]
+                self.rows_read += len(rows)
+                yield rows
+        except pymysql.err.MySQLError as exc:
+            raise self._error(exc) from None
+        except (OSError, EOFError) as exc:
+            raise ExportError(
+                f"export {self._export!r}: lost the database connection after {self.rows_read} rows: {exc}"
+            ) from None
+
+    def close(self) -> None:
+        """After the last row: end the read-only transaction."""
+        self._cursor.close()
+        self._connection.rollback()
+
+    def abandon(self) -> None:
+        """After a failure: leave the unread rest of the result to the server, which drops it
+        when the connection closes (closing the cursor would first read every remaining row)."""
+        result = getattr(self._cursor, "_result", None)
+        if result is not None:
+            result.unbuffered_active = False

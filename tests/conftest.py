@@ -1,0 +1,100 @@
+"""Shared fixtures: fake AWS credentials, the real MariaDB/MySQL, moto, and stacks built once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Import each handler as Lambda does: its package sits at the root of the asset.
+sys.path.insert(0, str(ROOT / "lambdas"))
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+DEFAULT_DSN = "mysql://root@127.0.0.1:3306/test"
+START_HINT = "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
+
+
+@pytest.fixture(autouse=True)
+def aws_credentials(monkeypatch):
+    """Never reach a real account: fake credentials and a fixed region for every test."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+# --- MySQL -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MySQL:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    def connect(self, **kwargs):
+        import pymysql
+
+        return pymysql.connect(host=self.host, port=self.port, user=self.user, password=self.password,
+                               database=self.database, charset="utf8mb4", autocommit=True, **kwargs)
+
+    def secret_json(self, **override) -> str:
+        body = {"engine": "mysql", "host": self.host, "port": self.port, "username": self.user,
+                "password": self.password, "dbname": self.database}
+        body.update(override)
+        return json.dumps(body)
+
+
+@pytest.fixture(scope="session")
+def mysql() -> MySQL:
+    """The real server named by MYSQL_DSN (default: local MariaDB); fails loudly when it does not answer."""
+    import pymysql
+
+    dsn = os.environ.get("MYSQL_DSN", DEFAULT_DSN)
+    url = urlparse(dsn)
+    db = MySQL(host=url.hostname or "127.0.0.1", port=url.port or 3306, user=unquote(url.username or "root"),
+               password=unquote(url.password or ""), database=url.path.lstrip("/") or "test")
+    try:
+        db.connect(connect_timeout=5).close()
+    except pymysql.err.MySQLError as exc:
+        pytest.fail(
+            f"no MySQL/MariaDB server answers at {db.host}:{db.port} (MYSQL_DSN={dsn!r}): {exc}. "
+            f"Start the local one with `{START_HINT}` or point MYSQL_DSN at a server.",
+            pytrace=False,
+        )
+    return db
+
+
+# --- moto --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def moto_aws(aws_credentials):
+    from moto import mock_aws
+
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def s3(moto_aws):
+    import boto3
+
+    return boto3.client("s3", region_name="us-east-1")
+
+
+@pytest.fixture
+def secrets(moto_aws):
+    import boto3
+
+    return boto3.client("secretsmanager", region_name="us-east-1")
