@@ -42,7 +42,7 @@ def _error_code(exc: ClientError) -> str:
     return exc.response.get("Error", {}).get("Code", "Error")
 
 
-def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: TransferConfig = TRANSFER) -> Outcome:
+def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: TransferConfig | None = None) -> Outcome:
     """Copy the version named by ``request`` unless the destination already holds it."""
     source = {"Bucket": settings.source_bucket, "Key": request.key}
     if request.version_id:
@@ -75,7 +75,7 @@ def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: Tr
     if version:
         source["VersionId"] = version  # pin what we read, even if the event carried no version
     try:
-        s3.copy(source, settings.destination_bucket, destination_key, ExtraArgs=extra, Config=transfer,
+        s3.copy(source, settings.destination_bucket, destination_key, ExtraArgs=extra, Config=transfer or TRANSFER,
                 SourceClient=s3)
     except ClientError as exc:
         raise CopyFailed(request.key, f"copy to s3://{settings.destination_bucket}/{destination_key} failed: "

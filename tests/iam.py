@@ -1,0 +1,129 @@
+"""Check recorded AWS API calls against the IAM statements a synthesized template grants a role.
+
+Used by the handler tests and the end-to-end run: a call the role would not allow fails them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Need:
+    action: str
+    resource: str
+
+
+def _object_arn(bucket: str, key: str) -> str:
+    return f"arn:aws:s3:::{bucket}/{key}"
+
+
+def _copy_source(params: dict) -> tuple[str, str, str | None]:
+    src = params["CopySource"]
+    if isinstance(src, dict):
+        return src["Bucket"], src["Key"], src.get("VersionId")
+    raise AssertionError(f"unexpected CopySource {src!r}")
+
+
+def _read(bucket: str, key: str, version: str | None) -> Need:
+    return Need("s3:GetObjectVersion" if version else "s3:GetObject", _object_arn(bucket, key))
+
+
+# What each API call needs, per the Service Authorization Reference.
+NEEDS: dict[str, Callable[[dict], list[Need]]] = {
+    "s3.HeadObject": lambda p: [_read(p["Bucket"], p["Key"], p.get("VersionId"))],
+    "s3.GetObject": lambda p: [_read(p["Bucket"], p["Key"], p.get("VersionId"))],
+    "s3.PutObject": lambda p: [Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
+    "s3.CreateMultipartUpload": lambda p: [Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
+    "s3.UploadPart": lambda p: [Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
+    "s3.CompleteMultipartUpload": lambda p: [Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
+    "s3.AbortMultipartUpload": lambda p: [Need("s3:AbortMultipartUpload", _object_arn(p["Bucket"], p["Key"]))],
+    "s3.CopyObject": lambda p: [_read(*_copy_source(p)), Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
+    "s3.UploadPartCopy": lambda p: [_read(*_copy_source(p)),
+                                    Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
+    "secretsmanager.GetSecretValue": lambda p: [Need("secretsmanager:GetSecretValue", p["SecretId"])],
+}
+
+
+@dataclass
+class CallRecorder:
+    """Records every API call a boto3 client makes (operation and parameters)."""
+
+    calls: list[tuple[str, dict]] = field(default_factory=list)
+
+    def attach(self, client: Any) -> Any:
+        service = client.meta.service_model.service_name
+        # 'provide-client-params' sees the caller's own parameters, before botocore rewrites them.
+        client.meta.events.register(
+            f"provide-client-params.{service}.*",
+            lambda params, model, **_: self.calls.append((f"{service}.{model.name}", dict(params))),
+        )
+        return client
+
+    def operations(self) -> set[str]:
+        return {name for name, _ in self.calls}
+
+    def needs(self) -> list[Need]:
+        out = []
+        for name, params in self.calls:
+            if name not in NEEDS:
+                raise AssertionError(f"no IAM mapping for {name}: add it to tests/iam.py")
+            out += NEEDS[name](params)
+        return out
+
+
+def resolve(value: Any, names: dict[str, str], partition: str = "aws") -> Any:
+    """Resolve the intrinsics CDK puts in IAM resources, with ``names`` mapping logical IDs to physical names/ARNs."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        (fn, arg), = value.items()
+        if fn == "Ref":
+            return partition if arg == "AWS::Partition" else names[arg]
+        if fn == "Fn::GetAtt":
+            return names[f"{arg[0]}.{arg[1]}"]
+        if fn == "Fn::Join":
+            sep, parts = arg
+            return sep.join(resolve(p, names, partition) for p in parts)
+    raise AssertionError(f"cannot resolve {value!r}")
+
+
+def role_statements(template: dict, role_logical_id: str, names: dict[str, str]) -> list[dict]:
+    """Allow statements of every inline policy attached to the role, with resources resolved."""
+    statements = []
+    for resource in template["Resources"].values():
+        if resource["Type"] != "AWS::IAM::Policy":
+            continue
+        if {"Ref": role_logical_id} not in resource["Properties"].get("Roles", []):
+            continue
+        for st in resource["Properties"]["PolicyDocument"]["Statement"]:
+            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+            statements.append({
+                "Effect": st["Effect"],
+                "Action": actions,
+                "Resource": [resolve(r, names) for r in resources],
+                "Condition": st.get("Condition"),
+            })
+    return statements
+
+
+def allows(statements: list[dict], need: Need) -> bool:
+    allowed = False
+    for st in statements:
+        if st["Condition"]:
+            continue  # none of the handlers' statements is conditional; a conditional one is not counted
+        if not any(fnmatch.fnmatchcase(need.action.lower(), a.lower()) for a in st["Action"]):
+            continue
+        if not any(fnmatch.fnmatchcase(need.resource, r) for r in st["Resource"]):
+            continue
+        if st["Effect"] == "Deny":
+            return False
+        allowed = True
+    return allowed
+
+
+def denied(statements: list[dict], needs: list[Need]) -> list[Need]:
+    return sorted({n for n in needs if not allows(statements, n)}, key=lambda n: (n.action, n.resource))

@@ -1,0 +1,329 @@
+"""BucketReplicator with moto: S3 notification documents in, exact copies (or a named failure) out."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from pathlib import Path
+from urllib.parse import quote_plus
+
+import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.awsrequest import AWSResponse
+
+from bucket_replicator import handler as replicator
+from bucket_replicator import replicate as replicate_module
+from bucket_replicator import settings as contract
+from tests.iam import CallRecorder, denied, role_statements
+
+SOURCE, DESTINATION = "source-bucket", "destination-bucket"
+EVENTS = Path(__file__).parent / "events"
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+def load_event(name: str) -> dict:
+    return json.loads((EVENTS / name).read_text())
+
+
+def event_for(*objects: tuple[str, str | None], name: str = "ObjectCreated:Put", bucket: str = SOURCE) -> dict:
+    """An S3 notification like put.json, one record per (key, version), the key URL-encoded as S3 does."""
+    template = load_event("put.json")["Records"][0]
+    records = []
+    for key, version in objects:
+        record = copy.deepcopy(template)
+        record["eventName"] = name
+        record["s3"]["bucket"]["name"] = bucket
+        record["s3"]["object"]["key"] = quote_plus(key, safe="/")
+        if version:
+            record["s3"]["object"]["versionId"] = version
+        else:
+            record["s3"]["object"].pop("versionId")
+        records.append(record)
+    return {"Records": records}
+
+
+@pytest.fixture
+def buckets(s3):
+    for name in (SOURCE, DESTINATION):
+        s3.create_bucket(Bucket=name)
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return s3
+
+
+@pytest.fixture
+def env(monkeypatch, buckets):
+    monkeypatch.setenv(contract.ENV_SOURCE_BUCKET, SOURCE)
+    monkeypatch.setenv(contract.ENV_DESTINATION_BUCKET, DESTINATION)
+    monkeypatch.setenv(contract.ENV_DESTINATION_PREFIX, "")
+    replicator.runtime.cache_clear()
+    yield
+    replicator.runtime.cache_clear()
+
+
+def put(s3, key: str, body: bytes = b"PK\x03\x04 workbook", **extra) -> str:
+    return s3.put_object(Bucket=SOURCE, Key=key, Body=body, ContentType=XLSX, **extra)["VersionId"]
+
+
+def destination_keys(s3) -> list[str]:
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=DESTINATION).get("Contents", []))
+
+
+def body(s3, bucket: str, key: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+# --- S3's own documents ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("document", ["put.json", "multipart.json", "copy.json"])
+def test_each_kind_of_object_created_event_is_copied(env, buckets, document):
+    event = load_event(document)
+    obj = event["Records"][0]["s3"]["object"]
+    version = put(buckets, obj["key"], b"x" * 100)
+    obj["versionId"] = version  # moto's version ids are its own
+    result = replicator.handler(event, None)
+    assert result == {"copied": 1, "already_copied": 0, "skipped": 0}
+    assert body(buckets, DESTINATION, obj["key"]) == b"x" * 100
+
+
+def test_the_s3_test_event_is_ignored(env, buckets):
+    assert replicator.handler(load_event("test_event.json"), None) == {"copied": 0, "already_copied": 0, "skipped": 1}
+    assert destination_keys(buckets) == []
+
+
+# --- keys -------------------------------------------------------------------------------
+
+KEYS = [
+    "exports/orders/with space.xlsx",
+    "exports/orders/a+b=c.xlsx",
+    "exports/orders/100% done.xlsx",
+    "exports/ünïcödé/日本語 ✓.xlsx",
+    "exports/deep/a/b/c/d/e/f/g/report (final).xlsx",
+    "exports/orders/SHOUTING REPORT.XLSX",
+]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_url_encoded_keys_are_decoded_and_copied(env, buckets, key):
+    version = put(buckets, key)
+    encoded = event_for((key, version))["Records"][0]["s3"]["object"]["key"]
+    assert encoded != key  # the event really carries the encoded form
+    replicator.handler(event_for((key, version)), None)
+    assert destination_keys(buckets) == [key]
+
+
+@pytest.mark.parametrize("event, reason", [
+    (lambda v: event_for(("exports/orders/data.csv", v)), "key does not end in .xlsx"),
+    (lambda v: event_for(("exports/orders/data.xlsx", v), bucket="someone-elses"), "not the source bucket"),
+    (lambda v: event_for(("exports/orders/data.xlsx", v), name="ObjectRemoved:DeleteMarkerCreated"),
+     "is not an object creation"),
+])
+def test_what_is_not_ours_is_skipped_with_a_log_line(env, buckets, caplog, event, reason):
+    version = put(buckets, "exports/orders/data.csv")
+    caplog.set_level("INFO")
+    assert replicator.handler(event(version), None)["skipped"] == 1
+    assert destination_keys(buckets) == []
+    assert any(reason in r.getMessage() for r in caplog.records)
+
+
+# --- exact content -----------------------------------------------------------------------
+
+
+def test_the_version_in_the_event_is_copied_even_after_an_overwrite(env, buckets):
+    key = "exports/orders/race.xlsx"
+    first = put(buckets, key, b"first version")
+    put(buckets, key, b"second version")  # overwritten before the copy runs
+    replicator.handler(event_for((key, first)), None)
+    assert body(buckets, DESTINATION, key) == b"first version"
+    assert buckets.head_object(Bucket=DESTINATION, Key=key)["Metadata"]["source-version-id"] == first
+
+
+def test_content_type_and_metadata_are_carried_over_and_the_source_is_recorded(env, buckets):
+    key = "exports/orders/meta.xlsx"
+    version = put(buckets, key, Metadata={"rows": "42", "sheets": "1"}, ContentDisposition="attachment")
+    replicator.handler(event_for((key, version)), None)
+    head = buckets.head_object(Bucket=DESTINATION, Key=key)
+    assert head["ContentType"] == XLSX
+    assert head["ContentDisposition"] == "attachment"
+    assert head["Metadata"] == {
+        "rows": "42", "sheets": "1", "source-bucket": SOURCE, "source-key": key,
+        "source-version-id": version, "source-etag": buckets.head_object(Bucket=SOURCE, Key=key)["ETag"].strip('"'),
+    }
+
+
+def test_a_destination_prefix_is_put_before_the_key(env, buckets, monkeypatch):
+    monkeypatch.setenv(contract.ENV_DESTINATION_PREFIX, "incoming/")
+    replicator.runtime.cache_clear()
+    version = put(buckets, "exports/orders/p.xlsx")
+    replicator.handler(event_for(("exports/orders/p.xlsx", version)), None)
+    assert destination_keys(buckets) == ["incoming/exports/orders/p.xlsx"]
+
+
+def test_a_large_object_is_copied_in_parts_server_side(env, buckets, monkeypatch):
+    # Given a multipart threshold lowered to 5 MiB and a 12 MiB object with metadata
+    monkeypatch.setattr(replicate_module, "TRANSFER",
+                        TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20))
+    data = bytes(range(256)) * (12 * 2**20 // 256)
+    key = "exports/orders/large.xlsx"
+    version = put(buckets, key, data, Metadata={"rows": "1000000"})
+    recorder = CallRecorder()
+    recorder.attach(replicator.runtime().s3)
+    # When it is replicated
+    replicator.handler(event_for((key, version)), None)
+    # Then parts were copied server-side, never downloaded or uploaded
+    ops = [name for name, _ in recorder.calls]
+    assert ops.count("s3.UploadPartCopy") == 3
+    assert not {"s3.GetObject", "s3.PutObject", "s3.UploadPart"} & set(ops)
+    assert body(buckets, DESTINATION, key) == data
+    head = buckets.head_object(Bucket=DESTINATION, Key=key)
+    assert head["ContentType"] == XLSX and head["Metadata"]["rows"] == "1000000"
+    assert head["Metadata"]["source-version-id"] == version
+
+
+# --- at least once, and failures ------------------------------------------------------
+
+
+def test_a_repeated_event_is_not_copied_twice(env, buckets):
+    key = "exports/orders/twice.xlsx"
+    version = put(buckets, key)
+    event = event_for((key, version))
+    assert replicator.handler(event, None)["copied"] == 1
+    recorder = CallRecorder()
+    recorder.attach(replicator.runtime().s3)
+    assert replicator.handler(event, None) == {"copied": 0, "already_copied": 1, "skipped": 0}
+    assert "s3.CopyObject" not in recorder.operations()
+    versions = buckets.list_object_versions(Bucket=DESTINATION, Prefix=key)["Versions"]
+    assert len(versions) == 1
+
+
+def test_a_new_version_of_the_same_key_is_copied_again(env, buckets):
+    key = "exports/orders/again.xlsx"
+    replicator.handler(event_for((key, put(buckets, key, b"one"))), None)
+    replicator.handler(event_for((key, put(buckets, key, b"two"))), None)
+    assert body(buckets, DESTINATION, key) == b"two"
+
+
+def test_a_missing_object_fails_the_invocation_naming_the_key(env, buckets):
+    with pytest.raises(replicator.ReplicationError, match="exports/orders/gone.xlsx: the object .* no longer exists"):
+        replicator.handler(event_for(("exports/orders/gone.xlsx", None)), None)
+
+
+def test_one_failed_record_fails_the_event_and_the_retry_copies_nothing_twice(env, buckets):
+    good = [f"exports/orders/ok-{i}.xlsx" for i in range(3)]
+    versions = [put(buckets, k) for k in good]
+    event = event_for((good[0], versions[0]), ("exports/orders/missing.xlsx", None), *zip(good[1:], versions[1:]))
+    with pytest.raises(replicator.ReplicationError) as err:
+        replicator.handler(event, None)
+    assert str(err.value).startswith("1 object(s) not copied: exports/orders/missing.xlsx")
+    assert destination_keys(buckets) == sorted(good)
+    # The platform retries the whole event: the good ones are recognised, the bad one fails again.
+    with pytest.raises(replicator.ReplicationError):
+        replicator.handler(event, None)
+    for key in good:
+        assert len(buckets.list_object_versions(Bucket=DESTINATION, Prefix=key)["Versions"]) == 1
+
+
+def test_access_denied_on_the_destination_is_a_named_failure(env, buckets):
+    key = "exports/orders/denied.xlsx"
+    version = put(buckets, key)
+    # S3 answers the copy with 403 (moto does not evaluate policies, so the answer is injected).
+    replicator.runtime().s3.meta.events.register_first(
+        "before-send.s3.CopyObject", lambda **_: _error_response(403, "AccessDenied", "Access Denied"))
+    with pytest.raises(replicator.ReplicationError, match="denied.xlsx: copy to s3://destination-bucket/.* AccessDenied"):
+        replicator.handler(event_for((key, version)), None)
+
+
+def _error_response(status: int, code: str, message: str) -> AWSResponse:
+    class Raw(io.BytesIO):
+        def stream(self, **_):
+            yield self.getvalue()
+
+    xml = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
+    return AWSResponse("https://s3.amazonaws.com/", status, {"Content-Type": "application/xml"}, Raw(xml))
+
+
+def test_throttling_is_retried_with_backoff_inside_the_invocation(env, buckets, monkeypatch):
+    key = "exports/orders/throttled.xlsx"
+    version = put(buckets, key)
+    s3 = replicator.runtime().s3
+    answers = [_error_response(503, "SlowDown", "Please reduce your request rate."),
+               _error_response(503, "SlowDown", "Please reduce your request rate.")]
+    sent = []
+
+    def throttle(**kwargs):
+        sent.append(1)
+        return answers.pop(0) if answers else None
+
+    s3.meta.events.register_first("before-send.s3.CopyObject", throttle)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)  # the backoff itself is botocore's
+    assert replicator.handler(event_for((key, version)), None)["copied"] == 1
+    assert len(sent) == 3
+    assert destination_keys(buckets) == [key]
+
+
+def test_one_json_log_line_per_record_without_content(env, buckets, caplog):
+    key = "exports/orders/logged.xlsx"
+    version = put(buckets, key, b"SECRET-CONTENT")
+    caplog.set_level("INFO")
+    replicator.handler(event_for((key, version)), None)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "root"]
+    (line,) = lines
+    assert line["key"] == key and line["version"] == version and line["bytes"] == 14
+    assert line["outcome"] == "copied" and isinstance(line["ms"], int)
+    assert "SECRET-CONTENT" not in caplog.text
+
+
+@pytest.mark.parametrize("destination", [SOURCE, f"arn:aws:s3:::{SOURCE}"])
+def test_a_destination_equal_to_the_source_is_refused_at_cold_start(monkeypatch, destination):
+    monkeypatch.setenv(contract.ENV_SOURCE_BUCKET, SOURCE)
+    monkeypatch.setenv(contract.ENV_DESTINATION_BUCKET, destination)
+    replicator.runtime.cache_clear()
+    with pytest.raises(contract.ConfigurationError, match="resolves to the source bucket"):
+        replicator.handler(event_for(("exports/x.xlsx", None)), None)
+    replicator.runtime.cache_clear()
+
+
+# --- the role the stack gives the function allows exactly these calls ---------------------------
+
+
+def test_the_role_in_the_template_allows_exactly_the_calls_the_code_makes(env, buckets, dev, monkeypatch):
+    # Given the replicator role as synthesized, with bucket logical IDs standing for the local buckets
+    names = {
+        f"{dev.logical_id(dev.stack.source.bucket)}.Arn": f"arn:aws:s3:::{SOURCE}",
+        f"{dev.logical_id(dev.stack.destination_bucket)}.Arn": f"arn:aws:s3:::{DESTINATION}",
+        f"{dev.logical_id(dev.stack.replicator.log_group)}.Arn": "arn:aws:logs:us-east-1:1:log-group:r:*",
+        f"{dev.logical_id(dev.stack.replicator.failure_queue)}.Arn": "arn:aws:sqs:us-east-1:1:failed",
+    }
+    statements = role_statements(dev.template, dev.logical_id(dev.stack.replicator.role), names)
+    prefix = dev.config.destination.prefix
+    monkeypatch.setenv(contract.ENV_DESTINATION_PREFIX, prefix)
+    replicator.runtime.cache_clear()
+    recorder = CallRecorder()
+    s3 = recorder.attach(replicator.runtime().s3)
+    source_prefix = dev.config.key_prefix
+    # When the handler copies small and multipart objects, skips a repeat, and aborts a failed multipart copy
+    monkeypatch.setattr(replicate_module, "TRANSFER",
+                        TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20))
+    small, large = f"{source_prefix}orders/s.xlsx", f"{source_prefix}orders/l.xlsx"
+    event = event_for((small, put(buckets, small)), (large, put(buckets, large, b"z" * 11 * 2**20)))
+    replicator.handler(event, None)
+    replicator.handler(event, None)
+    failing = f"{source_prefix}orders/fail.xlsx"
+    version = put(buckets, failing, b"y" * 11 * 2**20)
+    parts = []
+
+    def fail_second_part(**kwargs):
+        parts.append(1)
+        return _error_response(403, "AccessDenied", "Access Denied") if len(parts) == 2 else None
+
+    s3.meta.events.register_first("before-send.s3.UploadPartCopy", fail_second_part)
+    with pytest.raises(replicator.ReplicationError):
+        replicator.handler(event_for((failing, version)), None)
+    # Then every call is allowed by the role ...
+    needs = recorder.needs()
+    assert denied(statements, needs) == []
+    # ... and every S3 action the role grants is one the code used
+    granted = {a for st in statements for a in st["Action"] if a.startswith("s3:")}
+    assert granted == {n.action for n in needs}
+    assert {"s3.AbortMultipartUpload", "s3.UploadPartCopy", "s3.CopyObject"} <= recorder.operations()
