@@ -52,13 +52,14 @@ class BundleSpec:
     """What goes into one function's asset."""
 
     package: str
+    root: Path = LAMBDAS_DIR
     python_version: str = LAMBDA_PYTHON_VERSION
     platform: str = LAMBDA_PLATFORM
     extra_files: Mapping[str, Callable[[], bytes]] = field(default_factory=dict)
 
     @property
     def source_dir(self) -> Path:
-        return LAMBDAS_DIR / self.package
+        return self.root / self.package
 
     @property
     def requirements(self) -> list[str]:
@@ -80,7 +81,7 @@ class BundleSpec:
             "package": self.package,
             "python_version": self.python_version,
             "platform": self.platform,
-            "pip_args": _pip_args(self, "<out>"),
+            "pip_args": _pip_args(self, "<target>", "<requirements.txt>"),
         }
         digest.update(json.dumps(settings, sort_keys=True).encode())
         for path in self.source_files():
@@ -91,7 +92,7 @@ class BundleSpec:
         return digest.hexdigest()
 
 
-def _pip_args(spec: BundleSpec, target: str) -> list[str]:
+def _pip_args(spec: BundleSpec, target: str, requirements: str) -> list[str]:
     return [
         "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--no-input",
         "--target", target,
@@ -99,7 +100,7 @@ def _pip_args(spec: BundleSpec, target: str) -> list[str]:
         "--implementation", "cp",
         "--python-version", spec.python_version,
         "--only-binary=:all:",
-        "--requirement", str(spec.source_dir / "requirements.txt"),
+        "--requirement", requirements,
     ]
 
 
@@ -113,7 +114,7 @@ def bundle(spec: BundleSpec, output_dir: Path) -> None:
     if not spec.requirements:
         return
     result = subprocess.run(
-        [sys.executable, "-m", "pip", *_pip_args(spec, str(output_dir))],
+        [sys.executable, "-m", "pip", *_pip_args(spec, str(output_dir), str(spec.source_dir / "requirements.txt"))],
         capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
