@@ -102,44 +102,7 @@ def secrets(moto_aws):
 
 # --- the CDK app, built once per session per environment ----------------------------
 
-CDK_JSON = json.loads((ROOT / "cdk.json").read_text())
-
-
-@dataclass
-class Synthesized:
-    config: object
-    stack: object
-    template: dict
-
-    def resources(self, type_: str) -> dict[str, dict]:
-        return {k: v for k, v in self.template["Resources"].items() if v["Type"] == type_}
-
-    def logical_id(self, construct) -> str:
-        cfn = construct.node.default_child or construct
-        return self.stack.resolve(self.stack.get_logical_id(cfn))
-
-
-def synthesize(env_name: str, *, environments: dict | None = None, nag: bool = True) -> Synthesized:
-    """Build one environment's stack as `cdk synth` would, from cdk.json's context.
-
-    Bundling is skipped (the asset is the source folder) and aws-cdk-lib's built-in
-    CloudFormation validation is off: the CLI synth test covers both.
-    """
-    import aws_cdk as cdk
-    from aws_cdk.assertions import Template
-
-    from stacks.config import CONTEXT_KEY, load_environment
-    from stacks.pipeline_stack import add_pipeline
-
-    context = dict(CDK_JSON["context"])
-    if environments is not None:
-        context[CONTEXT_KEY] = environments
-    context["aws:cdk:bundling-stacks"] = []
-    app = cdk.App(context=context, builtin_cloud_formation_validation=False)
-    config = load_environment({CONTEXT_KEY: app.node.try_get_context(CONTEXT_KEY)}, env_name)
-    stack = add_pipeline(app, config, nag=nag)
-    template = Template.from_stack(stack).to_json()
-    return Synthesized(config=config, stack=stack, template=template)
+from tests.synth_app import CDK_JSON, Synthesized, synthesize  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -77,10 +77,10 @@ class QueryStream:
     """Rows of one query, read in batches from an unbuffered cursor inside a read-only transaction."""
 
     def __init__(self, connection: pymysql.connections.Connection, sql: str, *, export: str,
-                 batch_rows: int = BATCH_ROWS):
+                 batch_rows: int | None = None):
         self._connection = connection
         self._export = export
-        self._batch_rows = batch_rows
+        self._batch_rows = batch_rows or BATCH_ROWS
         self.rows_read = 0
         try:
             connection.query("START TRANSACTION READ ONLY")

@@ -1,0 +1,518 @@
+"""Run the whole pipeline locally, with the synthesized CloudFormation as the source of truth.
+
+    make e2e                                   # or: .venv/bin/python -m tests.local_pipeline
+    .venv/bin/python -m tests.local_pipeline --template cdk.out/MysqlXlsxPipeline-dev.template.json
+
+What it does, step by step:
+1. synthesizes the dev app in-process (or reads the template given with --template);
+2. starts moto's S3 + Secrets Manager server on 127.0.0.1, creates the template's two buckets
+   (versioned, as the template says) and a secret holding the credentials of your MySQL
+   (MYSQL_DSN, default the local MariaDB), reached through a local TCP proxy that stands
+   for the network path to the database (so a test can cut it);
+3. runs the export handler with exactly the environment variables the template gives the
+   export function: references to the buckets and the secret resolve to the local ones, the
+   database address to the proxy and TLS to "off" (no other variable is added or removed);
+4. turns each object the export created into the notification S3 would send, only when the
+   template's notification configuration (event type, prefix, suffix) matches it;
+5. runs the replicator handler with the template's environment for it, retried as the
+   template's EventInvokeConfig says, failures kept as the on-failure destination would;
+6. checks every workbook arrived byte for byte with its metadata, and that its rows equal the
+   rows the SQL returns;
+7. checks every API call each handler made against the statements the template grants its role.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import fnmatch
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import quote_plus, unquote, urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "lambdas"), str(ROOT)]
+
+from tests.iam import CallRecorder, denied, resolve, role_statements  # noqa: E402
+
+SOURCE_NAME = "local-source-bucket"
+DESTINATION_NAME = "local-destination-bucket"
+SAMPLE_TABLES = {
+    "orders": ("CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(80), amount DECIMAL(10,2), "
+               "ordered_at DATETIME)",
+               [(i, f"Kund{i} Ünïcödé", f"{i * 3.5:.2f}", f"2026-11-{1 + i % 28:02d} 10:{i % 60:02d}:00")
+                for i in range(1, 26)]),
+    "customers": ("CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(80), since DATE, vip BOOL)",
+                  [(i, f"=Customer {i}", f"20{10 + i % 15}-0{1 + i % 9}-15", i % 2) for i in range(1, 11)]),
+}
+
+
+# --- the network path to the database -----------------------------------------------------------
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to the database; ``stop()`` is the database going away."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._conns: list[socket.socket] = []
+        self._running = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while self._running:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self._running = False
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
+        self._listener.close()
+        for s in self._conns:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+# --- reading the template ------------------------------------------------------------------------
+
+
+class Names(dict):
+    """Logical IDs (``Ref``) and attributes (``Id.Attr``) to local names; anything else gets a stand-in ARN."""
+
+    def __missing__(self, key: str) -> str:
+        return f"arn:aws:local:us-east-1:000000000000:{key}"
+
+
+@dataclass
+class Function:
+    logical_id: str
+    properties: dict
+    template: dict
+
+    @property
+    def raw_environment(self) -> dict:
+        return self.properties.get("Environment", {}).get("Variables", {})
+
+    @property
+    def role_logical_id(self) -> str:
+        return self.properties["Role"]["Fn::GetAtt"][0]
+
+    @property
+    def invoke_config(self) -> dict:
+        for r in self.template["Resources"].values():
+            if r["Type"] == "AWS::Lambda::EventInvokeConfig" and \
+                    r["Properties"]["FunctionName"] == {"Ref": self.logical_id}:
+                return r["Properties"]
+        return {"MaximumRetryAttempts": 2}  # Lambda's default for async invocations
+
+
+def find_function(template: dict, handler: str) -> Function:
+    for logical_id, r in template["Resources"].items():
+        if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("Handler") == handler:
+            return Function(logical_id, r["Properties"], template)
+    raise LookupError(f"the template has no function with handler {handler}")
+
+
+@dataclass(frozen=True)
+class NotificationRule:
+    events: tuple[str, ...]
+    prefix: str
+    suffix: str
+    function_logical_id: str
+
+    def matches(self, event_name: str, key: str) -> bool:
+        return any(fnmatch.fnmatchcase(f"s3:{event_name}", e) for e in self.events) and \
+            key.startswith(self.prefix) and key.endswith(self.suffix)
+
+
+def notification_rules(template: dict, bucket_logical_id: str) -> list[NotificationRule]:
+    rules = []
+    for r in template["Resources"].values():
+        if r["Type"] != "Custom::S3BucketNotifications" or r["Properties"]["BucketName"] != {"Ref": bucket_logical_id}:
+            continue
+        for cfg in r["Properties"]["NotificationConfiguration"].get("LambdaFunctionConfigurations", []):
+            filters = {f["Name"].lower(): f["Value"] for f in cfg.get("Filter", {}).get("Key", {}).get("FilterRules", [])}
+            rules.append(NotificationRule(tuple(cfg["Events"]), filters.get("prefix", ""), filters.get("suffix", ""),
+                                          cfg["LambdaFunctionArn"]["Fn::GetAtt"][0]))
+    return rules
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What Lambda passes a handler: here only the time left before the template's timeout."""
+
+    timeout_seconds: float
+    started: float = field(default_factory=time.monotonic)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self.timeout_seconds - (time.monotonic() - self.started)) * 1000)
+
+
+@dataclass
+class Delivery:
+    key: str
+    attempts: int
+    outcome: str  # "copied" | "already-copied" | "failed: ..."
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class LocalPipeline:
+    """One local deployment of the template: buckets, secret and both handlers, warm for several runs."""
+
+    def __init__(self, template: dict, mysql: dict, *, say: Callable[[str], None] = print):
+        self.template = template
+        self.mysql = mysql
+        self.say = say
+        self.export_fn = find_function(template, "export_to_xlsx.handler.handler")
+        self.replicator_fn = find_function(template, "bucket_replicator.handler.handler")
+        self.failed_events: list[dict] = []  # what the on-failure destination received
+        self._created: list[tuple[str, str]] = []
+        self.export_calls = CallRecorder()
+        self.replicator_calls = CallRecorder()
+        self._stack = contextlib.ExitStack()
+
+    # -- set-up --------------------------------------------------------------------------
+
+    def __enter__(self) -> "LocalPipeline":
+        from moto.server import ThreadedMotoServer
+
+        started = time.monotonic()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        self._stack.callback(server.stop)
+        host, port = server.get_host_and_port()
+        # moto keeps its state per process: start from empty buckets and secrets, and leave nothing behind
+        import urllib.request
+
+        def reset() -> None:
+            urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"))
+
+        reset()
+        self._stack.callback(reset)
+        self.aws_env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "local",
+                        "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1"}
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            os.environ.pop(name, None)
+        import boto3
+
+        with environment(self.aws_env):
+            self.s3 = boto3.client("s3")
+            self.secrets = boto3.client("secretsmanager")
+
+        export_env = self.export_fn.raw_environment
+        replicator_env = self.replicator_fn.raw_environment
+        self.source_id = export_env["SOURCE_BUCKET"]["Ref"]
+        dest = replicator_env["DESTINATION_BUCKET"]
+        self.names = Names()
+        for logical_id, local in ((self.source_id, SOURCE_NAME),) + (
+                ((dest["Ref"], DESTINATION_NAME),) if isinstance(dest, dict) else ()):
+            self.names[logical_id] = local
+            self.names[f"{logical_id}.Arn"] = f"arn:aws:s3:::{local}"
+        self.source = SOURCE_NAME
+        self.destination = DESTINATION_NAME if isinstance(dest, dict) else dest
+        for name in (self.source, self.destination):
+            self.s3.create_bucket(Bucket=name)
+            self.s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+
+        self.proxy = TcpProxy((self.mysql["host"], self.mysql["port"]))
+        self._stack.callback(self.proxy.stop)
+        secret = self.secrets.create_secret(Name="local/export-db", SecretString=json.dumps({
+            "engine": "mysql", "host": self.mysql["host"], "port": self.mysql["port"],
+            "username": self.mysql["user"], "password": self.mysql["password"], "dbname": self.mysql["database"]}))
+        self.secret_arn = secret["ARN"]
+        raw_secret = export_env["DB_SECRET_ARN"]
+        if isinstance(raw_secret, dict):
+            self.names[".".join(raw_secret["Fn::GetAtt"])] = self.secret_arn
+
+        self.export_env = self._resolve_env(self.export_fn, {
+            "DB_HOST": "127.0.0.1", "DB_PORT": str(self.proxy.port), "DB_NAME": self.mysql["database"],
+            "DB_TLS": "off", "DB_SECRET_ARN": self.secret_arn})
+        self.replicator_env = self._resolve_env(self.replicator_fn, {})
+
+        import export_to_xlsx.handler as export_handler
+        import bucket_replicator.handler as replicator_handler
+
+        self.export_handler, self.replicator_handler = export_handler, replicator_handler
+        for module, env, recorder in ((export_handler, self.export_env, self.export_calls),
+                                      (replicator_handler, self.replicator_env, self.replicator_calls)):
+            module.runtime.cache_clear()
+            self._stack.callback(module.runtime.cache_clear)
+            with environment({**self.aws_env, **env}):
+                rt = module.runtime()  # the cold start: settings read and checked once, clients created
+            recorder.attach(rt.s3)
+            if hasattr(rt, "secrets"):
+                recorder.attach(rt.secrets._client)
+        self.say(f"local deployment of {self.template.get('Description', 'the template')} ready in "
+                 f"{time.monotonic() - started:.2f} s: s3://{self.source} -> s3://{self.destination}, "
+                 f"database via 127.0.0.1:{self.proxy.port} -> {self.mysql['host']}:{self.mysql['port']}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def _resolve_env(self, fn: Function, database: dict[str, str]) -> dict[str, str]:
+        """The function's variables from the template; database settings replaced by the local ones."""
+        env = {}
+        for name, value in fn.raw_environment.items():
+            env[name] = database[name] if name in database else resolve(value, self.names)
+        return env
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def run_export(self, event: dict) -> dict:
+        started = time.monotonic()
+        before = len(self.export_calls.calls)
+        try:
+            result = self.export_handler.handler(event, Context(self.export_fn.properties.get("Timeout", 3)))
+        finally:
+            self._created = self._objects_created(self.export_calls.calls[before:])
+        for r in result["exports"]:
+            self.say(f"export {r['export']}: {r['rows']} rows, {r['sheets']} sheet(s), {r['bytes']} bytes "
+                     f"-> s3://{r['bucket']}/{r['key']} ({r['seconds']:.2f} s)")
+        self.say(f"export step took {time.monotonic() - started:.2f} s")
+        return result
+
+    def _objects_created(self, calls: list[tuple[str, dict]]) -> list[tuple[str, str]]:
+        """(event name, key) of each object a run created, from the calls that create objects."""
+        names = {"s3.PutObject": "ObjectCreated:Put",
+                 "s3.CompleteMultipartUpload": "ObjectCreated:CompleteMultipartUpload"}
+        return [(names[op], params["Key"]) for op, params in calls if op in names and params["Bucket"] == self.source]
+
+    def created_by_last_export(self) -> list[tuple[str, str]]:
+        return list(self._created)
+
+    def drop_object(self, key: str, body: bytes = b"not a workbook") -> tuple[str, str]:
+        """Someone puts an object into the source bucket by hand."""
+        self.s3.put_object(Bucket=self.source, Key=key, Body=body)
+        return ("ObjectCreated:Put", key)
+
+    def notifications(self, created: list[tuple[str, str]]) -> list[dict]:
+        """The events S3 would send for ``created``, per the template's notification configuration."""
+        rules = notification_rules(self.template, self.source_id)
+        events = []
+        for event_name, key in created:
+            matching = [r for r in rules if r.matches(event_name, key)]
+            if not matching:
+                self.say(f"no notification for s3://{self.source}/{key} ({event_name}): no rule matches")
+                continue
+            for rule in matching:
+                if rule.function_logical_id != self.replicator_fn.logical_id:
+                    raise AssertionError(f"the notification for {key} targets {rule.function_logical_id}")
+                try:
+                    head = self.s3.head_object(Bucket=self.source, Key=key)
+                except self.s3.exceptions.ClientError:
+                    self.say(f"s3://{self.source}/{key} was never created: no notification")
+                    continue
+                events.append({"Records": [{
+                    "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+                    "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "eventName": event_name,
+                    "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": self.source, "arn": f"arn:aws:s3:::{self.source}"},
+                           "object": {"key": quote_plus(key, safe="/"), "size": head["ContentLength"],
+                                      "eTag": head["ETag"].strip('"'), "versionId": head.get("VersionId"),
+                                      "sequencer": f"{time.time_ns():X}"}},
+                }]})
+                self.say(f"notification: s3:{event_name} {key} matches {rule.events} prefix={rule.prefix!r} "
+                         f"suffix={rule.suffix!r} -> replicator")
+        return events
+
+    def deliver(self, event: dict) -> Delivery:
+        """Invoke the replicator as Lambda does for async events: retries, then the on-failure destination."""
+        retries = self.replicator_fn.invoke_config.get("MaximumRetryAttempts", 2)
+        key = unquote_key(event)
+        started = time.monotonic()
+        for attempt in range(1, retries + 2):
+            try:
+                result = self.replicator_handler.handler(copy.deepcopy(event), Context(
+                    self.replicator_fn.properties.get("Timeout", 3)))
+            except self.replicator_handler.ReplicationError as exc:
+                self.say(f"replicator attempt {attempt} for {key} failed: {exc}")
+                last = str(exc)
+                continue
+            outcome = "copied" if result["copied"] else "already-copied" if result["already_copied"] else "skipped"
+            self.say(f"replicator: {key} {outcome} to s3://{self.destination}/"
+                     f"{self.replicator_env.get('DESTINATION_PREFIX', '')}{key} "
+                     f"(attempt {attempt}, {time.monotonic() - started:.2f} s)")
+            return Delivery(key, attempt, outcome)
+        destination = self.replicator_fn.invoke_config.get("DestinationConfig", {}).get("OnFailure", {})
+        self.failed_events.append({"requestContext": {"condition": "RetriesExhausted"}, "requestPayload": event,
+                                   "destination": destination})
+        self.say(f"replicator gave up on {key} after {retries + 1} attempts: kept in the on-failure queue")
+        return Delivery(key, retries + 1, f"failed: {last}")
+
+    # -- checks --------------------------------------------------------------------------
+
+    def listing(self) -> dict[str, list[str]]:
+        out = {}
+        for bucket in (self.source, self.destination):
+            out[bucket] = sorted(o["Key"] for o in self.s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+        return out
+
+    def uploads_in_progress(self) -> list[str]:
+        return [u["Key"] for b in (self.source, self.destination)
+                for u in self.s3.list_multipart_uploads(Bucket=b).get("Uploads", [])]
+
+    def check_replicated(self, key: str) -> dict:
+        """The destination copy is byte for byte the source, with its metadata and the source recorded."""
+        dest_key = self.replicator_env.get("DESTINATION_PREFIX", "") + key
+        src = self.s3.get_object(Bucket=self.source, Key=key)
+        dst = self.s3.get_object(Bucket=self.destination, Key=dest_key)
+        body = src["Body"].read()
+        assert dst["Body"].read() == body, f"{dest_key} differs from {key}"
+        assert dst["ContentType"] == src["ContentType"]
+        for name, value in src["Metadata"].items():
+            assert dst["Metadata"].get(name) == value, f"{dest_key}: metadata {name} not carried over"
+        assert dst["Metadata"]["source-version-id"] == src["VersionId"]
+        return {"key": dest_key, "bytes": len(body), "metadata": dst["Metadata"], "body": body}
+
+    def check_rows(self, export_name: str, body: bytes) -> int:
+        """The workbook's rows are the rows the export's SQL returns now."""
+        import io
+
+        import openpyxl
+        import pymysql
+
+        from tests.xlsx_expect import assert_rows_match, query
+
+        sql = json.loads(self.export_env["EXPORTS"])[export_name]["sql"]
+        conn = pymysql.connect(host=self.mysql["host"], port=self.mysql["port"], user=self.mysql["user"],
+                               password=self.mysql["password"], database=self.mysql["database"], charset="utf8mb4")
+        try:
+            columns, rows, types = query(conn, sql)
+        finally:
+            conn.close()
+        wb = openpyxl.load_workbook(io.BytesIO(body))
+        read = [r for ws in wb for r in list(ws.iter_rows(values_only=True))[1:]]
+        assert [c.value for c in next(wb.worksheets[0].iter_rows(max_row=1))] == columns
+        assert_rows_match(read, columns, rows, types)
+        return len(rows)
+
+    def denied_calls(self) -> dict[str, list]:
+        """Calls each handler made that the role the template gives it would not allow."""
+        out = {}
+        for fn, recorder in ((self.export_fn, self.export_calls), (self.replicator_fn, self.replicator_calls)):
+            statements = role_statements(self.template, fn.role_logical_id, self.names)
+            out[fn.logical_id] = denied(statements, recorder.needs())
+        return out
+
+
+def unquote_key(event: dict) -> str:
+    from urllib.parse import unquote_plus
+
+    return unquote_plus(event["Records"][0]["s3"]["object"]["key"])
+
+
+def mysql_from_env() -> dict:
+    url = urlparse(os.environ.get("MYSQL_DSN", "mysql://root@127.0.0.1:3306/test"))
+    return {"host": url.hostname or "127.0.0.1", "port": url.port or 3306, "user": unquote(url.username or "root"),
+            "password": unquote(url.password or ""), "database": url.path.lstrip("/") or "test"}
+
+
+def create_sample_tables(mysql: dict, *, replace: bool) -> None:
+    import pymysql
+
+    conn = pymysql.connect(host=mysql["host"], port=mysql["port"], user=mysql["user"], password=mysql["password"],
+                           database=mysql["database"], autocommit=True)
+    with conn.cursor() as cur:
+        for table, (ddl, rows) in SAMPLE_TABLES.items():
+            if replace:
+                cur.execute(f"DROP TABLE IF EXISTS {table}")
+            cur.execute(f"SHOW TABLES LIKE %s", (table,))
+            if cur.fetchone():
+                continue
+            cur.execute(ddl)
+            cur.executemany(f"INSERT INTO {table} VALUES ({', '.join(['%s'] * len(rows[0]))})", rows)
+    conn.close()
+
+
+def run(template: dict, mysql: dict, say: Callable[[str], None] = print) -> dict:
+    """The happy path end to end; returns what went where. Raises AssertionError on any broken promise."""
+    report = {"exports": [], "copies": []}
+    with LocalPipeline(template, mysql, say=say) as p:
+        result = p.run_export({})
+        for event in p.notifications(p.created_by_last_export()):
+            delivery = p.deliver(event)
+            assert delivery.outcome == "copied", delivery
+        for r in result["exports"]:
+            copy_ = p.check_replicated(r["key"])
+            rows = p.check_rows(r["export"], copy_["body"])
+            say(f"checked {r['export']}: s3://{p.destination}/{copy_['key']} equals the source byte for byte, "
+                f"metadata {sorted(copy_['metadata'])}, {rows} rows equal the SQL's")
+            report["exports"].append(r)
+            report["copies"].append(copy_["key"])
+        problems = {fn: d for fn, d in p.denied_calls().items() if d}
+        assert not problems, f"calls the template's roles would deny: {problems}"
+        say(f"IAM: every call of both handlers is allowed by the role the template gives it")
+        report["listing"] = p.listing()
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--template", type=Path, help="a synthesized template (default: synthesize dev in-process)")
+    parser.add_argument("--no-sample-tables", action="store_true",
+                        help="do not create the dev config's sample tables (orders, customers) where missing")
+    args = parser.parse_args()
+    mysql = mysql_from_env()
+    if args.template:
+        template = json.loads(args.template.read_text())
+    else:
+        from tests.synth_app import synthesize
+
+        started = time.monotonic()
+        template = synthesize("dev").template
+        print(f"synthesized dev in {time.monotonic() - started:.2f} s")
+    if not args.no_sample_tables:
+        create_sample_tables(mysql, replace=False)
+    report = run(template, mysql)
+    for bucket, keys in report["listing"].items():
+        print(f"s3://{bucket}/: " + (", ".join(keys) or "(empty)"))
+
+
+if __name__ == "__main__":
+    main()
