@@ -102,7 +102,7 @@ def secrets(moto_aws):
 
 # --- the CDK app, built once per session per environment ----------------------------
 
-from tests.synth_app import CDK_JSON, Synthesized, synthesize  # noqa: E402
+from tests.synth_app import Synthesized, synthesize  # noqa: E402
 
 
 @pytest.fixture(scope="session")

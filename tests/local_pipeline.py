@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 from urllib.parse import quote_plus, unquote, urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,8 +220,11 @@ class LocalPipeline:
     # -- set-up --------------------------------------------------------------------------
 
     def __enter__(self) -> "LocalPipeline":
+        import logging
+
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
         started = time.monotonic()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
@@ -462,7 +465,7 @@ def create_sample_tables(mysql: dict, *, replace: bool) -> None:
         for table, (ddl, rows) in SAMPLE_TABLES.items():
             if replace:
                 cur.execute(f"DROP TABLE IF EXISTS {table}")
-            cur.execute(f"SHOW TABLES LIKE %s", (table,))
+            cur.execute("SHOW TABLES LIKE %s", (table,))
             if cur.fetchone():
                 continue
             cur.execute(ddl)
@@ -487,7 +490,7 @@ def run(template: dict, mysql: dict, say: Callable[[str], None] = print) -> dict
             report["copies"].append(copy_["key"])
         problems = {fn: d for fn, d in p.denied_calls().items() if d}
         assert not problems, f"calls the template's roles would deny: {problems}"
-        say(f"IAM: every call of both handlers is allowed by the role the template gives it")
+        say("IAM: every call of both handlers is allowed by the role the template gives it")
         report["listing"] = p.listing()
     return report
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stacks.bundling import EXPORT_BUNDLE, REPLICATOR_BUNDLE, BundleSpec, BundlingError, bundle, rds_ca_bundle
+from stacks.bundling import EXPORT_BUNDLE, REPLICATOR_BUNDLE, BundlingError, bundle, rds_ca_bundle
 
 
 @pytest.fixture

@@ -7,19 +7,25 @@ import tempfile
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from tests.local_pipeline import SAMPLE_TABLES, LocalPipeline, create_sample_tables, run
+from tests.local_pipeline import LocalPipeline, create_sample_tables, run
+
+
+E2E_DATABASE = "xlsx_pipeline_e2e"
 
 
 @pytest.fixture(scope="module")
 def sample_tables(mysql):
-    db = {"host": mysql.host, "port": mysql.port, "user": mysql.user, "password": mysql.password,
-          "database": mysql.database}
-    create_sample_tables(db, replace=True)
-    yield db
+    """The dev config's tables (orders, customers) in a database of their own, so no real table is touched."""
     conn = mysql.connect()
     with conn.cursor() as cur:
-        for table in SAMPLE_TABLES:
-            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        cur.execute(f"DROP DATABASE IF EXISTS {E2E_DATABASE}")
+        cur.execute(f"CREATE DATABASE {E2E_DATABASE} CHARACTER SET utf8mb4")
+    db = {"host": mysql.host, "port": mysql.port, "user": mysql.user, "password": mysql.password,
+          "database": E2E_DATABASE}
+    create_sample_tables(db, replace=True)
+    yield db
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {E2E_DATABASE}")
     conn.close()
 
 

@@ -10,7 +10,6 @@ import datetime as dt
 import io
 import json
 import tempfile
-import threading
 from decimal import Decimal
 from pathlib import Path
 
