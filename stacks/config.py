@@ -91,7 +91,8 @@ DatabaseConfig = Union[CreateDatabaseConfig, ExistingDatabaseConfig]
 
 @dataclass(frozen=True)
 class DestinationConfig:
-    """``bucket_name`` set: import that bucket (another team's or account's) and only grant access."""
+    """``bucket_name`` set (in config as a name or an ARN): import that bucket (another team's or
+    account's) and only grant access to it."""
 
     bucket_name: str | None = None
     prefix: str = ""
@@ -220,7 +221,7 @@ def _contract(fn: Callable[[Any], T], value: Any, path: str) -> T:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def _read_exports(env: _Reader, key_prefix: str) -> tuple[ExportConfig, ...]:
+def _read_exports(env: _Reader) -> tuple[ExportConfig, ...]:
     raw = env._get("exports", True)
     if not isinstance(raw, list) or not raw:
         raise env.fail("exports", "expected a non-empty list of exports")
@@ -303,6 +304,18 @@ def _read_database(env: _Reader, retain: bool) -> DatabaseConfig:
     return cfg
 
 
+_BUCKET_ARN_RE = re.compile(r"^arn:aws[a-z-]*:s3:::([^/]+)$")
+
+
+def _destination_name(dest: _Reader) -> str | None:
+    name = dest.str("bucket_name", check=_BUCKET_RE.match, expect="an S3 bucket name")
+    arn = dest.str("bucket_arn", check=lambda v: bool(_BUCKET_ARN_RE.match(v) and _BUCKET_RE.match(v.rsplit(":", 1)[1])),
+                   expect="an S3 bucket ARN like 'arn:aws:s3:::bucket-name'")
+    if name and arn:
+        raise dest.fail("bucket_arn", "give bucket_name or bucket_arn, not both")
+    return name or (arn.rsplit(":", 1)[1] if arn else None)
+
+
 def _read_environment(name: str, raw: Any) -> EnvironmentConfig:
     env = _Reader(raw, f"{CONTEXT_KEY}.{name}")
     account = env.str("account", check=_ACCOUNT_RE.match, expect="a 12-digit account id")
@@ -325,14 +338,14 @@ def _read_environment(name: str, raw: Any) -> EnvironmentConfig:
     fn.done()
     key_prefix = env.str("key_prefix", "", check=lambda v: v == "" or re.match(r"^[A-Za-z0-9!_.*'()/-]+/$", v) is not None
                          and not v.startswith("/"), expect="empty or a key prefix ending in '/'")
-    exports = _read_exports(env, key_prefix)
+    exports = _read_exports(env)
     database = _read_database(env, retain=removal == "retain")
     if account and isinstance(database, CreateDatabaseConfig) and not database.availability_zones:
         raise ConfigError(f"{env.path}.database.availability_zones: required when account and region are set "
                           "(synth must not look them up)")
     dest = env.obj("destination")
     destination = DestinationConfig(
-        bucket_name=dest.str("bucket_name", check=_BUCKET_RE.match, expect="an S3 bucket name"),
+        bucket_name=_destination_name(dest),
         prefix=dest.str("prefix", "", check=lambda v: not v.startswith("/") and len(v) < 512,
                         expect="a key prefix not starting with '/'"),
     )

@@ -94,6 +94,19 @@ def test_source_and_destination_bucket_may_not_be_the_same():
         load_environment(with_change("prod", change), "prod")
 
 
+def test_an_imported_destination_may_be_given_by_arn():
+    def by_arn(env):
+        env["destination"] = {"bucket_arn": "arn:aws:s3:::partner-team-xlsx-inbox", "prefix": "x/"}
+
+    assert load_environment(with_change("prod", by_arn), "prod").destination.bucket_name == "partner-team-xlsx-inbox"
+
+    def both(env):
+        env["destination"]["bucket_arn"] = "arn:aws:s3:::other"
+
+    with pytest.raises(ConfigError, match="destination.bucket_arn: give bucket_name or bucket_arn, not both"):
+        load_environment(with_change("prod", both), "prod")
+
+
 def test_exports_that_do_not_fit_the_lambda_environment_are_refused():
     def change(env):
         env["exports"] = [{"name": f"e{i}", "sql": "SELECT " + "x, " * 200 + "1"} for i in range(6)]

@@ -62,7 +62,8 @@ HOSTILE_ROWS = [
      "t": dt.timedelta(microseconds=500000), "vc": "  padded  ", "txt": "line1\r\nline2\ttab",
      "longtxt": "<tag attr='1'>&amp;</tag> _x0041_", "ch": "-1+1", "dec_big": Decimal("-12345.678900")},
     {"id": 5, "day": dt.date(9999, 12, 31), "moment": dt.datetime(9999, 12, 31, 23, 59, 59, 999000),
-     "d": 0.1, "f": 1e20, "i": -2147483648, "big": -9223372036854775808, "dec_big": Decimal("1E-30")},
+     "d": 0.1, "f": 1e20, "i": -2147483648, "big": -9223372036854775808, "dec_big": Decimal("1E-30"),
+     "ubig": 10**19},  # 20 digits, 1 significant: Excel holds it exactly
 ]
 
 

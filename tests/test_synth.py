@@ -125,3 +125,10 @@ def test_cli_reports_a_bad_environment_without_a_traceback(tmp_path):
     assert result.returncode != 0
     assert "error: unknown environment 'staging'; configured: dev, prod" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_cli_is_kept_off_the_network():
+    # Synth must work offline: no notices fetch, no telemetry.
+    assert CDK_JSON["notices"] is False
+    assert CDK_JSON["context"]["cli-telemetry"] is False
+    assert CDK_JSON["app"].endswith("app.py")

@@ -44,7 +44,8 @@ def assert_cell(read, value, column: str, *, bit_width: int | None = None) -> No
     elif isinstance(value, bytes):
         assert read == value.hex(), where
     elif isinstance(value, int):
-        assert read == (value if len(str(abs(value))) <= 15 else str(value)), where
+        significant = len(str(abs(value)).rstrip("0"))
+        assert read == (value if significant <= 15 else str(value)), where
     elif isinstance(value, Decimal):
         if len(value.normalize().as_tuple().digits) <= 15:
             assert isinstance(read, (int, float)) and math.isclose(read, float(value), rel_tol=1e-15), where

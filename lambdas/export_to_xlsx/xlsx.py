@@ -77,8 +77,8 @@ def column_letter(index: int) -> str:
     return letters
 
 
-def _digits(n: int) -> int:
-    return len(str(abs(n)))
+def _significant_digits(n: int) -> int:
+    return len(str(abs(n)).rstrip("0")) or 1
 
 
 class CellEncoder:
@@ -120,7 +120,7 @@ class CellEncoder:
         if kind is str:
             return f'<c r="{ref}" t="inlineStr">{self.text(value)}</c>' if value else ""
         if kind is int:
-            if _digits(value) > MAX_EXACT_DIGITS:
+            if _significant_digits(value) > MAX_EXACT_DIGITS:
                 self.counts.big_numbers_as_text += 1
                 return f'<c r="{ref}" t="inlineStr"><is><t>{value}</t></is></c>'
             return f'<c r="{ref}"><v>{value}</v></c>'
