@@ -17,8 +17,7 @@ from .replicate import CopyFailed, replicate
 from .events import CopyRequest, Skipped, parse
 from .settings import Settings, load_settings
 
-log = logging.getLogger()
-log.setLevel(logging.INFO)
+log = logging.getLogger()  # level and JSON format come from the function's logging config (the stack)
 
 #: Throttling and transient errors are retried with exponential backoff inside the invocation.
 AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5, read_timeout=120)

@@ -20,8 +20,7 @@ from .errors import ExportError
 from .export import Target, remove_stale_files, run_export
 from .settings import CA_BUNDLE_FILE, ExportDefinition, Settings, load_settings
 
-log = logging.getLogger()
-log.setLevel(logging.INFO)
+log = logging.getLogger()  # level and JSON format come from the function's logging config (the stack)
 
 AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60)
 

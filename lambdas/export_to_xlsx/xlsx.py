@@ -60,7 +60,7 @@ class SanitizeCounts:
     strings_truncated: int = 0
     big_numbers_as_text: int = 0
     non_finite_floats_emptied: int = 0
-    dates_before_1900_as_text: int = 0
+    early_dates_as_text: int = 0
     negative_times_as_text: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -88,8 +88,9 @@ class CellEncoder:
       with every digit (Excel would round them);
     - float: a number; NaN and infinities: an empty cell;
     - bool: a boolean; bytes: hex text; None: an empty cell;
-    - date / datetime: an Excel date serial with a date or date-time format
-      (dates before 1900, which Excel cannot hold, as ISO text); aware datetimes in UTC;
+    - date / datetime: an Excel date serial with a date or date-time format; dates before
+      1 March 1900 as ISO text (Excel holds nothing before 1900 and miscounts its first two
+      months, the 1900 leap-year bug); aware datetimes in UTC;
     - timedelta (MySQL TIME): a duration with format [h]:mm:ss (negative ones as text);
     - str: inline text, never a formula; characters XML cannot hold become U+FFFD and
       text over 32,767 characters is cut with a visible mark.
@@ -174,7 +175,7 @@ class CellEncoder:
         return f'<c r="{ref}" s="{STYLE_DATETIME}"><v>{serial!r}</v></c>'
 
     def _early(self, ref: str, value: dt.date) -> str:
-        self.counts.dates_before_1900_as_text += 1
+        self.counts.early_dates_as_text += 1
         return f'<c r="{ref}" t="inlineStr"><is><t>{value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value.isoformat()}</t></is></c>'
 
 
