@@ -315,6 +315,78 @@ def test_a_rotated_password_is_picked_up_after_a_login_failure(env, s3, secrets,
     assert rt.secrets.get().username == mysql.user
 
 
+def test_tls_needs_the_bundled_ca(env, s3, monkeypatch, tmp_files):
+    # The source tree has no CA bundle (the bundler writes it into the asset): verify mode says so.
+    monkeypatch.setenv(contract.ENV_DB_TLS, "verify")
+    export_handler.runtime.cache_clear()
+    with pytest.raises(ExportError, match="the RDS CA bundle .*rds-ca-bundle.pem is missing"):
+        export_handler.handler({"export": "one"}, Context())
+    assert_nothing_left(s3, tmp_files)
+
+
+@pytest.fixture(scope="module")
+def rds_ca(tmp_path_factory) -> Path:
+    """The CA bundle exactly as the bundler writes it into the asset."""
+    from stacks.bundling import rds_ca_bundle
+
+    path = tmp_path_factory.mktemp("asset") / "rds-ca-bundle.pem"
+    path.write_bytes(rds_ca_bundle())
+    return path
+
+
+def test_tls_is_never_downgraded_to_plain_text(rds_ca, env, s3, tmp_files):
+    # Given verify mode with the real RDS CA bundle, against a server without TLS (the local MariaDB)
+    from export_to_xlsx.database import Endpoint
+
+    rt = export_handler.runtime()
+    endpoint = Endpoint(rt.endpoint.host, rt.endpoint.port, rt.endpoint.database, rds_ca)
+    # Then the export refuses to connect instead of sending anything in plain text
+    with pytest.raises(ExportError, match="cannot connect to the database at .*: SSL is required but the server"):
+        export_module.run_export(rt.settings.exports["one"], endpoint=endpoint, secrets=rt.secrets, s3=rt.s3,
+                                 target=rt.target)
+    assert_nothing_left(s3, tmp_files)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """A MariaDB that speaks TLS with a certificate signed by a test CA (the shared one has no TLS)."""
+    from tests import tls_mysql
+
+    try:
+        server, stop = tls_mysql.start(tmp_path_factory.mktemp("tls-mariadb"))
+    except RuntimeError as exc:
+        pytest.fail(f"cannot start the TLS MariaDB these tests need: {exc}", pytrace=False)
+    yield server
+    stop()
+
+
+def test_export_over_verified_tls(tls_server, env, s3, monkeypatch):
+    # Given a server whose certificate the bundled CA file verifies
+    from export_to_xlsx.database import Endpoint
+
+    sql = "SELECT VARIABLE_VALUE AS cipher FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher'"
+    rt = export_handler.runtime()
+    export = contract.ExportDefinition(name="tls", sql=sql, sheet_name="tls")
+    endpoint = Endpoint(tls_server.host, tls_server.port, "mysql", tls_server.ca_file)
+    # When the export runs there
+    result = export_module.run_export(export, endpoint=endpoint, secrets=rt.secrets, s3=rt.s3, target=rt.target)
+    # Then its own session was encrypted
+    (header, (cipher,)) = list(open_workbook(s3, result["key"]).active.iter_rows(values_only=True))
+    assert header == ("cipher",) and cipher
+
+
+def test_a_certificate_the_bundle_does_not_trust_is_refused(tls_server, rds_ca, env, s3, tmp_files):
+    # The real RDS CA bundle does not trust the test CA: the connection must fail, not go on unverified.
+    from export_to_xlsx.database import Endpoint
+
+    rt = export_handler.runtime()
+    endpoint = Endpoint(tls_server.host, tls_server.port, "mysql", rds_ca)
+    with pytest.raises(ExportError, match="cannot connect to the database at .*CERTIFICATE_VERIFY_FAILED"):
+        export_module.run_export(rt.settings.exports["one"], endpoint=endpoint, secrets=rt.secrets, s3=rt.s3,
+                                 target=rt.target)
+    assert_nothing_left(s3, tmp_files)
+
+
 def test_missing_secret(env, s3, secrets, tmp_files):
     secrets.delete_secret(SecretId=env[contract.ENV_DB_SECRET_ARN], ForceDeleteWithoutRecovery=True)
     with pytest.raises(ExportError, match="cannot read the database secret .*ResourceNotFoundException"):

@@ -37,10 +37,11 @@ def _code(exc: pymysql.err.MySQLError) -> int | None:
 
 
 def connect(endpoint: Endpoint, credentials: Credentials) -> pymysql.connections.Connection:
-    tls = {}
+    tls: dict = {"ssl_disabled": True}  # "off": plain TCP, never pymysql's opportunistic TLS
     if endpoint.ca_file is not None:
         if not endpoint.ca_file.is_file():
             raise ExportError(f"the RDS CA bundle {endpoint.ca_file} is missing from the function's package")
+        # TLS is required: a server that does not offer it is refused, never used in plain text.
         tls = {"ssl_ca": str(endpoint.ca_file), "ssl_verify_cert": True, "ssl_verify_identity": True}
     try:
         return pymysql.connect(
