@@ -198,12 +198,12 @@ def test_every_mysql_type_and_hostile_value_round_trips(env, s3, mysql):
 
 
 def test_object_key_content_type_and_metadata(env, s3):
-    fixed = dt.datetime(2026, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
+    fixed = dt.datetime(2026, 2, 3, 4, 5, 6, 789123, tzinfo=dt.timezone.utc)
     export = export_handler.runtime().settings.exports["numbers"]
     rt = export_handler.runtime()
     result = export_module.run_export(export, endpoint=rt.endpoint, secrets=rt.secrets, s3=rt.s3,
                                       target=rt.target, now=lambda: fixed)
-    assert result["key"] == "exports/numbers/2026/02/03/numbers-20260203T040506Z.xlsx"
+    assert result["key"] == "exports/numbers/2026/02/03/numbers-20260203T040506.789Z.xlsx"
     head = s3.head_object(Bucket=BUCKET, Key=result["key"])
     assert head["ContentType"] == "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     import hashlib
@@ -305,14 +305,33 @@ def test_bad_credentials_are_reread_once_then_fail_clearly(env, s3, secrets, mys
     assert_nothing_left(s3, tmp_files)
 
 
-def test_a_rotated_password_is_picked_up_after_a_login_failure(env, s3, secrets, mysql):
-    rt = export_handler.runtime()
-    rt.secrets.get()  # cached now
-    # The password changes (rotation): the cached one is stale.
-    rt.secrets._value = type(rt.secrets._value)(username="nobody", password="stale")
+@pytest.fixture
+def exporter_user(mysql):
+    """A database user of its own, so its password can be rotated for real."""
+    conn = mysql.connect()
+    with conn.cursor() as cur:
+        cur.execute("DROP USER IF EXISTS 'xlsx_exporter'@'%'")
+        cur.execute("CREATE USER 'xlsx_exporter'@'%' IDENTIFIED BY 'first-Pa55'")
+        cur.execute(f"GRANT SELECT ON `{mysql.database}`.* TO 'xlsx_exporter'@'%'")
+    yield conn
+    with conn.cursor() as cur:
+        cur.execute("DROP USER IF EXISTS 'xlsx_exporter'@'%'")
+    conn.close()
+
+
+def test_a_rotated_password_is_picked_up_after_a_login_failure(env, s3, secrets, mysql, exporter_user):
+    arn = env[contract.ENV_DB_SECRET_ARN]
+    secrets.put_secret_value(SecretId=arn, SecretString=mysql.secret_json(username="xlsx_exporter",
+                                                                          password="first-Pa55"))
+    export_handler.handler({"export": "one"}, Context())  # the warm function now caches the first password
+    # The secret is rotated: the database and the secret get a new password
+    with exporter_user.cursor() as cur:
+        cur.execute("ALTER USER 'xlsx_exporter'@'%' IDENTIFIED BY 'second-Pa55'")
+    secrets.put_secret_value(SecretId=arn, SecretString=mysql.secret_json(username="xlsx_exporter",
+                                                                          password="second-Pa55"))
+    # The next invocation's login with the cached password fails, the secret is read again, the export runs
     export_handler.handler({"export": "one"}, Context())
-    assert len(all_keys(s3)) == 1
-    assert rt.secrets.get().username == mysql.user
+    assert len(all_keys(s3)) == 2
 
 
 def test_tls_needs_the_bundled_ca(env, s3, monkeypatch, tmp_files):

@@ -39,9 +39,11 @@ class Target:
 
 
 def object_key(prefix: str, export: str, now: dt.datetime) -> str:
-    """``<prefix><export>/YYYY/MM/DD/<export>-YYYYMMDDTHHMMSSZ.xlsx`` in UTC."""
+    """``<prefix><export>/YYYY/MM/DD/<export>-YYYYMMDDTHHMMSS.mmmZ.xlsx`` in UTC.
+
+    Milliseconds keep two runs in the same second from landing on one key."""
     now = now.astimezone(dt.timezone.utc)
-    return f"{prefix}{export}/{now:%Y/%m/%d}/{export}-{now:%Y%m%dT%H%M%SZ}.xlsx"
+    return f"{prefix}{export}/{now:%Y/%m/%d}/{export}-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z.xlsx"
 
 
 def remove_stale_files(directory: Path) -> None:
