@@ -20,6 +20,12 @@ def main() -> None:
         app.synth()
     except (ConfigError, BundlingError) as exc:
         sys.exit(f"error: {exc}")
+    except RuntimeError as exc:
+        # A BundlingError raised inside the CDK's bundling callback comes back wrapped by jsii.
+        message = str(exc)
+        if "Failed to bundle asset" not in message:
+            raise
+        sys.exit("error: " + message.split("RuntimeError: ", 1)[-1])
 
 
 if __name__ == "__main__":

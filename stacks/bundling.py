@@ -94,7 +94,7 @@ class BundleSpec:
 
 def _pip_args(spec: BundleSpec, target: str, requirements: str) -> list[str]:
     return [
-        "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--no-input",
+        "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--no-input", "--no-color",
         "--target", target,
         "--platform", spec.platform,
         "--implementation", "cp",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,12 +90,12 @@ def test_cfn_lint_reports_no_errors(request, env, tmp_path):
 # --- the CLI, as CI review runs it --------------------------------------------------------------
 
 
-def npx_cdk(*args: str, outdir: Path) -> subprocess.CompletedProcess:
+def npx_cdk(*args: str, outdir: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20", "CDK_DISABLE_VERSION_CHECK": "1"}
     env.pop("CDK_VALIDATION", None)
     return subprocess.run(
         ["npx", "--no-install", "cdk", "synth", "--quiet", "--output", str(outdir), *args],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
+        cwd=cwd, capture_output=True, text=True, env=env, timeout=600,
     )
 
 
@@ -124,6 +125,21 @@ def test_cli_reports_a_bad_environment_without_a_traceback(tmp_path):
     result = npx_cdk("-c", "env=staging", outdir=tmp_path)
     assert result.returncode != 0
     assert "error: unknown environment 'staging'; configured: dev, prod" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_reports_a_failed_pip_run_without_a_traceback(tmp_path):
+    # Given a copy of the project whose export function asks for a package version that does not exist
+    project = tmp_path / "project"
+    shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".git", ".venv", "node_modules", "cdk.out",
+                                                                   "__pycache__", ".pytest_cache"))
+    for shared in (".venv", "node_modules"):
+        (project / shared).symlink_to(ROOT / shared)
+    (project / "lambdas" / "export_to_xlsx" / "requirements.txt").write_text("PyMySQL==0.0.0.404\n")
+    # When it is synthesized, then synth stops with pip's own reason and no Python traceback
+    result = npx_cdk(outdir=tmp_path / "out", cwd=project)
+    assert result.returncode != 0
+    assert "error: pip could not install" in result.stderr and "PyMySQL==0.0.0.404" in result.stderr
     assert "Traceback" not in result.stderr
 
 
