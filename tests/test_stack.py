@@ -14,6 +14,8 @@ from aws_cdk.assertions import Match, Template
 from lambdas.bucket_replicator import settings as replicator_contract
 from lambdas.export_to_xlsx import settings as export_contract
 from stacks.bucket_replicator import BucketReplicator
+from stacks.config import ExportConfig
+from stacks.export_to_xlsx import ExportToXlsx
 from stacks.secure_bucket import SecureBucket
 
 ENVS = ["dev", "prod"]
@@ -403,3 +405,31 @@ def test_secure_bucket_refuses_bad_props():
         SecureBucket(stack, "B", removal_policy=cdk.RemovalPolicy.SNAPSHOT)
     with pytest.raises(ValueError, match="access_logs_prefix needs access_logs_bucket"):
         SecureBucket(stack, "C", removal_policy=cdk.RemovalPolicy.RETAIN, access_logs_prefix="x/")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"exports": []}, "exports must name at least one export"),
+    ({"exports": [ExportConfig("a", "SELECT 1", "a"), ExportConfig("a", "SELECT 2", "a")]}, "must be unique"),
+    ({"exports": [ExportConfig("Bad Name", "SELECT 1", "x")]}, "export name 'Bad Name' must be"),
+    ({"key_prefix": "exports"}, "key_prefix must be empty or end with '/'"),
+    ({"database_port": 0}, "database_port must be a TCP port"),
+    ({"ephemeral_storage_mb": 100}, "ephemeral_storage_mb 512..10240"),
+])
+def test_export_construct_refuses_bad_props(change, message):
+    from aws_cdk import aws_ec2 as ec2
+    from aws_cdk import aws_secretsmanager as secretsmanager
+
+    stack, topic = _scratch()
+    vpc = ec2.Vpc(stack, "Vpc", nat_gateways=0, max_azs=1, subnet_configuration=[
+        ec2.SubnetConfiguration(name="i", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)])
+    props = dict(
+        source_bucket=SecureBucket(stack, "B", removal_policy=cdk.RemovalPolicy.RETAIN).bucket,
+        key_prefix="", exports=[ExportConfig("orders", "SELECT 1", "orders")], vpc=vpc,
+        subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
+        database_security_group=ec2.SecurityGroup(stack, "Db", vpc=vpc), database_host="db", database_port=3306,
+        database_name="app", secret=secretsmanager.Secret(stack, "S"), alarm_topic=topic,
+        log_retention=logs.RetentionDays.ONE_WEEK, removal_policy=cdk.RemovalPolicy.RETAIN,
+    )
+    props.update(change)
+    with pytest.raises(ValueError, match=message):
+        ExportToXlsx(stack, "E", **props)
