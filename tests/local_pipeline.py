@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
-from urllib.parse import quote_plus, unquote, urlparse
+from urllib.parse import quote_plus, unquote, unquote_plus, urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "lambdas"), str(ROOT)]
@@ -253,8 +253,10 @@ class LocalPipeline:
         self.source_id = export_env["SOURCE_BUCKET"]["Ref"]
         dest = replicator_env["DESTINATION_BUCKET"]
         self.names = Names()
-        for logical_id, local in ((self.source_id, SOURCE_NAME),) + (
-                ((dest["Ref"], DESTINATION_NAME),) if isinstance(dest, dict) else ()):
+        created = {self.source_id: SOURCE_NAME}
+        if isinstance(dest, dict):  # a bucket of the stack's own; an imported one is named in the template
+            created[dest["Ref"]] = DESTINATION_NAME
+        for logical_id, local in created.items():
             self.names[logical_id] = local
             self.names[f"{logical_id}.Arn"] = f"arn:aws:s3:::{local}"
         self.source = SOURCE_NAME
@@ -445,8 +447,6 @@ class LocalPipeline:
 
 
 def unquote_key(event: dict) -> str:
-    from urllib.parse import unquote_plus
-
     return unquote_plus(event["Records"][0]["s3"]["object"]["key"])
 
 
