@@ -5,8 +5,8 @@ from __future__ import annotations
 import tempfile
 
 import pytest
-from botocore.awsrequest import AWSResponse
 
+from tests.faults import s3_error
 from tests.local_pipeline import LocalPipeline, create_sample_tables, run
 
 
@@ -41,17 +41,6 @@ def pipeline(dev, sample_tables, tmp_files):
     with LocalPipeline(dev.template, sample_tables, say=lines.append) as p:
         p.lines = lines
         yield p
-
-
-def error(status: int, code: str) -> AWSResponse:
-    import io
-
-    class Raw(io.BytesIO):
-        def stream(self, **_):
-            yield self.getvalue()
-
-    return AWSResponse("http://local/", status, {}, Raw(f"<Error><Code>{code}</Code><Message>{code}</Message></Error>"
-                                                         .encode()))
 
 
 def assert_nothing_half_written(p: LocalPipeline, tmp_files) -> None:
@@ -90,7 +79,7 @@ def test_the_database_stops_between_two_exports(pipeline, tmp_files):
 
 def test_the_source_bucket_refuses_the_upload(pipeline, tmp_files):
     s3 = pipeline.export_handler.runtime().s3
-    s3.meta.events.register_first("before-send.s3.PutObject", lambda **_: error(403, "AccessDenied"))
+    s3.meta.events.register_first("before-send.s3.PutObject", lambda **_: s3_error(403, "AccessDenied"))
     with pytest.raises(Exception, match="upload to s3://local-source-bucket/exports/orders/.* AccessDenied"):
         pipeline.run_export({"export": "orders"})
     assert pipeline.notifications(pipeline.created_by_last_export()) == []
@@ -101,7 +90,7 @@ def test_the_source_bucket_refuses_the_upload(pipeline, tmp_files):
 def test_the_destination_refuses_a_copy_once_then_the_retry_delivers_it(pipeline, tmp_files):
     result = pipeline.run_export({"export": "orders"})["exports"][0]
     (event,) = pipeline.notifications(pipeline.created_by_last_export())
-    refusals = [error(403, "AccessDenied")]
+    refusals = [s3_error(403, "AccessDenied")]
     s3 = pipeline.replicator_handler.runtime().s3
     s3.meta.events.register_first("before-send.s3.CopyObject", lambda **_: refusals.pop() if refusals else None)
     delivery = pipeline.deliver(event)
@@ -116,7 +105,7 @@ def test_a_copy_refused_on_every_retry_is_kept_with_its_event(pipeline, tmp_file
     pipeline.run_export({"export": "orders"})
     (event,) = pipeline.notifications(pipeline.created_by_last_export())
     s3 = pipeline.replicator_handler.runtime().s3
-    s3.meta.events.register_first("before-send.s3.CopyObject", lambda **_: error(403, "AccessDenied"))
+    s3.meta.events.register_first("before-send.s3.CopyObject", lambda **_: s3_error(403, "AccessDenied"))
     delivery = pipeline.deliver(event)
     assert delivery.outcome.startswith("failed") and delivery.attempts == 3  # 1 + MaximumRetryAttempts
     (kept,) = pipeline.failed_events

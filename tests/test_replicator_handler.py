@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import copy
-import io
 import json
 from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
 from boto3.s3.transfer import TransferConfig
-from botocore.awsrequest import AWSResponse
 
 from bucket_replicator import handler as replicator
 from bucket_replicator import replicate as replicate_module
 from bucket_replicator import settings as contract
+from tests.faults import s3_error
 from tests.iam import CallRecorder, denied, role_statements
 
 SOURCE, DESTINATION = "source-bucket", "destination-bucket"
@@ -229,26 +228,17 @@ def test_access_denied_on_the_destination_is_a_named_failure(env, buckets):
     version = put(buckets, key)
     # S3 answers the copy with 403 (moto does not evaluate policies, so the answer is injected).
     replicator.runtime().s3.meta.events.register_first(
-        "before-send.s3.CopyObject", lambda **_: _error_response(403, "AccessDenied", "Access Denied"))
+        "before-send.s3.CopyObject", lambda **_: s3_error(403, "AccessDenied", "Access Denied"))
     with pytest.raises(replicator.ReplicationError, match="denied.xlsx: copy to s3://destination-bucket/.* AccessDenied"):
         replicator.handler(event_for((key, version)), None)
-
-
-def _error_response(status: int, code: str, message: str) -> AWSResponse:
-    class Raw(io.BytesIO):
-        def stream(self, **_):
-            yield self.getvalue()
-
-    xml = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
-    return AWSResponse("https://s3.amazonaws.com/", status, {"Content-Type": "application/xml"}, Raw(xml))
 
 
 def test_throttling_is_retried_with_backoff_inside_the_invocation(env, buckets, monkeypatch):
     key = "exports/orders/throttled.xlsx"
     version = put(buckets, key)
     s3 = replicator.runtime().s3
-    answers = [_error_response(503, "SlowDown", "Please reduce your request rate."),
-               _error_response(503, "SlowDown", "Please reduce your request rate.")]
+    answers = [s3_error(503, "SlowDown", "Please reduce your request rate."),
+               s3_error(503, "SlowDown", "Please reduce your request rate.")]
     sent = []
 
     def throttle(**kwargs):
@@ -315,7 +305,7 @@ def test_the_role_in_the_template_allows_exactly_the_calls_the_code_makes(env, b
 
     def fail_second_part(**kwargs):
         parts.append(1)
-        return _error_response(403, "AccessDenied", "Access Denied") if len(parts) == 2 else None
+        return s3_error(403, "AccessDenied", "Access Denied") if len(parts) == 2 else None
 
     s3.meta.events.register_first("before-send.s3.UploadPartCopy", fail_second_part)
     with pytest.raises(replicator.ReplicationError):
