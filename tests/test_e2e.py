@@ -10,22 +10,22 @@ from tests.faults import s3_error
 from tests.local_pipeline import LocalPipeline, create_sample_tables, run
 
 
-E2E_DATABASE = "xlsx_pipeline_e2e"
 
 
 @pytest.fixture(scope="module")
 def sample_tables(mysql):
     """The dev config's tables (orders, customers) in a database of their own, so no real table is touched."""
+    e2e_database = f"{mysql.database}_xlsx_e2e"  # per server database, so parallel checkouts do not collide
     conn = mysql.connect()
     with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {E2E_DATABASE}")
-        cur.execute(f"CREATE DATABASE {E2E_DATABASE} CHARACTER SET utf8mb4")
+        cur.execute(f"DROP DATABASE IF EXISTS {e2e_database}")
+        cur.execute(f"CREATE DATABASE {e2e_database} CHARACTER SET utf8mb4")
     db = {"host": mysql.host, "port": mysql.port, "user": mysql.user, "password": mysql.password,
-          "database": E2E_DATABASE}
+          "database": e2e_database}
     create_sample_tables(db, replace=True)
     yield db
     with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {E2E_DATABASE}")
+        cur.execute(f"DROP DATABASE IF EXISTS {e2e_database}")
     conn.close()
 
 
