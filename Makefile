@@ -6,12 +6,12 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
 .PHONY: synth test e2e bench clean
 
-$(VENV)/.synth: requirements.txt
+$(VENV)/.synth: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt
+$(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@ $(VENV)/.synth
@@ -31,7 +31,7 @@ test: $(VENV)/.dev node_modules/.installed
 
 ## The whole pipeline locally against your MySQL (MYSQL_DSN), printing where each file went.
 e2e: $(VENV)/.dev node_modules/.installed
-	$(PY) -m tests.local_pipeline
+	$(VENV)/bin/pipeline-ops local
 
 ## Export benchmark: 50k, 200k and 1M rows through the export, naive and fetch-only paths (~10 min).
 bench: $(VENV)/.dev

@@ -102,7 +102,7 @@ def secrets(moto_aws):
 
 # --- the CDK app, built once per session per environment ----------------------------
 
-from tests.synth_app import Synthesized, synthesize  # noqa: E402
+from pipeline_ops.synth import Synthesized, synthesize  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from stacks.config import ConfigError, CreateDatabaseConfig, ExistingDatabaseConfig, load_environment, validate_schedule
-from tests.synth_app import CDK_JSON
+from pipeline_ops.synth import CDK_JSON
 
 ENVIRONMENTS = CDK_JSON["context"]["environments"]
 

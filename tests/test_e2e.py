@@ -1,13 +1,18 @@
-"""The whole pipeline, locally, driven by the synthesized dev template (see tests/local_pipeline.py)."""
+"""The whole pipeline, locally, driven by the synthesized dev template (see pipeline_ops/local.py)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
 from tests.faults import s3_error
-from tests.local_pipeline import LocalPipeline, create_sample_tables, run
+from pipeline_ops.local import LocalPipeline, create_sample_tables, run
 
 
 
@@ -145,3 +150,21 @@ def test_a_role_missing_a_permission_is_caught(dev, sample_tables, tmp_files):
     # When the pipeline runs, then the check names the call the role would deny
     with pytest.raises(AssertionError, match="s3:PutObject"):
         run(template, sample_tables, say=lambda line: None)
+
+
+def test_the_installed_command_runs_the_pipeline_locally(dev, sample_tables, tmp_path):
+    """`pipeline-ops local` (what `make e2e` runs), installed into the venv by the set-up, on a template file."""
+    # Given the dev template written out as `cdk synth` would, and the sample tables' database
+    template = tmp_path / "MysqlXlsxPipeline-dev.template.json"
+    template.write_text(json.dumps(dev.template))
+    db = sample_tables
+    dsn = f"mysql://{db['user']}:{db['password']}@{db['host']}:{db['port']}/{db['database']}"
+    # When the console script runs it
+    command = Path(sys.executable).parent / "pipeline-ops"
+    done = subprocess.run([str(command), "local", "--template", str(template), "--no-sample-tables"],
+                          env={**os.environ, "MYSQL_DSN": dsn}, capture_output=True, text=True, timeout=300)
+    # Then every export of the dev config is copied and checked, and the IAM check passed
+    assert done.returncode == 0, done.stderr
+    for export in dev.config.exports:
+        assert f"checked {export.name}: s3://local-destination-bucket/incoming/exports/{export.name}/" in done.stdout
+    assert "IAM: every call of both handlers is allowed" in done.stdout

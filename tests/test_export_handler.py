@@ -20,7 +20,7 @@ from export_to_xlsx import export as export_module
 from export_to_xlsx import handler as export_handler
 from export_to_xlsx import settings as contract
 from export_to_xlsx.errors import ExportError
-from tests.xlsx_expect import assert_rows_match, query
+from pipeline_ops.xlsx_expect import assert_rows_match, query
 
 BUCKET = "source-bucket"
 PREFIX = "exports/"

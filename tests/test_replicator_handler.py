@@ -14,7 +14,7 @@ from bucket_replicator import handler as replicator
 from bucket_replicator import replicate as replicate_module
 from bucket_replicator import settings as contract
 from tests.faults import s3_error
-from tests.iam import CallRecorder, denied, role_statements
+from pipeline_ops.iam import CallRecorder, denied, role_statements
 
 SOURCE, DESTINATION = "source-bucket", "destination-bucket"
 EVENTS = Path(__file__).parent / "events"

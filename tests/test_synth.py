@@ -16,7 +16,7 @@ from aws_cdk import aws_sqs as sqs
 from cdk_nag import AwsSolutionsChecks
 from syrupy.extensions.json import JSONSnapshotExtension
 
-from tests.synth_app import CDK_JSON, ROOT
+from pipeline_ops.synth import CDK_JSON, ROOT
 
 ENVIRONMENTS = sorted(CDK_JSON["context"]["environments"])
 ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")

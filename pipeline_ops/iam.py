@@ -69,7 +69,7 @@ class CallRecorder:
         out = []
         for name, params in self.calls:
             if name not in NEEDS:
-                raise AssertionError(f"no IAM mapping for {name}: add it to tests/iam.py")
+                raise AssertionError(f"no IAM mapping for {name}: add it to pipeline_ops/iam.py")
             out += NEEDS[name](params)
         return out
 

@@ -1,7 +1,7 @@
 """Run the whole pipeline locally, with the synthesized CloudFormation as the source of truth.
 
-    make e2e                                   # or: .venv/bin/python -m tests.local_pipeline
-    .venv/bin/python -m tests.local_pipeline --template cdk.out/MysqlXlsxPipeline-dev.template.json
+    make e2e                                   # or: .venv/bin/pipeline-ops local
+    .venv/bin/pipeline-ops local --template cdk.out/MysqlXlsxPipeline-dev.template.json
 
 What it does, step by step:
 1. synthesizes the dev app in-process (or reads the template given with --template);
@@ -23,7 +23,6 @@ What it does, step by step:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import fnmatch
@@ -38,10 +37,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote_plus, unquote, unquote_plus, urlparse
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "lambdas"), str(ROOT)]
+from pipeline_ops import ROOT
 
-from tests.iam import CallRecorder, denied, resolve, role_statements  # noqa: E402
+sys.path.insert(0, str(ROOT / "lambdas"))  # each handler's package sits at the root of its asset, as in Lambda
+
+from pipeline_ops.iam import CallRecorder, denied, resolve, role_statements  # noqa: E402
 
 SOURCE_NAME = "local-source-bucket"
 DESTINATION_NAME = "local-destination-bucket"
@@ -422,7 +422,7 @@ class LocalPipeline:
         import openpyxl
         import pymysql
 
-        from tests.xlsx_expect import assert_rows_match, query
+        from pipeline_ops.xlsx_expect import assert_rows_match, query
 
         sql = json.loads(self.export_env["EXPORTS"])[export_name]["sql"]
         conn = pymysql.connect(host=self.mysql["host"], port=self.mysql["port"], user=self.mysql["user"],
@@ -495,27 +495,28 @@ def run(template: dict, mysql: dict, say: Callable[[str], None] = print) -> dict
     return report
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--template", type=Path, help="a synthesized template (default: synthesize dev in-process)")
-    parser.add_argument("--no-sample-tables", action="store_true",
-                        help="do not create the dev config's sample tables (orders, customers) where missing")
-    args = parser.parse_args()
+DEV_REQUIREMENTS = ("moto", "pymysql", "openpyxl")
+
+
+def main(template_path: Path | None, sample_tables: bool, say: Callable[[str], None] = print) -> None:
+    """The `local` command: synthesize dev (or read ``template_path``), run it, print where each file went."""
+    import importlib.util
+
+    missing = [m for m in DEV_REQUIREMENTS if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"error: the local run needs {', '.join(missing)} from the dev requirements: "
+                         "run `make test` once, or `.venv/bin/pip install -r requirements-dev.txt`")
     mysql = mysql_from_env()
-    if args.template:
-        template = json.loads(args.template.read_text())
+    if template_path:
+        template = json.loads(template_path.read_text())
     else:
-        from tests.synth_app import synthesize
+        from pipeline_ops.synth import synthesize
 
         started = time.monotonic()
         template = synthesize("dev").template
-        print(f"synthesized dev in {time.monotonic() - started:.2f} s")
-    if not args.no_sample_tables:
+        say(f"synthesized dev in {time.monotonic() - started:.2f} s")
+    if sample_tables:
         create_sample_tables(mysql, replace=False)
-    report = run(template, mysql)
+    report = run(template, mysql, say=say)
     for bucket, keys in report["listing"].items():
-        print(f"s3://{bucket}/: " + (", ".join(keys) or "(empty)"))
-
-
-if __name__ == "__main__":
-    main()
+        say(f"s3://{bucket}/: " + (", ".join(keys) or "(empty)"))
