@@ -43,6 +43,8 @@ sys.path.insert(0, str(ROOT / "lambdas"))  # each handler's package sits at the 
 
 from pipeline_ops.iam import CallRecorder, denied, resolve, role_statements  # noqa: E402
 
+#: The day the parameterized exports are run for (a backfill's event): the sample orders have rows on it.
+SAMPLE_DAY = "2026-11-05"
 SOURCE_NAME = "local-source-bucket"
 DESTINATION_NAME = "local-destination-bucket"
 SAMPLE_TABLES = {
@@ -281,7 +283,12 @@ class LocalPipeline:
         self.replicator_env = self._resolve_env(self.replicator_fn, {})
 
         import export_to_xlsx.handler as export_handler
+        import export_to_xlsx.settings as export_settings
         import bucket_replicator.handler as replicator_handler
+
+        # The .sql files sit at the same paths (sql/...) in the project as in the function's package.
+        saved_dir, export_settings.PACKAGE_DIR = export_settings.PACKAGE_DIR, ROOT
+        self._stack.callback(setattr, export_settings, "PACKAGE_DIR", saved_dir)
 
         self.export_handler, self.replicator_handler = export_handler, replicator_handler
         for module, env, recorder in ((export_handler, self.export_env, self.export_calls),
@@ -318,7 +325,11 @@ class LocalPipeline:
         finally:
             self._created = self._objects_created(self.export_calls.calls[before:])
         for r in result["exports"]:
-            self.say(f"export {r['export']}: {r['rows']} rows, {r['sheets']} sheet(s), {r['bytes']} bytes "
+            params = f" with {r['params']}" if r.get("params") else ""
+            if r["outcome"] != "uploaded":
+                self.say(f"export {r['export']}{params}: {r['outcome']}")
+                continue
+            self.say(f"export {r['export']}{params}: {r['rows']} rows, {r['sheets']} sheet(s), {r['bytes']} bytes "
                      f"-> s3://{r['bucket']}/{r['key']} ({r['seconds']:.2f} s)")
         self.say(f"export step took {time.monotonic() - started:.2f} s")
         return result
@@ -415,27 +426,52 @@ class LocalPipeline:
         assert dst["Metadata"]["source-version-id"] == src["VersionId"]
         return {"key": dest_key, "bytes": len(body), "metadata": dst["Metadata"], "body": body}
 
-    def check_rows(self, export_name: str, body: bytes) -> int:
-        """The workbook's rows are the rows the export's SQL returns now."""
+    def backfill_events(self, day: str = SAMPLE_DAY) -> list[dict]:
+        """One event per export with a date parameter, giving it ``day`` (as the operator's backfill does)."""
+        events = []
+        for name, body in json.loads(self.export_env["EXPORTS"]).items():
+            dates = [p["name"] for p in body.get("params", []) if p["type"] == "date"]
+            if dates:
+                events.append({"export": name, "params": {dates[0]: day}})
+        return events
+
+    def check_rows(self, result: dict, body: bytes) -> int:
+        """Each sheet of the workbook holds the rows its SQL returns now, with the run's parameters bound."""
+        import datetime as dt
         import io
 
         import openpyxl
         import pymysql
 
         from pipeline_ops.xlsx_expect import assert_rows_match, query
+        from export_to_xlsx import params as export_params
 
-        sql = json.loads(self.export_env["EXPORTS"])[export_name]["sql"]
+        export = self.export_handler.runtime().settings.exports[result["export"]]
+        values = export_params.resolve(export.parameters, result.get("params", {}),
+                                       dt.datetime.now(dt.timezone.utc), export.time_zone, export=export.name)
         conn = pymysql.connect(host=self.mysql["host"], port=self.mysql["port"], user=self.mysql["user"],
                                password=self.mysql["password"], database=self.mysql["database"], charset="utf8mb4")
+        wb = openpyxl.load_workbook(io.BytesIO(body))
+        sheets = iter(wb.worksheets)
+        total = 0
         try:
-            columns, rows, types = query(conn, sql)
+            for sheet in export.sheets:
+                columns, rows, types = query(conn, sheet.sql, values or None)
+                read, left = [], len(rows)
+                while True:  # a sheet past the row limit continues on the next ones
+                    ws = next(sheets)
+                    part = list(ws.iter_rows(values_only=True))
+                    assert list(part[0]) == columns, f"{ws.title}: header {part[0]} != {columns}"
+                    read += part[1:]
+                    left -= len(part) - 1
+                    if left <= 0:
+                        break
+                assert_rows_match(read, columns, rows, types)
+                total += len(rows)
         finally:
             conn.close()
-        wb = openpyxl.load_workbook(io.BytesIO(body))
-        read = [r for ws in wb for r in list(ws.iter_rows(values_only=True))[1:]]
-        assert [c.value for c in next(wb.worksheets[0].iter_rows(max_row=1))] == columns
-        assert_rows_match(read, columns, rows, types)
-        return len(rows)
+        assert next(sheets, None) is None, "the workbook has more sheets than the export"
+        return total
 
     def denied_calls(self) -> dict[str, list]:
         """Calls each handler made that the role the template gives it would not allow."""
@@ -473,21 +509,29 @@ def create_sample_tables(mysql: dict, *, replace: bool) -> None:
     conn.close()
 
 
-def run(template: dict, mysql: dict, say: Callable[[str], None] = print) -> dict:
-    """The happy path end to end; returns what went where. Raises AssertionError on any broken promise."""
-    report = {"exports": [], "copies": []}
+def run(template: dict, mysql: dict, say: Callable[[str], None] = print, *, backfill: bool = True) -> dict:
+    """The happy path end to end; returns what went where. Raises AssertionError on any broken promise.
+
+    Runs every export with its defaults (``{}``), then, with ``backfill``, each export with a date
+    parameter for ``SAMPLE_DAY`` (``{"export": NAME, "params": {...}}``)."""
+    report = {"exports": [], "skipped": [], "copies": []}
     with LocalPipeline(template, mysql, say=say) as p:
-        result = p.run_export({})
-        for event in p.notifications(p.created_by_last_export()):
-            delivery = p.deliver(event)
-            assert delivery.outcome == "copied", delivery
-        for r in result["exports"]:
-            copy_ = p.check_replicated(r["key"])
-            rows = p.check_rows(r["export"], copy_["body"])
-            say(f"checked {r['export']}: s3://{p.destination}/{copy_['key']} equals the source byte for byte, "
-                f"metadata {sorted(copy_['metadata'])}, {rows} rows equal the SQL's")
-            report["exports"].append(r)
-            report["copies"].append(copy_["key"])
+        events = [{}] + (p.backfill_events() if backfill else [])
+        for export_event in events:
+            result = p.run_export(export_event)
+            for event in p.notifications(p.created_by_last_export()):
+                delivery = p.deliver(event)
+                assert delivery.outcome == "copied", delivery
+            for r in result["exports"]:
+                if r["outcome"] != "uploaded":
+                    report["skipped"].append(r)
+                    continue
+                copy_ = p.check_replicated(r["key"])
+                rows = p.check_rows(r, copy_["body"])
+                say(f"checked {r['export']}: s3://{p.destination}/{copy_['key']} equals the source byte for byte, "
+                    f"metadata {sorted(copy_['metadata'])}, {rows} rows equal the SQL's")
+                report["exports"].append(r)
+                report["copies"].append(copy_["key"])
         problems = {fn: d for fn, d in p.denied_calls().items() if d}
         assert not problems, f"calls the template's roles would deny: {problems}"
         say("IAM: every call of both handlers is allowed by the role the template gives it")

@@ -12,12 +12,13 @@ from pymysql.constants import FIELD_TYPE
 from export_to_xlsx.xlsx import MAX_CELL_CHARS, TRUNCATION_MARK
 
 
-def query(conn, sql: str):
-    """Column names, rows and column types of ``sql``, read with an ordinary buffered cursor."""
+def query(conn, sql: str, params: dict | None = None):
+    """Column names, rows and column types of ``sql`` (``params`` bound by the driver), read with an
+    ordinary buffered cursor."""
     import pymysql
 
     with conn.cursor(pymysql.cursors.Cursor) as cur:
-        cur.execute(sql)
+        cur.execute(sql, params)
         columns = [d[0] for d in cur.description]
         types = {d[0]: (d[1], d[3]) for d in cur.description}  # (type code, length)
         rows = cur.fetchall()

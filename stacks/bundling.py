@@ -110,7 +110,9 @@ def bundle(spec: BundleSpec, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(spec.source_dir, output_dir / spec.package, ignore=_IGNORED, dirs_exist_ok=True)
     for name, produce in spec.extra_files.items():
-        (output_dir / spec.package / name).write_bytes(produce())
+        target = output_dir / spec.package / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(produce())
     if not spec.requirements:
         return
     result = subprocess.run(

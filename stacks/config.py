@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, TypeVar, Union
 
+from lambdas.export_to_xlsx import params as export_params
 from lambdas.export_to_xlsx import settings as export_contract
 
 CONTEXT_KEY = "environments"
+#: The folder (the one holding cdk.json) that ``sql_file`` paths are relative to.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENVIRONMENT = "dev"
 
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
@@ -39,11 +43,41 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class SheetConfig:
     name: str
     sql: str
-    sheet_name: str
+    #: The .sql file in the project (under ``sql/``) the SQL was read from; None: written inline.
+    sql_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    name: str
+    sheets: tuple[SheetConfig, ...]
     schedule: str | None = None
+    parameters: tuple[export_params.ParameterDefinition, ...] = ()
+    time_zone: str = "UTC"
+    formats: Mapping[str, str] = field(default_factory=dict)
+    on_empty: Literal["upload", "skip"] = "upload"
+
+    @classmethod
+    def single(cls, name: str, sql: str, sheet_name: str | None = None, **kwargs: Any) -> "ExportConfig":
+        return cls(name=name, sheets=(SheetConfig(sheet_name or name, sql),), **kwargs)
+
+    def definition(self) -> export_contract.ExportDefinition:
+        """The function's view: SQL files become paths in its package (read there at cold start)."""
+        return export_contract.ExportDefinition(
+            name=self.name,
+            sheets=tuple(export_contract.SheetDefinition(s.name, s.sql, s.sql_file) for s in self.sheets),
+            parameters=self.parameters,
+            time_zone=self.time_zone,
+            formats=dict(self.formats),
+            on_empty=self.on_empty,
+        )
+
+    def sql_files(self) -> dict[str, bytes]:
+        """Package path -> contents of every SQL file this export reads (bundled into the asset)."""
+        return {s.sql_file: s.sql.encode() for s in self.sheets if s.sql_file}
 
 
 @dataclass(frozen=True)
@@ -221,36 +255,141 @@ def _contract(fn: Callable[[Any], T], value: Any, path: str) -> T:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def _read_exports(env: _Reader) -> tuple[ExportConfig, ...]:
+_SQL_DIR = export_contract.SQL_DIR
+
+
+def _read_sql_file(value: str, path: str, root: Path) -> str:
+    """The contents of a project .sql file, checked to be one SELECT; errors name the file."""
+    relative = Path(value)
+    if relative.is_absolute() or ".." in relative.parts or relative.parts[:1] != (_SQL_DIR,) \
+            or relative.suffix != ".sql" or "\\" in value:
+        raise ConfigError(f"{path}: {value!r} must be a .sql file under the project's {_SQL_DIR}/ folder, "
+                          f"like '{_SQL_DIR}/orders.sql'")
+    file = root / relative
+    if not file.is_file():
+        raise ConfigError(f"{path}: SQL file {value} does not exist (looked for {file})")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read SQL file {value}: {exc}") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: SQL file {value} is empty")
+    try:
+        return export_contract.check_sql(text)
+    except export_contract.ConfigurationError as exc:
+        raise ConfigError(f"{path}: SQL file {value}: {exc}") from None
+
+
+def _read_sheet(r: _Reader, root: Path, default_name: str | None, name_key: str) -> SheetConfig:
+    sheet = _contract(export_contract.check_sheet_name, r.str(name_key, default_name, required=default_name is None),
+                      f"{r.path}.{name_key}")
+    sql, sql_file = r.str("sql"), r.str("sql_file")
+    if sql is None and sql_file is None:
+        raise ConfigError(f"{r.path}.sql: required field is missing (give sql or sql_file)")
+    if sql is not None and sql_file is not None:
+        raise ConfigError(f"{r.path}.sql_file: give sql or sql_file, not both")
+    if sql_file is not None:
+        return SheetConfig(sheet, _read_sql_file(sql_file, f"{r.path}.sql_file", root), sql_file)
+    return SheetConfig(sheet, _contract(export_contract.check_sql, sql, f"{r.path}.sql"))
+
+
+def _read_parameters(r: _Reader) -> tuple[export_params.ParameterDefinition, ...]:
+    raw = r._get("parameters", False)
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise r.fail("parameters", "expected a non-empty list of parameters")
+    out = []
+    for i, item in enumerate(raw):
+        try:
+            out.append(export_params.check_definition(item))
+        except export_params.ParameterError as exc:
+            raise ConfigError(f"{r.path}.parameters[{i}]: {exc}") from None
+    names = [p.name for p in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise r.fail("parameters", f"duplicate parameter name(s): {', '.join(dupes)}")
+    return tuple(out)
+
+
+def _read_formats(r: _Reader) -> dict[str, str]:
+    raw = r._get("formats", False)
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or not raw:
+        raise r.fail("formats", 'expected an object of column name -> Excel number format, like {"amount": "#,##0.00"}')
+    for column, code in raw.items():
+        _contract(lambda pair: export_contract.check_format(*pair), (column, code), f"{r.path}.formats.{column}")
+    return dict(raw)
+
+
+def _is_time_zone(name: str) -> bool:
+    try:
+        export_params.time_zone(name)
+    except export_params.ParameterError:
+        return False
+    return True
+
+
+def _read_export(r: _Reader, root: Path) -> ExportConfig:
+    name = _contract(export_contract.check_export_name, r.str("name", required=True), f"{r.path}.name")
+    if r.data.get("sheets") is not None:
+        for key in ("sql", "sql_file", "sheet_name"):
+            if r.data.get(key) is not None:
+                raise r.fail(key, "give either sheets or the one-sheet form (sql or sql_file, sheet_name), not both")
+        raw = r._get("sheets", True)
+        if not isinstance(raw, list) or not raw:
+            raise r.fail("sheets", "expected a non-empty list of {name, sql | sql_file}")
+        sheets = []
+        for i, item in enumerate(raw):
+            sr = _Reader(item, f"{r.path}.sheets[{i}]")
+            sheets.append(_read_sheet(sr, root, None, "name"))
+            sr.done()
+        sheets = tuple(sheets)
+    else:
+        sheets = (_read_sheet(r, root, name, "sheet_name"),)
+    schedule = r.str("schedule")
+    if schedule is not None:
+        problem = validate_schedule(schedule)
+        if problem:
+            raise r.fail("schedule", f"{schedule!r}: {problem}")
+    export = ExportConfig(
+        name=name,
+        sheets=sheets,
+        schedule=schedule,
+        parameters=_read_parameters(r),
+        time_zone=r.str("time_zone", "UTC", check=_is_time_zone, expect="an IANA time zone name like 'Europe/Berlin'"),
+        formats=_read_formats(r),
+        on_empty=r.str("on_empty", "upload", check=lambda v: v in export_contract.ON_EMPTY,
+                       expect=f"one of {', '.join(export_contract.ON_EMPTY)}"),
+    )
+    r.done()
+    if schedule is not None:
+        required = [p.name for p in export.parameters if p.default is None]
+        if required:
+            raise r.fail("parameters", f"a scheduled export needs a default for every parameter; "
+                                       f"{', '.join(required)} has none")
+    _contract(export_contract.check_export, export.definition(), r.path)
+    return export
+
+
+def _read_exports(env: _Reader, root: Path) -> tuple[ExportConfig, ...]:
     raw = env._get("exports", True)
     if not isinstance(raw, list) or not raw:
         raise env.fail("exports", "expected a non-empty list of exports")
-    exports = []
-    for i, item in enumerate(raw):
-        r = _Reader(item, f"{env.path}.exports[{i}]")
-        name = _contract(export_contract.check_export_name, r.str("name", required=True), f"{r.path}.name")
-        sql = _contract(export_contract.check_sql, r.str("sql", required=True), f"{r.path}.sql")
-        sheet = _contract(export_contract.check_sheet_name, r.str("sheet_name", name), f"{r.path}.sheet_name")
-        schedule = r.str("schedule")
-        if schedule is not None:
-            problem = validate_schedule(schedule)
-            if problem:
-                raise r.fail("schedule", f"{schedule!r}: {problem}")
-        r.done()
-        exports.append(ExportConfig(name=name, sql=sql, sheet_name=sheet, schedule=schedule))
+    exports = [_read_export(_Reader(item, f"{env.path}.exports[{i}]"), root) for i, item in enumerate(raw)]
     names = [e.name for e in exports]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise env.fail("exports", f"duplicate export name(s): {', '.join(dupes)}")
-    encoded = export_contract.encode_exports(
-        [export_contract.ExportDefinition(e.name, e.sql, e.sheet_name) for e in exports]
-    )
+    encoded = export_contract.encode_exports([e.definition() for e in exports])
     size = len(encoded.encode())
     if size > export_contract.MAX_EXPORTS_JSON_BYTES:
         raise env.fail(
             "exports",
             f"the export definitions take {size} bytes, more than the {export_contract.MAX_EXPORTS_JSON_BYTES} "
-            "that fit in the function's environment (Lambda allows 4 KB in all); shorten the SQL, e.g. with views",
+            "that fit in the function's environment (Lambda allows 4 KB in all); move long SQL into .sql files "
+            "(sql_file)",
         )
     return tuple(exports)
 
@@ -316,7 +455,7 @@ def _destination_name(dest: _Reader) -> str | None:
     return name or (arn.rsplit(":", 1)[1] if arn else None)
 
 
-def _read_environment(name: str, raw: Any) -> EnvironmentConfig:
+def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
     env = _Reader(raw, f"{CONTEXT_KEY}.{name}")
     account = env.str("account", check=_ACCOUNT_RE.match, expect="a 12-digit account id")
     region = env.str("region", check=_REGION_RE.match, expect="a region name like 'eu-west-1'")
@@ -338,7 +477,7 @@ def _read_environment(name: str, raw: Any) -> EnvironmentConfig:
     fn.done()
     key_prefix = env.str("key_prefix", "", check=lambda v: v == "" or re.match(r"^[A-Za-z0-9!_.*'()/-]+/$", v) is not None
                          and not v.startswith("/"), expect="empty or a key prefix ending in '/'")
-    exports = _read_exports(env)
+    exports = _read_exports(env, root)
     database = _read_database(env, retain=removal == "retain")
     if account and isinstance(database, CreateDatabaseConfig) and not database.availability_zones:
         raise ConfigError(f"{env.path}.database.availability_zones: required when account and region are set "
@@ -371,8 +510,10 @@ def _read_environment(name: str, raw: Any) -> EnvironmentConfig:
     )
 
 
-def load_environment(context: Mapping[str, Any], name: str | None) -> EnvironmentConfig:
-    """Pick environment ``name`` (``dev`` when None) from the app context and validate it."""
+def load_environment(context: Mapping[str, Any], name: str | None, *, root: Path = PROJECT_ROOT) -> EnvironmentConfig:
+    """Pick environment ``name`` (``dev`` when None) from the app context and validate it.
+
+    ``sql_file`` paths are read from ``root`` (the project folder)."""
     environments = context.get(CONTEXT_KEY)
     if isinstance(environments, str):  # `-c environments=...` on the command line arrives as text
         environments = json.loads(environments)
@@ -381,4 +522,4 @@ def load_environment(context: Mapping[str, Any], name: str | None) -> Environmen
     name = name or DEFAULT_ENVIRONMENT
     if name not in environments:
         raise ConfigError(f"unknown environment {name!r}; configured: {', '.join(sorted(environments))}")
-    return _read_environment(name, environments[name])
+    return _read_environment(name, environments[name], root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 from aws_cdk import Duration, RemovalPolicy, Size
@@ -19,7 +20,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from lambdas.export_to_xlsx import settings as contract
-from stacks.bundling import ARCHITECTURE, EXPORT_BUNDLE, RUNTIME, function_code
+from stacks.bundling import ARCHITECTURE, EXPORT_BUNDLE, RUNTIME, BundleSpec, function_code
 from stacks.config import ExportConfig
 from stacks.nag import acknowledge, objects_finding
 
@@ -36,6 +37,15 @@ VPC_ENI_ACTIONS = (
 )
 
 
+def export_bundle(exports: Sequence[ExportConfig]) -> BundleSpec:
+    """The function's asset: its code, the RDS CA bundle and every .sql file the exports read
+    (at the same path, ``sql/...``, inside the package), so a changed .sql changes the asset hash."""
+    files = {path: body for e in exports for path, body in e.sql_files().items()}
+    extra = dict(EXPORT_BUNDLE.extra_files)
+    extra.update({path: (lambda body=body: body) for path, body in sorted(files.items())})
+    return replace(EXPORT_BUNDLE, extra_files=extra)
+
+
 class ExportToXlsx(Construct):
     """Runs the configured SQL exports inside the database's VPC and uploads .xlsx files.
 
@@ -45,7 +55,10 @@ class ExportToXlsx(Construct):
     - the database security group admits this function's group on the database port;
     - an S3 gateway endpoint (policy: only this function's writes to the source bucket)
       and a Secrets Manager interface endpoint, unless ``create_endpoints`` is False;
-    - one EventBridge rule per scheduled export, sending ``{"export": NAME}``;
+    - one EventBridge rule per scheduled export, sending ``{"export": NAME}`` (parameters
+      take their defaults, evaluated when the run starts);
+    - SQL from ``.sql`` files bundled into the code asset (``sql/...`` in the package) and
+      read at cold start; only their paths are in the environment;
     - reserved concurrency 1, so two runs of one export never race; one async retry;
     - a role of its own that may only put objects (and abort its multipart uploads)
       under each export's prefix, read the one secret, write its logs and traces;
@@ -155,7 +168,7 @@ class ExportToXlsx(Construct):
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
             handler=f"{EXPORT_BUNDLE.package}.handler.handler",
-            code=function_code(EXPORT_BUNDLE),
+            code=function_code(export_bundle(exports)),
             role=self.role,
             vpc=vpc,
             vpc_subnets=subnets,
@@ -180,9 +193,7 @@ class ExportToXlsx(Construct):
                 contract.ENV_DB_PORT: str(database_port),
                 contract.ENV_DB_NAME: database_name,
                 contract.ENV_DB_TLS: "verify",
-                contract.ENV_EXPORTS: contract.encode_exports(
-                    [contract.ExportDefinition(e.name, e.sql, e.sheet_name) for e in exports]
-                ),
+                contract.ENV_EXPORTS: contract.encode_exports([e.definition() for e in exports]),
             },
         )
 

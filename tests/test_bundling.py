@@ -98,3 +98,13 @@ def test_each_handler_imports_from_its_bundled_asset_alone(spec, tmp_path, lambd
     if spec is EXPORT_BUNDLE:
         assert "pymysql" in result.stdout
         assert (asset / "export_to_xlsx" / "rds-ca-bundle.pem").is_file()
+
+
+def test_sql_files_are_written_into_the_package(lambdas_copy, tmp_path):
+    # Given an export bundle with a .sql file among its extra files
+    spec = dataclasses.replace(EXPORT_BUNDLE, root=lambdas_copy,
+                               extra_files={"sql/reports/a.sql": lambda: b"SELECT 1\n"})
+    (lambdas_copy / spec.package / "requirements.txt").write_text("")
+    # When it is bundled, the file sits at that path inside the package, where the function reads it
+    bundle(spec, tmp_path / "out")
+    assert (tmp_path / "out" / spec.package / "sql" / "reports" / "a.sql").read_bytes() == b"SELECT 1\n"

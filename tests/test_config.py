@@ -25,8 +25,8 @@ def test_the_shipped_environments_parse():
     assert prod.name == "prod" and isinstance(prod.database, ExistingDatabaseConfig)
     assert dev.removal_policy == "destroy" and prod.removal_policy == "retain"
     assert prod.database.port == 3306 and prod.destination.bucket_name == "partner-team-xlsx-inbox"
-    assert [e.name for e in dev.exports] == ["orders", "customers"]
-    assert dev.exports[1].sheet_name == "customers"  # defaults to the export name
+    assert [e.name for e in dev.exports] == ["orders", "customers", "daily_sales"]
+    assert dev.exports[1].sheets[0].name == "customers"  # defaults to the export name
 
 
 def test_unknown_environment_lists_the_configured_ones():
@@ -135,3 +135,126 @@ def test_deletion_protection_defaults_to_on_where_data_is_retained():
                                   "cron(0/15 * * * ? *)", "cron(0 8 L * ? *)"])
 def test_valid_schedules(expr):
     assert validate_schedule(expr) is None
+
+
+# --- several sheets, SQL files, parameters, formats, empty results ---------------------------------
+
+def _report(**fields) -> dict:
+    base = {"name": "report", "sheets": [{"name": "One", "sql": "SELECT 1 AS a"}, {"name": "Two", "sql": "SELECT 2 AS b"}]}
+    base.update(fields)
+    return base
+
+
+def load_report(tmp_path=None, **fields):
+    def change(env):
+        env["exports"] = [_report(**fields)]
+
+    kwargs = {"root": tmp_path} if tmp_path is not None else {}
+    return load_environment(with_change("dev", change), "dev", **kwargs).exports[0]
+
+
+def test_the_shipped_multi_sheet_export_reads_its_sql_files():
+    (daily,) = [e for e in load_environment({"environments": ENVIRONMENTS}, "dev").exports if e.name == "daily_sales"]
+    assert [s.name for s in daily.sheets] == ["Orders", "Totals"]
+    assert [s.sql_file for s in daily.sheets] == ["sql/daily_sales_orders.sql", "sql/daily_sales_totals.sql"]
+    assert "%(day)s" in daily.sheets[0].sql
+    assert daily.time_zone == "Europe/Berlin" and daily.on_empty == "skip"
+    assert [(p.name, p.type, p.default) for p in daily.parameters] == [("day", "date", "yesterday")]
+    assert daily.sql_files() == {s.sql_file: s.sql.encode() for s in daily.sheets}
+
+
+def test_sql_files_in_the_environment_are_paths_not_sql():
+    from lambdas.export_to_xlsx import settings as contract
+
+    (daily,) = [e for e in load_environment({"environments": ENVIRONMENTS}, "dev").exports if e.name == "daily_sales"]
+    encoded = contract.encode_exports([daily.definition()])
+    assert "sql/daily_sales_orders.sql" in encoded and "SELECT" not in encoded
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"exports\[0\].sheets\[1\].sql_file: SQL file sql/r.sql does not exist"),
+    ("", r"sheets\[1\].sql_file: SQL file sql/r.sql is empty"),
+    ("  \n-- only a comment\n", r"SQL file sql/r.sql: sql holds only comments"),
+    ("DELETE FROM orders", r"SQL file sql/r.sql: sql must be a single SELECT .* starting with 'delete'"),
+    ("SELECT 1; DROP TABLE orders", r"SQL file sql/r.sql: sql must be a single statement"),
+    ("SELECT 1;\nSELECT 2;", r"SQL file sql/r.sql: sql must be a single statement"),
+])
+def test_a_bad_sql_file_stops_synth_naming_the_file(tmp_path, content, message):
+    (tmp_path / "sql").mkdir()
+    if content is not None:
+        (tmp_path / "sql" / "r.sql").write_text(content)
+    sheets = [{"name": "One", "sql": "SELECT 1"}, {"name": "Two", "sql_file": "sql/r.sql"}]
+    with pytest.raises(ConfigError, match=message):
+        load_report(tmp_path, sheets=sheets)
+
+
+def test_a_sql_file_may_end_in_a_semicolon_and_hold_semicolons_in_text_and_comments(tmp_path):
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "r.sql").write_text("-- a; b\nSELECT 'x;y' AS a, `c;d` /* ; */ FROM t;\n")
+    export = load_report(tmp_path, sheets=[{"name": "One", "sql_file": "sql/r.sql"}])
+    assert export.sheets[0].sql.rstrip().endswith("FROM t")
+
+
+@pytest.mark.parametrize("path", ["../etc/passwd.sql", "/abs/r.sql", "elsewhere/r.sql", "sql/r.txt"])
+def test_sql_files_live_under_the_sql_folder(path):
+    with pytest.raises(ConfigError, match=r"sql_file: .* must be a .sql file under the project's sql/ folder"):
+        load_report(sheets=[{"name": "One", "sql_file": path}])
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"sheets": []}, r"exports\[0\].sheets: expected a non-empty list"),
+    ({"sheets": [{"name": "A", "sql": "SELECT 1"}, {"name": "a", "sql": "SELECT 2"}]},
+     r"sheet names 'A' and 'a' are the same to Excel"),
+    ({"sheets": [{"name": "A/B", "sql": "SELECT 1"}]}, r"sheets\[0\].name: sheet name 'A/B' may not contain '/'"),
+    ({"sheets": [{"sql": "SELECT 1"}]}, r"sheets\[0\].name: required field is missing"),
+    ({"sheets": [{"name": "A", "sql": "SELECT 1", "sql_file": "sql/x.sql"}]}, r"give sql or sql_file, not both"),
+    ({"sheets": [{"name": "A", "sql": "SELECT 1", "colour": 1}]}, r"sheets\[0\]: unknown field\(s\) colour"),
+    ({"sql": "SELECT 1"}, r"exports\[0\].sql: give either sheets or the one-sheet form"),
+    ({"parameters": [{"name": "day", "type": "week"}]}, r"parameters\[0\]: parameter 'day': type 'week' is not one"),
+    ({"parameters": [{"name": "Day", "type": "date"}]}, r"parameters\[0\]: parameter name 'Day' must be"),
+    ({"parameters": [{"name": "day", "type": "date", "default": "2026-02-30"}]},
+     r"parameter 'day': default '2026-02-30' is not a date"),
+    ({"parameters": [{"name": "day", "type": "date", "default": "last_tuesday"}]},
+     r"parameter 'day': default 'last_tuesday' is not a date"),
+    ({"parameters": [{"name": "n", "type": "int", "default": 1.5}]}, r"parameter 'n': default 1.5 is not a whole"),
+    ({"parameters": [{"name": "s", "type": "str", "allowed": ["a"], "default": "b"}]},
+     r"parameter 's': default 'b' is not one of 'a'"),
+    ({"parameters": [{"name": "n", "type": "int", "allowed": ["1"]}]}, r"allowed values are for type str only"),
+    ({"parameters": [{"name": "d", "type": "date", "default": "today"}, {"name": "d", "type": "int"}]},
+     r"parameters: duplicate parameter name\(s\): d"),
+    ({"sheets": [{"name": "A", "sql": "SELECT %(day)s"}]},
+     r"the SQL of sheet 'A': uses %\(day\)s but the export declares no parameters"),
+    ({"sheets": [{"name": "A", "sql": "SELECT %(dya)s"}], "parameters": [{"name": "day", "type": "date"}]},
+     r"uses %\(dya\)s, which is not a declared parameter \(day\)"),
+    ({"sheets": [{"name": "A", "sql": "SELECT 'a%' LIKE %(s)s"}], "parameters": [{"name": "s", "type": "str"}]},
+     r"a '%' at character 10 is neither a %\(name\)s placeholder nor written '%%'"),
+    ({"sheets": [{"name": "A", "sql": "SELECT %s"}], "parameters": [{"name": "s", "type": "str"}]},
+     r"neither a %\(name\)s placeholder"),
+    ({"schedule": "rate(1 day)", "parameters": [{"name": "day", "type": "date"}]},
+     r"parameters: a scheduled export needs a default for every parameter; day has none"),
+    ({"time_zone": "Mars/Olympus"}, r"exports\[0\].time_zone: 'Mars/Olympus' is not an IANA time zone"),
+    ({"formats": {"amount": ""}}, r"formats.amount: format for column 'amount' must be a non-empty string"),
+    ({"formats": {"amount": '0.00"'}}, r"format '0.00\"' for column 'amount' has an unclosed"),
+    ({"formats": {"amount": "[Red0.00"}}, r"has an unbalanced '\[' or '\]'"),
+    ({"formats": {"amount": "@"}}, r"is a text format"),
+    ({"formats": {"amount": "0;0;0;0;0"}}, r"has more than 4 sections"),
+    ({"formats": "0.00"}, r"formats: expected an object of column name -> Excel number format"),
+    ({"on_empty": "ignore"}, r"on_empty: 'ignore' is not one of upload, skip"),
+])
+def test_bad_report_config_names_the_field(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        load_report(**fields)
+
+
+def test_a_full_report_config_parses():
+    export = load_report(
+        schedule="cron(0 5 * * ? *)", time_zone="America/New_York", on_empty="skip",
+        parameters=[{"name": "day", "type": "date", "default": "-1d"},
+                    {"name": "region", "type": "str", "default": "eu", "allowed": ["eu", "us"]},
+                    {"name": "min", "type": "decimal", "default": "0.50"}],
+        sheets=[{"name": "Rows", "sql": "SELECT * FROM t WHERE d = %(day)s AND r = %(region)s AND a > %(min)s "
+                                       "AND n LIKE 'x%%'"}],
+        formats={"a": "#,##0.00", "share": "0.0%", "d": "dd.mm.yyyy", "neg": '#,##0.00;[Red]-#,##0.00;"-"'},
+    )
+    assert [p.name for p in export.parameters] == ["day", "region", "min"]
+    assert export.formats["share"] == "0.0%" and export.time_zone == "America/New_York"

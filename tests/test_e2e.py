@@ -56,9 +56,18 @@ def assert_nothing_half_written(p: LocalPipeline, tmp_files) -> None:
 def test_the_pipeline_end_to_end(dev, sample_tables, tmp_files):
     lines = []
     report = run(dev.template, sample_tables, say=lines.append)
-    # Every export of the dev config went to the source bucket and, through the notification, to the destination
+    # Every export of the dev config went to the source bucket (or was skipped as empty, as configured) and,
+    # through the notification, to the destination
     prefix = dev.config.destination.prefix
-    assert sorted(r["export"] for r in report["exports"]) == sorted(e.name for e in dev.config.exports)
+    first_run = [r["export"] for r in report["exports"] + report["skipped"] if "params" not in r or
+                 r["params"] != {"day": "2026-11-05"}]
+    assert sorted(first_run) == sorted(e.name for e in dev.config.exports)
+    skippable = {e.name for e in dev.config.exports if e.on_empty == "skip"}
+    assert {r["export"] for r in report["skipped"]} <= skippable
+    # And the multi-sheet export ran again for the sample day, as a backfill's event asks
+    (daily,) = [r for r in report["exports"] if r.get("params") == {"day": "2026-11-05"}]
+    assert daily["export"] == "daily_sales" and daily["sheets"] == 2 and daily["rows"] > 1
+    assert daily["key"].startswith("exports/daily_sales/2026/11/05/")
     listing = report["listing"]
     source_keys = [r["key"] for r in report["exports"]]
     assert listing["local-source-bucket"] == sorted(source_keys)

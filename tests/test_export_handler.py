@@ -385,7 +385,7 @@ def test_export_over_verified_tls(tls_server, env, s3, monkeypatch):
 
     sql = "SELECT VARIABLE_VALUE AS cipher FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher'"
     rt = export_handler.runtime()
-    export = contract.ExportDefinition(name="tls", sql=sql, sheet_name="tls")
+    export = contract.ExportDefinition.single("tls", sql)
     endpoint = Endpoint(tls_server.host, tls_server.port, "mysql", tls_server.ca_file)
     # When the export runs there
     result = export_module.run_export(export, endpoint=endpoint, secrets=rt.secrets, s3=rt.s3, target=rt.target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import aws_cdk as cdk
@@ -14,7 +15,7 @@ from aws_cdk.assertions import Match, Template
 from lambdas.bucket_replicator import settings as replicator_contract
 from lambdas.export_to_xlsx import settings as export_contract
 from stacks.bucket_replicator import BucketReplicator
-from stacks.config import ExportConfig
+from stacks.config import PROJECT_ROOT as ROOT, ExportConfig
 from stacks.export_to_xlsx import ExportToXlsx
 from stacks.secure_bucket import SecureBucket
 
@@ -286,9 +287,9 @@ def test_environment_variables_are_exactly_what_the_handlers_read(synth):
     replicator_env = function_env(synth, synth.stack.replicator)
     assert set(export_env) == export_contract.ENV_NAMES
     assert set(replicator_env) == replicator_contract.ENV_NAMES
-    exports = export_contract.decode_exports(export_env[export_contract.ENV_EXPORTS])
-    assert [(e.name, e.sql, e.sheet_name) for e in exports.values()] == [
-        (e.name, e.sql, e.sheet_name) for e in synth.config.exports]
+    # SQL files sit at the same paths (sql/...) in the project as in the function's package
+    exports = export_contract.decode_exports(export_env[export_contract.ENV_EXPORTS], package_dir=ROOT)
+    assert list(exports.values()) == [e.definition() for e in synth.config.exports]
     assert export_env[export_contract.ENV_DB_TLS] == "verify"
     assert export_env[export_contract.ENV_KEY_PREFIX] == synth.config.key_prefix
     assert export_env[export_contract.ENV_SOURCE_BUCKET] == {"Ref": synth.logical_id(synth.stack.source.bucket)}
@@ -409,8 +410,8 @@ def test_secure_bucket_refuses_bad_props():
 
 @pytest.mark.parametrize("change, message", [
     ({"exports": []}, "exports must name at least one export"),
-    ({"exports": [ExportConfig("a", "SELECT 1", "a"), ExportConfig("a", "SELECT 2", "a")]}, "must be unique"),
-    ({"exports": [ExportConfig("Bad Name", "SELECT 1", "x")]}, "export name 'Bad Name' must be"),
+    ({"exports": [ExportConfig.single("a", "SELECT 1"), ExportConfig.single("a", "SELECT 2")]}, "must be unique"),
+    ({"exports": [ExportConfig.single("Bad Name", "SELECT 1")]}, "export name 'Bad Name' must be"),
     ({"key_prefix": "exports"}, "key_prefix must be empty or end with '/'"),
     ({"database_port": 0}, "database_port must be a TCP port"),
     ({"ephemeral_storage_mb": 100}, "ephemeral_storage_mb 512..10240"),
@@ -424,7 +425,7 @@ def test_export_construct_refuses_bad_props(change, message):
         ec2.SubnetConfiguration(name="i", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)])
     props = dict(
         source_bucket=SecureBucket(stack, "B", removal_policy=cdk.RemovalPolicy.RETAIN).bucket,
-        key_prefix="", exports=[ExportConfig("orders", "SELECT 1", "orders")], vpc=vpc,
+        key_prefix="", exports=[ExportConfig.single("orders", "SELECT 1")], vpc=vpc,
         subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
         database_security_group=ec2.SecurityGroup(stack, "Db", vpc=vpc), database_host="db", database_port=3306,
         database_name="app", secret=secretsmanager.Secret(stack, "S"), alarm_topic=topic,
@@ -433,3 +434,35 @@ def test_export_construct_refuses_bad_props(change, message):
     props.update(change)
     with pytest.raises(ValueError, match=message):
         ExportToXlsx(stack, "E", **props)
+
+
+# --- reports: SQL files, parameters, formats in the template ------------------------------------------
+
+
+def test_a_report_travels_as_sheet_files_parameters_and_formats(dev):
+    # The dev config's daily_sales report: its SQL stays in the asset, the environment names the files
+    raw = json.loads(function_env(dev, dev.stack.export)[export_contract.ENV_EXPORTS])
+    assert raw["daily_sales"] == {
+        "sheets": [{"name": "Orders", "file": "sql/daily_sales_orders.sql"},
+                   {"name": "Totals", "file": "sql/daily_sales_totals.sql"}],
+        "params": [{"name": "day", "type": "date", "default": "yesterday"}],
+        "tz": "Europe/Berlin", "formats": {"amount": "#,##0.00", "share_of_all": "0.0%"}, "on_empty": "skip",
+    }
+    # And its schedule sends only the export's name: the parameters take their defaults at run time
+    rule = props(dev, dev.stack.export.rules["daily_sales"])
+    assert json.loads(rule["Targets"][0]["Input"]) == {"export": "daily_sales"}
+
+
+def test_the_export_asset_holds_the_sql_files_and_changes_with_them(dev):
+    from stacks.export_to_xlsx import export_bundle
+
+    spec = export_bundle(dev.config.exports)
+    daily = [e for e in dev.config.exports if e.name == "daily_sales"]
+    assert set(spec.extra_files) >= {"sql/daily_sales_orders.sql", "sql/daily_sales_totals.sql"}
+    assert spec.extra_files["sql/daily_sales_orders.sql"]() == daily[0].sheets[0].sql.encode()
+    # A changed .sql file gives a new asset hash (so a new function version and a snapshot diff)
+    changed = dataclasses.replace(daily[0], sheets=(dataclasses.replace(daily[0].sheets[0], sql="SELECT 2"),)
+                                  + daily[0].sheets[1:])
+    others = [e for e in dev.config.exports if e.name != "daily_sales"]
+    assert export_bundle(others + [changed]).asset_hash() != spec.asset_hash()
+    assert export_bundle(list(dev.config.exports)).asset_hash() == spec.asset_hash()

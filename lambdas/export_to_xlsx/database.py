@@ -74,24 +74,51 @@ def _bit_converter(length: int) -> Callable[[object], object]:
     return convert
 
 
+#: One consistent snapshot for every query of a run. A consistent read needs REPEATABLE READ
+#: (MySQL: "For all other isolation levels, the WITH CONSISTENT SNAPSHOT clause is ignored"),
+#: so the level is set for this transaction whatever the server's default is.
+SNAPSHOT_STATEMENTS = (
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+)
+
+
+def begin_snapshot(connection: pymysql.connections.Connection, *, export: str) -> None:
+    """Start the read-only transaction whose one snapshot every sheet of the run reads."""
+    try:
+        for statement in SNAPSHOT_STATEMENTS:
+            connection.query(statement)
+    except pymysql.err.MySQLError as exc:
+        raise ExportError(f"export {export!r}: cannot start a consistent read-only snapshot: "
+                          f"({_code(exc)}) {exc.args[-1]}") from None
+
+
+def end_snapshot(connection: pymysql.connections.Connection) -> None:
+    """End the read-only transaction (nothing was written, so rolling back only releases the snapshot)."""
+    connection.rollback()
+
+
 class QueryStream:
-    """Rows of one query, read in batches from an unbuffered cursor inside a read-only transaction."""
+    """Rows of one query, read in batches from an unbuffered cursor inside the run's snapshot.
+
+    ``params`` (a dict) is bound by PyMySQL into the ``%(name)s`` placeholders; with None
+    the SQL is sent as it is."""
 
     def __init__(self, connection: pymysql.connections.Connection, sql: str, *, export: str,
-                 batch_rows: int | None = None):
+                 params: dict | None = None, batch_rows: int | None = None, sheet: str | None = None):
         self._connection = connection
         self._export = export
+        self._where = f"export {export!r}" + (f", sheet {sheet!r}" if sheet else "")
         self._batch_rows = batch_rows or BATCH_ROWS
         self.rows_read = 0
         try:
-            connection.query("START TRANSACTION READ ONLY")
             self._cursor = connection.cursor(SSCursor)
-            self._cursor.execute(sql)
+            self._cursor.execute(sql, params)
         except pymysql.err.MySQLError as exc:
             raise self._error(exc) from None
         description = self._cursor.description or ()
         if not description:
-            raise ExportError(f"export {export!r}: the SQL returned no result set (is it a SELECT?)")
+            raise ExportError(f"{self._where}: the SQL returned no result set (is it a SELECT?)")
         self.columns: list[str] = [d[0] for d in description]
         self._converters = {
             i: _bit_converter(d[3] or 1) for i, d in enumerate(description) if d[1] == FIELD_TYPE.BIT
@@ -101,9 +128,9 @@ class QueryStream:
         code = _code(exc)
         if code in _CONNECTION_ERRORS:
             return ExportError(
-                f"export {self._export!r}: lost the database connection after {self.rows_read} rows: {exc.args[-1]}"
+                f"{self._where}: lost the database connection after {self.rows_read} rows: {exc.args[-1]}"
             )
-        return ExportError(f"export {self._export!r}: the SQL failed: ({code}) {exc.args[-1]}")
+        return ExportError(f"{self._where}: the SQL failed: ({code}) {exc.args[-1]}")
 
     def batches(self) -> Iterator[Sequence[Sequence[object]]]:
         convert = self._converters
@@ -122,13 +149,12 @@ class QueryStream:
             raise self._error(exc) from None
         except (OSError, EOFError) as exc:
             raise ExportError(
-                f"export {self._export!r}: lost the database connection after {self.rows_read} rows: {exc}"
+                f"{self._where}: lost the database connection after {self.rows_read} rows: {exc}"
             ) from None
 
     def close(self) -> None:
-        """After the last row: end the read-only transaction."""
+        """After the last row (the snapshot stays open for the next sheet)."""
         self._cursor.close()
-        self._connection.rollback()
 
     def abandon(self) -> None:
         """After a failure: leave the unread rest of the result to the server, which drops it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -16,8 +17,9 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from . import params as params_module
 from .credentials import SecretCache
-from .database import Endpoint, LoginFailed, QueryStream, connect
+from .database import Endpoint, LoginFailed, QueryStream, begin_snapshot, connect, end_snapshot
 from .errors import ExportError
 from .settings import ExportDefinition
 from .xlsx import MAX_DATA_ROWS_PER_SHEET, StorageFullError, XlsxStreamWriter
@@ -38,18 +40,44 @@ class Target:
     key_prefix: str
 
 
-def object_key(prefix: str, export: str, now: dt.datetime) -> str:
-    """``<prefix><export>/YYYY/MM/DD/<export>-YYYYMMDDTHHMMSS.mmmZ.xlsx`` in UTC.
+def object_key(prefix: str, export: str, now: dt.datetime, day: dt.date | None = None) -> str:
+    """``<prefix><export>/YYYY/MM/DD/<export>-YYYYMMDDTHHMMSS.mmmZ.xlsx``.
 
-    Milliseconds keep two runs in the same second from landing on one key."""
+    The date folders are ``day`` when given (the value of the export's first ``date``
+    parameter: the day the data is about, so a backfill lands in that day's folder), else the
+    run's UTC date. The file name is always the run's UTC time; milliseconds keep two runs in
+    the same second from landing on one key."""
     now = now.astimezone(dt.timezone.utc)
-    return f"{prefix}{export}/{now:%Y/%m/%d}/{export}-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z.xlsx"
+    folder = f"{day:%Y/%m/%d}" if day is not None else f"{now:%Y/%m/%d}"
+    return f"{prefix}{export}/{folder}/{export}-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z.xlsx"
+
+
+def key_day(export: ExportDefinition, values: dict[str, Any]) -> dt.date | None:
+    """The value of the export's first declared ``date`` parameter, if it has one."""
+    for p in export.parameters:
+        if p.type == "date":
+            return values[p.name]
+    return None
+
+
+def sql_digest(export: ExportDefinition) -> str:
+    """SHA-256 of the SQL of every sheet (for one sheet: of its SQL), recorded in the metadata."""
+    return hashlib.sha256("\0".join(s.sql for s in export.sheets).encode()).hexdigest()
 
 
 def remove_stale_files(directory: Path) -> None:
     """Delete temporary workbooks a killed invocation left in this sandbox's /tmp."""
     for path in directory.glob(f"{TEMP_PREFIX}*.xlsx"):
         path.unlink(missing_ok=True)
+
+
+def resolve_parameters(export: ExportDefinition, given: Any, now: dt.datetime) -> dict[str, Any]:
+    """The run's typed parameter values (event's, else defaults); raises ExportError naming a bad one."""
+    try:
+        return params_module.resolve(export.parameters, given, now, export.time_zone, export=export.name)
+    except params_module.ParameterError as exc:
+        message = str(exc)
+        raise ExportError(message if message.startswith("export ") else f"export {export.name!r}: {message}") from None
 
 
 def run_export(
@@ -59,53 +87,75 @@ def run_export(
     secrets: SecretCache,
     s3: Any,
     target: Target,
+    params: Any = None,
     remaining_seconds: Callable[[], float] = lambda: float("inf"),
     temp_dir: Path | None = None,
     max_rows_per_sheet: int = MAX_DATA_ROWS_PER_SHEET,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
 ) -> dict[str, Any]:
-    """Export ``export`` and return what was uploaded; on any failure nothing is uploaded and no file is left."""
+    """Export ``export`` with the run-time ``params`` and return what was uploaded (or skipped).
+
+    Every sheet reads one consistent snapshot of the database. Parameters are checked before
+    connecting. On any failure nothing is uploaded and no file is left."""
     started = time.monotonic()
+    run_at = now()
+    values = resolve_parameters(export, params, run_at)
+    recorded = {name: params_module.as_text(v) for name, v in values.items()}
     temp_dir = Path(temp_dir or tempfile.gettempdir())
     fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{export.name}-", suffix=".xlsx", dir=temp_dir)
     os.close(fd)
     path = Path(name)
-    key = object_key(target.key_prefix, export.name, now())
+    key = object_key(target.key_prefix, export.name, run_at, key_day(export, values))
     writer = None
+    stream = None
+    rows_before = 0
+
+    def check_deadline() -> None:
+        if remaining_seconds() < DEADLINE_RESERVE_SECONDS:
+            read = rows_before + (stream.rows_read if stream is not None else 0)
+            raise ExportError(
+                f"export {export.name!r}: stopped after {read} rows, the function is about to "
+                "time out; raise its timeout or narrow the query"
+            )
+
     try:
         connection = _connect(endpoint, secrets)
         try:
-            stream = QueryStream(connection, export.sql, export=export.name)
-
-            def check_deadline() -> None:
-                if remaining_seconds() < DEADLINE_RESERVE_SECONDS:
-                    raise ExportError(
-                        f"export {export.name!r}: stopped after {stream.rows_read} rows, the function is about to "
-                        "time out; raise its timeout or narrow the query"
-                    )
-
+            begin_snapshot(connection, export=export.name)
             writer = XlsxStreamWriter(
-                path, sheet_name=export.sheet_name, columns=stream.columns,
+                path, formats=export.formats, reserved_names=[s.name for s in export.sheets],
                 max_rows_per_sheet=max_rows_per_sheet, check=check_deadline,
             )
-            try:
-                for batch in stream.batches():
-                    writer.write_rows(batch)
-            except BaseException:
-                stream.abandon()  # do not drain the rest of the result over the network
-                raise
-            stream.close()
+            for sheet in export.sheets:
+                stream = QueryStream(connection, sheet.sql, export=export.name, params=values or None,
+                                     sheet=sheet.name if len(export.sheets) > 1 else None)
+                writer.start_sheet(sheet.name, stream.columns)
+                try:
+                    for batch in stream.batches():
+                        writer.write_rows(batch)
+                except BaseException:
+                    stream.abandon()  # do not drain the rest of the result over the network
+                    raise
+                stream.close()
+                rows_before += stream.rows_read
+                stream = None
+            end_snapshot(connection)
             workbook = writer.close()
         finally:
             connection.close()
         check_deadline()
-        metadata = {
-            "export": export.name,
-            "rows": str(workbook.rows),
-            "sheets": str(workbook.sheets),
-            "sql-sha256": hashlib.sha256(export.sql.encode()).hexdigest(),
-        }
-        _upload(s3, path, target.bucket, key, metadata)
+        skipped = workbook.rows == 0 and export.on_empty == "skip"
+        if not skipped:
+            metadata = {
+                "export": export.name,
+                "rows": str(workbook.rows),
+                "sheets": str(workbook.sheets),
+                "sql-sha256": sql_digest(export),
+            }
+            if recorded:
+                # S3 user metadata is ASCII: the values as JSON with non-ASCII characters escaped.
+                metadata["params"] = json.dumps(recorded, separators=(",", ":"), ensure_ascii=True)
+            _upload(s3, path, target.bucket, key, metadata)
     except StorageFullError as exc:
         raise ExportError(f"export {export.name!r}: {exc}") from None
     except OSError as exc:
@@ -115,15 +165,27 @@ def run_export(
             writer.discard()  # the temporary file goes, uploaded or not
         path.unlink(missing_ok=True)
 
-    result = {
-        "export": export.name,
+    result: dict[str, Any] = {"export": export.name}
+    if recorded:
+        result["params"] = recorded
+    if skipped:
+        result.update({"outcome": "skipped: empty", "rows": 0,
+                       "seconds": round(time.monotonic() - started, 3)})
+        return result
+    result.update({
+        "outcome": "uploaded",
         "bucket": target.bucket,
         "key": key,
         "rows": workbook.rows,
         "sheets": workbook.sheets,
         "bytes": workbook.bytes,
         "seconds": round(time.monotonic() - started, 3),
-    }
+    })
+    if len(export.sheets) > 1:
+        result["rows_per_sheet"] = dict(zip((s.name for s in export.sheets), workbook.rows_per_sheet))
+    unmatched = sorted(set(export.formats) - writer.formats_used)
+    if unmatched:
+        result["formats_unmatched"] = unmatched  # a format names a column no sheet has: say so, do not fail
     if writer.counts.as_dict():
         result["values_changed"] = writer.counts.as_dict()
     return result

@@ -56,16 +56,26 @@ def runtime() -> Runtime:
     )
 
 
+EVENT_KEYS = ("export", "params")
+
+
 def select_exports(event: Any, exports: dict[str, ExportDefinition]) -> list[ExportDefinition]:
-    """``{"export": NAME}`` runs one export; an event naming none runs all. SQL never comes from the event."""
+    """``{"export": NAME, "params": {...}}`` runs one export; an event naming none runs all with their
+    defaults. SQL never comes from the event; parameter values are checked against the declarations."""
     if event is None:
         event = {}
     if not isinstance(event, dict):
         raise ExportError('the event must be a JSON object such as {"export": "orders"}')
     if {"sql", "query"} & event.keys():
         raise ExportError("the event may only name an export; SQL comes from the deployment config")
+    unknown = sorted(set(event) - set(EVENT_KEYS))
+    if unknown:
+        raise ExportError(f"the event has unknown field(s) {', '.join(map(repr, unknown))}; "
+                          'expected {"export": NAME, "params": {NAME: VALUE}}')
     name = event.get("export")
     if name is None:
+        if event.get("params"):
+            raise ExportError('"params" needs "export": parameters belong to one export')
         return list(exports.values())
     if not isinstance(name, str) or name not in exports:
         raise ExportError(f"unknown export {name!r}; valid names: {', '.join(sorted(exports))}")
@@ -75,6 +85,7 @@ def select_exports(event: Any, exports: dict[str, ExportDefinition]) -> list[Exp
 def handler(event: Any, context: Any) -> dict[str, Any]:
     rt = runtime()
     selected = select_exports(event, dict(rt.settings.exports))
+    given = event.get("params") if isinstance(event, dict) else None
     remaining = (lambda: context.get_remaining_time_in_millis() / 1000) if context is not None else (lambda: float("inf"))
     temp_dir = Path(tempfile.gettempdir())
     remove_stale_files(temp_dir)
@@ -82,12 +93,12 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     for export in selected:
         try:
             result = run_export(export, endpoint=rt.endpoint, secrets=rt.secrets, s3=rt.s3, target=rt.target,
-                                remaining_seconds=remaining, temp_dir=temp_dir)
+                                params=given, remaining_seconds=remaining, temp_dir=temp_dir)
         except ExportError as exc:
             log.error(json.dumps({"export": export.name, "outcome": "failed", "error": str(exc)}))
             failures.append(str(exc))
             continue
-        log.info(json.dumps({**result, "outcome": "uploaded"}))
+        log.info(json.dumps(result, ensure_ascii=False))
         results.append(result)
     if failures:
         done = f" ({len(results)} other export(s) uploaded)" if results else ""

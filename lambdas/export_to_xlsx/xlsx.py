@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 from xml.sax.saxutils import escape
 
 #: The format's limit is 1,048,576 rows per sheet; one of them is the header.
@@ -229,29 +229,64 @@ def sheet_names(base: str) -> Callable[[int], str]:
     return name
 
 
+#: A cell the reader shows as a number (a number, date, time or duration): no type, maybe a style.
+_NUMBER_CELL_RE = re.compile(r'^<c r="([A-Z]+[0-9]+)"(?: s="[0-9]+")?><v>')
+#: Custom number formats are numbered from here (the built-in ones use 0-163).
+FIRST_CUSTOM_FORMAT_ID = 164
+_BUILTIN_FORMATS = ("yyyy\\-mm\\-dd", "yyyy\\-mm\\-dd\\ hh:mm:ss", "[h]:mm:ss")  # styles 1-3
+_BASE_XFS = 5  # cellXfs 0-4: default, date, datetime, time, header
+
+
 @dataclass
 class WorkbookResult:
     rows: int
     sheets: int
     bytes: int
     sheet_names: list[str] = field(default_factory=list)
+    #: Data rows per logical sheet (as started with start_sheet), in order.
+    rows_per_sheet: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Logical:
+    """A sheet as asked for by start_sheet; it may span several physical sheets past the row limit."""
+
+    columns: list[str]
+    letters: list[str]
+    name_of: Callable[[int], str]
+    styles: dict[int, int]  # column index -> cellXfs index of its number format
+    widths: list[int] | None = None
+    pending: list[Sequence[object]] = field(default_factory=list)  # rows sampled for column widths
+    parts: int = 0
+    rows: int = 0
 
 
 class XlsxStreamWriter:
-    """Write a header and any number of rows into ``path`` as an .xlsx workbook.
+    """Write any number of named sheets, each a header and rows, into ``path`` as an .xlsx workbook.
 
-    Rows past ``max_rows_per_sheet`` continue on a new sheet with the header repeated.
+    ``start_sheet(name, columns)`` begins a sheet; ``write_rows`` appends to the current one.
+    Rows past ``max_rows_per_sheet`` continue on a new sheet named ``name (2)``, ``name (3)``...
+    with the header repeated (names already used or ``reserved_names`` are skipped). Sheet
+    names are unique as Excel compares them (case-insensitively); a repeated one is refused.
+    ``formats`` maps column names to Excel number format codes, written as real number formats
+    (styles.xml numFmts) on the number, date and time cells of those columns.
+    Memory stays flat whatever the number of sheets or rows: one sheet is open at a time and
+    only its last ``FLUSH_ROWS`` rows are held.
+
     ``min_free_bytes`` is kept free on the file's filesystem: when the next flush
     would eat into it, :class:`StorageFullError` is raised instead of filling the disk.
     ``check`` is called every flush (a deadline check can raise from it).
+    The one-sheet form ``XlsxStreamWriter(path, sheet_name=..., columns=...)`` starts the sheet at once.
     """
 
     def __init__(
         self,
         path: Path,
         *,
-        sheet_name: str,
-        columns: Sequence[str],
+        sheet_name: str | None = None,
+        columns: Sequence[str] | None = None,
+        formats: Mapping[str, str] | None = None,
+        reserved_names: Iterable[str] = (),
         max_rows_per_sheet: int = MAX_DATA_ROWS_PER_SHEET,
         min_free_bytes: int = 32 * 1024 * 1024,
         compresslevel: int = 3,
@@ -259,47 +294,70 @@ class XlsxStreamWriter:
     ):
         if not 1 <= max_rows_per_sheet <= MAX_DATA_ROWS_PER_SHEET:
             raise ValueError(f"max_rows_per_sheet must be 1..{MAX_DATA_ROWS_PER_SHEET}")
-        if not columns:
-            raise ValueError("a workbook needs at least one column")
         self.path = Path(path)
-        self.columns = list(columns)
         self.max_rows = max_rows_per_sheet
         self.min_free = min_free_bytes
         self.check = check
-        self.name_of = sheet_names(sheet_name)
+        self.formats = dict(formats or {})
         self.counts = SanitizeCounts()
         self._encoder = CellEncoder(self.counts)
-        self._letters = [column_letter(i) for i in range(len(self.columns))]
+        self._format_ids: dict[str, int] = {}  # format code -> cellXfs index
+        self._reserved = {n.casefold() for n in reserved_names}
+        self._used: set[str] = set()  # casefolded names of every sheet, started or rolled over
         self._zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel)
         self._sheet = None
-        self._sheets: list[tuple[str, int]] = []  # (name, data rows)
-        self._widths: list[int] | None = None
-        self._pending: list[Sequence[object]] = []  # rows sampled for column widths
+        self._sheets: list[tuple[str, int, str]] = []  # physical sheets: (name, data rows, last column letter)
+        self._logical: list[_Logical] = []
+        self._current: _Logical | None = None
         self._out: list[str] = []  # XML not yet written
         self.rows = 0
+        if sheet_name is not None or columns is not None:
+            if sheet_name is None or columns is None:
+                raise ValueError("give sheet_name and columns together, or call start_sheet")
+            self.start_sheet(sheet_name, columns)
 
     # -- public -----------------------------------------------------------------------
 
+    def start_sheet(self, name: str, columns: Sequence[str]) -> None:
+        """End the current sheet (if any) and begin ``name`` with a header of ``columns``."""
+        if not columns:
+            raise ValueError(f"sheet {name!r} needs at least one column")
+        if not name or len(name) > 31:
+            raise ValueError(f"sheet name {name!r} must be 1-31 characters")
+        if name.casefold() in self._used:
+            raise ValueError(f"sheet name {name!r} is already used in this workbook (names are case-insensitive)")
+        self._end_logical()
+        self._reserved.add(name.casefold())
+        columns = [str(c) for c in columns]
+        styles = {i: self._style_for(self.formats[c]) for i, c in enumerate(columns) if c in self.formats}
+        self._current = _Logical(columns=columns, letters=[column_letter(i) for i in range(len(columns))],
+                                 name_of=sheet_names(name), styles=styles)
+        self._logical.append(self._current)
+
     def write_rows(self, rows: Iterable[Sequence[object]]) -> None:
+        sheet = self._current
+        if sheet is None:
+            raise ValueError("call start_sheet before writing rows")
         for row in rows:
-            if self._widths is None:
-                self._pending.append(row)
-                if len(self._pending) >= WIDTH_SAMPLE_ROWS:
-                    self._start_first_sheet()
+            if sheet.widths is None:
+                sheet.pending.append(row)
+                if len(sheet.pending) >= WIDTH_SAMPLE_ROWS:
+                    self._start_first_part(sheet)
                 continue
-            self._write_buffered([row])
+            self._write_buffered(sheet, [row])
 
     def close(self) -> WorkbookResult:
-        if self._widths is None:
-            self._start_first_sheet()
-        self._finish_sheet()
+        if not self._logical:
+            raise ValueError("a workbook needs at least one sheet")
+        self._end_logical()
         self._write_package_parts()
         self._zip.close()
         return WorkbookResult(
             rows=self.rows,
             sheets=len(self._sheets),
             bytes=self.path.stat().st_size,
-            sheet_names=[n for n, _ in self._sheets],
+            sheet_names=[n for n, _, _ in self._sheets],
+            rows_per_sheet=[s.rows for s in self._logical],
         )
 
     def discard(self) -> None:
@@ -314,30 +372,61 @@ class XlsxStreamWriter:
             self._sheet = None
             self.path.unlink(missing_ok=True)
 
+    @property
+    def formats_used(self) -> set[str]:
+        """The format columns some sheet had."""
+        return {c for s in self._logical for c in s.columns if c in self.formats}
+
     # -- sheets -----------------------------------------------------------------------
 
-    def _start_first_sheet(self) -> None:
-        widths = [len(c) + 2 for c in self.columns]
-        for row in self._pending:
-            for i, value in enumerate(row):
-                w = _display_width(value) + 1
-                if w > widths[i]:
-                    widths[i] = w
-        self._widths = [min(max(w, MIN_WIDTH), MAX_WIDTH) for w in widths]
-        pending, self._pending = self._pending, []
-        self._open_sheet()
-        self._write_buffered(pending)
+    def _style_for(self, code: str) -> int:
+        if code not in self._format_ids:
+            self._format_ids[code] = _BASE_XFS + len(self._format_ids)
+        return self._format_ids[code]
 
-    def _open_sheet(self) -> None:
+    def _end_logical(self) -> None:
+        sheet = self._current
+        if sheet is None:
+            return
+        if sheet.widths is None:
+            self._start_first_part(sheet)
+        self._finish_part(sheet)
+        self._current = None
+
+    def _start_first_part(self, sheet: _Logical) -> None:
+        widths = [len(c) + 2 for c in sheet.columns]
+        for row in sheet.pending:
+            for i, value in enumerate(row):
+                if i < len(widths):
+                    w = _display_width(value) + 1
+                    if w > widths[i]:
+                        widths[i] = w
+        sheet.widths = [min(max(w, MIN_WIDTH), MAX_WIDTH) for w in widths]
+        pending, sheet.pending = sheet.pending, []
+        self._open_part(sheet)
+        self._write_buffered(sheet, pending)
+
+    def _part_name(self, sheet: _Logical) -> str:
+        n = sheet.parts + 1
+        name = sheet.name_of(n)
+        while n > 1 and (name.casefold() in self._used or name.casefold() in self._reserved):
+            n += 1
+            name = sheet.name_of(n)
+        sheet.parts = n
+        return name
+
+    def _open_part(self, sheet: _Logical) -> None:
         number = len(self._sheets) + 1
-        self._sheets.append((self.name_of(number), 0))
+        name = self._part_name(sheet)
+        self._used.add(name.casefold())
+        self._sheets.append((name, 0, sheet.letters[-1]))
         self._sheet = self._zip.open(f"xl/worksheets/sheet{number}.xml", "w", force_zip64=True)
         cols = "".join(
-            f'<col min="{i + 1}" max="{i + 1}" width="{w}" customWidth="1"/>' for i, w in enumerate(self._widths)
+            f'<col min="{i + 1}" max="{i + 1}" width="{w}" customWidth="1"/>' for i, w in enumerate(sheet.widths)
         )
         header = "".join(
             f'<c r="{letter}1" s="{STYLE_HEADER}" t="inlineStr">{self._encoder.text(name or " ")}</c>'
-            for letter, name in zip(self._letters, self.columns)
+            for letter, name in zip(sheet.letters, sheet.columns)
         )
         self._sheet.write(
             (
@@ -354,34 +443,44 @@ class XlsxStreamWriter:
             ).encode()
         )
 
-    def _finish_sheet(self) -> None:
+    def _finish_part(self, sheet: _Logical) -> None:
         self._flush()
-        name, rows = self._sheets[-1]
-        last = f"{self._letters[-1]}{rows + 1}"
-        self._sheet.write(f'</sheetData><autoFilter ref="A1:{last}"/></worksheet>'.encode())
+        name, rows, last_col = self._sheets[-1]
+        self._sheet.write(f'</sheetData><autoFilter ref="A1:{last_col}{rows + 1}"/></worksheet>'.encode())
         self._sheet.close()
         self._sheet = None
 
-    def _write_buffered(self, rows: list[Sequence[object]]) -> None:
+    def _write_buffered(self, sheet: _Logical, rows: list[Sequence[object]]) -> None:
         out = self._out
         cell = self._encoder.cell
-        letters = self._letters
+        letters = sheet.letters
         width = len(letters)
+        styles = sheet.styles
         for row in rows:
-            name, in_sheet = self._sheets[-1]
+            name, in_sheet, last_col = self._sheets[-1]
             if in_sheet == self.max_rows:
-                self._finish_sheet()
-                self._open_sheet()
-                name, in_sheet = self._sheets[-1]
+                self._finish_part(sheet)
+                self._open_part(sheet)
+                name, in_sheet, last_col = self._sheets[-1]
             if len(row) != width:
-                raise ValueError(f"row {self.rows + 1} has {len(row)} values for {width} columns")
+                raise ValueError(f"row {sheet.rows + 1} of sheet {sheet.name_of(1)!r} has {len(row)} values "
+                                 f"for {width} columns")
             r = in_sheet + 2
             out.append(f'<row r="{r}">')
-            for letter, value in zip(letters, row):
-                if value is not None:
-                    out.append(cell(f"{letter}{r}", value))
+            if styles:
+                for i, (letter, value) in enumerate(zip(letters, row)):
+                    if value is not None:
+                        xml = cell(f"{letter}{r}", value)
+                        if i in styles and xml:
+                            xml = _NUMBER_CELL_RE.sub(f'<c r="\\1" s="{styles[i]}"><v>', xml, count=1)
+                        out.append(xml)
+            else:
+                for letter, value in zip(letters, row):
+                    if value is not None:
+                        out.append(cell(f"{letter}{r}", value))
             out.append("</row>")
-            self._sheets[-1] = (name, in_sheet + 1)
+            self._sheets[-1] = (name, in_sheet + 1, last_col)
+            sheet.rows += 1
             self.rows += 1
             if self.rows % FLUSH_ROWS == 0:
                 self._flush()
@@ -443,13 +542,12 @@ class XlsxStreamWriter:
         )
         sheets = "".join(
             f'<sheet name="{escape(name, {chr(34): "&quot;"})}" sheetId="{i}" r:id="rId{i}"/>'
-            for i, (name, _) in enumerate(self._sheets, start=1)
+            for i, (name, _, _) in enumerate(self._sheets, start=1)
         )
-        last_col = self._letters[-1]
         filters = "".join(
             f'<definedName name="_xlnm._FilterDatabase" localSheetId="{i}" hidden="1">'
             f"{escape(_quote_sheet(name))}!$A$1:${last_col}${rows + 1}</definedName>"
-            for i, (name, rows) in enumerate(self._sheets)
+            for i, (name, rows, last_col) in enumerate(self._sheets)
         )
         z.writestr(
             "xl/workbook.xml",
@@ -471,34 +569,46 @@ class XlsxStreamWriter:
             f'{rels}<Relationship Id="rId{n + 1}" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
             'relationships/styles" Target="styles.xml"/></Relationships>',
         )
-        z.writestr("xl/styles.xml", STYLES_XML)
+        z.writestr("xl/styles.xml", styles_xml(list(self._format_ids)))
 
 
 def _quote_sheet(name: str) -> str:
     return "'" + name.replace("'", "''") + "'"
 
 
-STYLES_XML = (
-    '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
-    '<styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
-    '<numFmts count="3">'
-    '<numFmt numFmtId="164" formatCode="yyyy\\-mm\\-dd"/>'
-    '<numFmt numFmtId="165" formatCode="yyyy\\-mm\\-dd\\ hh:mm:ss"/>'
-    '<numFmt numFmtId="166" formatCode="[h]:mm:ss"/>'
-    "</numFmts>"
-    '<fonts count="2"><font><sz val="11"/><name val="Calibri"/><family val="2"/></font>'
-    '<font><b/><sz val="11"/><name val="Calibri"/><family val="2"/></font></fonts>'
-    '<fills count="2"><fill><patternFill patternType="none"/></fill>'
-    '<fill><patternFill patternType="gray125"/></fill></fills>'
-    '<borders count="1"><border><left/><right/><top/><bottom/><diagonal/></border></borders>'
-    '<cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs>'
-    '<cellXfs count="5">'
-    '<xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/>'
-    '<xf numFmtId="164" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
-    '<xf numFmtId="165" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
-    '<xf numFmtId="166" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
-    '<xf numFmtId="0" fontId="1" fillId="0" borderId="0" xfId="0" applyFont="1"/>'
-    "</cellXfs>"
-    '<cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/></cellStyles>'
-    "</styleSheet>"
-)
+def styles_xml(custom_formats: Sequence[str] = ()) -> str:
+    """styles.xml: the default, date, datetime, time and header styles, then one style per custom
+    number format (cellXfs index 5, 6, ... in the order given)."""
+    codes = list(_BUILTIN_FORMATS) + list(custom_formats)
+    num_fmts = "".join(
+        f'<numFmt numFmtId="{FIRST_CUSTOM_FORMAT_ID + i}" formatCode="{escape(code, {chr(34): "&quot;"})}"/>'
+        for i, code in enumerate(codes)
+    )
+    custom_xfs = "".join(
+        f'<xf numFmtId="{FIRST_CUSTOM_FORMAT_ID + len(_BUILTIN_FORMATS) + i}" fontId="0" fillId="0" borderId="0" '
+        'xfId="0" applyNumberFormat="1"/>'
+        for i in range(len(custom_formats))
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+        '<styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+        f'<numFmts count="{len(codes)}">{num_fmts}</numFmts>'
+        '<fonts count="2"><font><sz val="11"/><name val="Calibri"/><family val="2"/></font>'
+        '<font><b/><sz val="11"/><name val="Calibri"/><family val="2"/></font></fonts>'
+        '<fills count="2"><fill><patternFill patternType="none"/></fill>'
+        '<fill><patternFill patternType="gray125"/></fill></fills>'
+        '<borders count="1"><border><left/><right/><top/><bottom/><diagonal/></border></borders>'
+        '<cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs>'
+        f'<cellXfs count="{_BASE_XFS + len(custom_formats)}">'
+        '<xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/>'
+        '<xf numFmtId="164" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
+        '<xf numFmtId="165" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
+        '<xf numFmtId="166" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
+        '<xf numFmtId="0" fontId="1" fillId="0" borderId="0" xfId="0" applyFont="1"/>'
+        f"{custom_xfs}</cellXfs>"
+        '<cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/></cellStyles>'
+        "</styleSheet>"
+    )
+
+
+STYLES_XML = styles_xml()
