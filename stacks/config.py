@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal, Mapping, TypeVar, Union
 
 from lambdas.export_to_xlsx import params as export_params
 from lambdas.export_to_xlsx import settings as export_contract
+from stacks.rds_ca import CaBundleError, ca_bundle
 
 CONTEXT_KEY = "environments"
 #: The folder (the one holding cdk.json) that ``sql_file`` paths are relative to.
@@ -33,6 +34,16 @@ _AZ_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d[a-z]$")
 _SECRET_ARN_RE = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[\w/+=.@-]+-[A-Za-z0-9]{6}$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_CIDR_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+/(\d|[12]\d|3[0-2])$")
+_KMS_KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$|^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/mrk-[0-9a-f]{32}$")
+_SG_RE = re.compile(r"^sg-[0-9a-f]+$")
+
+#: MySQL major versions RDS offers; RDS picks and upgrades the minor version itself.
+ENGINE_VERSIONS = ("8.0", "8.4")
+#: Lambda always keeps 100 concurrent executions of an account unreserved.
+MAX_RESERVED_CONCURRENCY = 1000
+#: VPC endpoints the stack can add to an existing VPC.
+ENDPOINT_NAMES = ("s3", "secretsmanager")
 
 
 class ConfigError(ValueError):
@@ -85,14 +96,15 @@ class LambdaConfig:
     memory_mb: int = 1024
     timeout_seconds: int = 900
     ephemeral_storage_mb: int = 2048
+    reserved_concurrency: int | None = None
 
 
 @dataclass(frozen=True)
 class CreateDatabaseConfig:
-    """Build a VPC (isolated subnets, no NAT) and an encrypted RDS MySQL 8.0 instance."""
+    """Build a VPC (isolated subnets, no NAT) and an encrypted RDS MySQL instance (8.4 by default)."""
 
     database_name: str = "app"
-    engine_version: str = "8.0.46"
+    engine_version: str = "8.4"
     instance_type: str = "t4g.micro"
     allocated_storage_gb: int = 20
     backup_retention_days: int = 7
@@ -116,7 +128,10 @@ class ExistingDatabaseConfig:
     port: int
     database_name: str
     secret_arn: str
-    create_endpoints: bool = True
+    vpc_cidr: str
+    create_endpoints: tuple[str, ...] = ()
+    secrets_endpoint_security_group_id: str | None = None
+    secret_kms_key_arn: str | None = None
     mode: Literal["existing"] = "existing"
 
 
@@ -130,6 +145,8 @@ class DestinationConfig:
 
     bucket_name: str | None = None
     prefix: str = ""
+    kms_key_arn: str | None = None
+    source_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -402,8 +419,7 @@ def _read_database(env: _Reader, retain: bool) -> DatabaseConfig:
         cfg = CreateDatabaseConfig(
             database_name=r.str("database_name", "app", check=re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$").match,
                                 expect="a MySQL database name"),
-            engine_version=r.str("engine_version", "8.0.46", check=re.compile(r"^8\.[04]\.\d+$").match,
-                                 expect="a MySQL 8.0 or 8.4 engine version like '8.0.46'"),
+            engine_version=_engine_version(r),
             instance_type=r.str("instance_type", "t4g.micro", check=_INSTANCE_TYPE_RE.match,
                                 expect="an instance type like 't4g.micro'"),
             allocated_storage_gb=r.int("allocated_storage_gb", 20, 20, 65536),
@@ -435,8 +451,17 @@ def _read_database(env: _Reader, retain: bool) -> DatabaseConfig:
             database_name=r.str("database_name", required=True),
             secret_arn=r.str("secret_arn", required=True, check=_SECRET_ARN_RE.match,
                              expect="a complete Secrets Manager secret ARN (ending in the 6-character suffix)"),
-            create_endpoints=r.bool("create_endpoints", True),
+            vpc_cidr=r.str("vpc_cidr", required=True, check=_CIDR_RE.match, expect="the VPC's IPv4 CIDR like '10.0.0.0/16'"),
+            create_endpoints=_endpoints(r),
+            secrets_endpoint_security_group_id=r.str(
+                "secrets_endpoint_security_group_id", check=_SG_RE.match,
+                expect="the security group id of the VPC's existing Secrets Manager endpoint"),
+            secret_kms_key_arn=r.str("secret_kms_key_arn", check=_KMS_KEY_ARN_RE.match,
+                                     expect="a full KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; not an alias)"),
         )
+        if "secretsmanager" in cfg.create_endpoints and cfg.secrets_endpoint_security_group_id:
+            raise r.fail("secrets_endpoint_security_group_id", "names an existing Secrets Manager endpoint, so "
+                         "create_endpoints must not ask for another one (a VPC holds one private-DNS endpoint per service)")
     else:
         raise r.fail("mode", f"{mode!r} is not one of 'create', 'existing'")
     r.done()
@@ -444,6 +469,38 @@ def _read_database(env: _Reader, retain: bool) -> DatabaseConfig:
 
 
 _BUCKET_ARN_RE = re.compile(r"^arn:aws[a-z-]*:s3:::([^/]+)$")
+
+
+def _engine_version(r: _Reader) -> str:
+    version = r.str("engine_version", "8.4")
+    if version not in ENGINE_VERSIONS:
+        hint = ""
+        if re.match(r"^8\.[04]\.\d+$", version or ""):
+            hint = (f"; give the major version only ({version.rsplit('.', 1)[0]!r}): RDS upgrades minor versions "
+                    "itself, and a pinned minor version makes the next stack update fail once it has")
+        raise r.fail("engine_version", f"{version!r} is not one of {', '.join(map(repr, ENGINE_VERSIONS))}{hint}")
+    return version
+
+
+def _endpoints(r: _Reader) -> tuple[str, ...]:
+    value = r._get("create_endpoints", False)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or any(v not in ENDPOINT_NAMES for v in value) or len(set(value)) != len(value):
+        raise r.fail("create_endpoints", f"{value!r} is not a list of distinct endpoint names out of "
+                                         f"{', '.join(map(repr, ENDPOINT_NAMES))} (empty: the VPC already reaches them)")
+    return tuple(value)
+
+
+def _check_region(env: _Reader, region: str | None) -> None:
+    if region is None:
+        return  # environment-agnostic: the template's SupportedRegion rule checks at deploy time
+    try:
+        bundle = ca_bundle()
+    except CaBundleError as exc:
+        raise ConfigError(f"{env.path}.region: {exc}") from None
+    if region not in bundle.regions:
+        raise env.fail("region", bundle.uncovered_region_message(region))
 
 
 def _destination_name(dest: _Reader) -> str | None:
@@ -461,6 +518,7 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
     region = env.str("region", check=_REGION_RE.match, expect="a region name like 'eu-west-1'")
     if (account is None) != (region is None):
         raise ConfigError(f"{env.path}: give both account and region, or neither (environment-agnostic stack)")
+    _check_region(env, region)
     removal = env.str("removal_policy", "retain", check=lambda v: v in ("destroy", "retain"),
                       expect="one of 'destroy', 'retain'")
     retention = env.int("log_retention_days", 30, 1, 3653)
@@ -473,6 +531,7 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
         memory_mb=fn.int("memory_mb", 1024, 128, 10240),
         timeout_seconds=fn.int("timeout_seconds", 900, 60, 900),
         ephemeral_storage_mb=fn.int("ephemeral_storage_mb", 2048, 512, 10240),
+        reserved_concurrency=fn.int("reserved_concurrency", None, 1, MAX_RESERVED_CONCURRENCY),
     )
     fn.done()
     key_prefix = env.str("key_prefix", "", check=lambda v: v == "" or re.match(r"^[A-Za-z0-9!_.*'()/-]+/$", v) is not None
@@ -487,6 +546,11 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
         bucket_name=_destination_name(dest),
         prefix=dest.str("prefix", "", check=lambda v: not v.startswith("/") and len(v) < 512,
                         expect="a key prefix not starting with '/'"),
+        kms_key_arn=dest.str("kms_key_arn", check=_KMS_KEY_ARN_RE.match,
+                             expect="a full KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID); aliases resolve in the "
+                                    "caller's account, so another account's key needs its ARN"),
+        source_prefix=dest.str("source_prefix", "", check=lambda v: not v.startswith("/") and len(v) < 512,
+                               expect="a key prefix not starting with '/'"),
     )
     dest.done()
     source_name = env.str("source_bucket_name", check=_BUCKET_RE.match, expect="an S3 bucket name")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import Fn, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
@@ -12,6 +12,10 @@ from constructs import Construct
 from stacks.config import CreateDatabaseConfig, DatabaseConfig, ExistingDatabaseConfig
 
 MYSQL_PORT = 3306
+#: Logs RDS publishes to CloudWatch Logs (in log groups RDS names and creates itself).
+EXPORTED_LOGS = ("error", "slowquery")
+#: The slow query log is written (to a file RDS publishes) for statements slower than this.
+SLOW_QUERY_SECONDS = 10
 
 
 class Database(Construct):
@@ -20,8 +24,11 @@ class Database(Construct):
     ``create`` mode default settings:
     - a VPC with isolated subnets only (no NAT gateway, no internet gateway) in two
       availability zones, and a flow log of rejected traffic kept ``log_retention``;
-    - RDS MySQL (8.0 by default), storage encrypted, TLS required by its parameter group, IAM
-      authentication on, automated backups, minor versions upgraded automatically;
+    - RDS MySQL at a major version (``8.4`` by default; RDS picks and upgrades the minor version,
+      and a major version changed in config is upgraded), storage encrypted, TLS required by its
+      parameter group, IAM authentication on, automated backups;
+    - the error and slow query logs (statements over 10 s) published to CloudWatch Logs, whose
+      log groups get ``log_retention``;
     - the master password is managed by RDS in Secrets Manager (rotated by RDS, no
       rotation function); deletion protection from config;
     - a security group with no ingress: the export construct admits its own group.
@@ -83,9 +90,14 @@ class Database(Construct):
         )
         parameters = rds.CfnDBParameterGroup(
             self, "Parameters",
-            family=f"mysql{config.engine_version.rsplit('.', 1)[0]}",
-            description="Require TLS for every connection",
-            parameters={"require_secure_transport": "1"},
+            family=f"mysql{config.engine_version}",
+            description="Require TLS for every connection; log statements slower than 10 s",
+            parameters={
+                "require_secure_transport": "1",
+                "slow_query_log": "1",
+                "long_query_time": str(SLOW_QUERY_SECONDS),
+                "log_output": "FILE",
+            },
         )
         self.instance = rds.CfnDBInstance(
             self,
@@ -93,6 +105,7 @@ class Database(Construct):
             engine="mysql",
             engine_version=config.engine_version,
             auto_minor_version_upgrade=True,
+            allow_major_version_upgrade=True,
             db_instance_class=f"db.{config.instance_type}",
             allocated_storage=str(config.allocated_storage_gb),
             storage_type="gp3",
@@ -109,13 +122,21 @@ class Database(Construct):
             backup_retention_period=config.backup_retention_days,
             deletion_protection=config.deletion_protection,
             copy_tags_to_snapshot=True,
-            enable_cloudwatch_logs_exports=["error", "slowquery"],
+            enable_cloudwatch_logs_exports=list(EXPORTED_LOGS),
             port=str(MYSQL_PORT),
         )
         # Retained data is snapshotted on delete; a destroyed dev database is just gone.
         self.instance.apply_removal_policy(
             RemovalPolicy.SNAPSHOT if removal_policy == RemovalPolicy.RETAIN else RemovalPolicy.DESTROY
         )
+        # RDS creates these log groups itself, with no retention: set it (creating them if still missing).
+        for log in EXPORTED_LOGS:
+            logs.LogRetention(
+                self, f"{log.capitalize()}LogRetention",
+                log_group_name=Fn.join("", ["/aws/rds/instance/", self.instance.ref, f"/{log}"]),
+                retention=log_retention,
+                removal_policy=removal_policy,
+            )
         self.host = self.instance.attr_endpoint_address
         self.port = MYSQL_PORT
         self.database_name = config.database_name
@@ -128,6 +149,7 @@ class Database(Construct):
             self,
             "Vpc",
             vpc_id=config.vpc_id,
+            vpc_cidr_block=config.vpc_cidr,
             availability_zones=list(config.availability_zones),
             isolated_subnet_ids=list(config.subnet_ids),
             isolated_subnet_route_table_ids=list(config.route_table_ids),

@@ -5,24 +5,23 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
-from aws_cdk import Duration, RemovalPolicy, Size
-from aws_cdk import aws_cloudwatch as cloudwatch
-from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
+from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from lambdas.export_to_xlsx import settings as contract
-from stacks.bundling import ARCHITECTURE, EXPORT_BUNDLE, RUNTIME, BundleSpec, function_code
+from stacks.bundling import EXPORT_BUNDLE, BundleSpec
 from stacks.config import ExportConfig
 from stacks.nag import acknowledge, objects_finding
+from stacks.pipeline_function import failure_queue, pipeline_function
 
 #: The S3 actions the export needs on its own keys: write an object, abort its multipart uploads.
 EXPORT_S3_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload")
@@ -35,6 +34,9 @@ VPC_ENI_ACTIONS = (
     "ec2:AssignPrivateIpAddresses",
     "ec2:UnassignPrivateIpAddresses",
 )
+#: Endpoints the construct can add to the VPC.
+ENDPOINTS = ("s3", "secretsmanager")
+HTTPS = 443
 
 
 def export_bundle(exports: Sequence[ExportConfig]) -> BundleSpec:
@@ -50,23 +52,34 @@ class ExportToXlsx(Construct):
     """Runs the configured SQL exports inside the database's VPC and uploads .xlsx files.
 
     Default settings:
-    - Python 3.14 on ARM64, in ``subnets`` of ``vpc`` with its own security group that
-      may reach only the database port and HTTPS (the subnets have no internet route);
+    - the shared function defaults (``stacks.pipeline_function``), in ``subnets`` of ``vpc``
+      with a security group of its own whose only egress is the database port, HTTPS to
+      S3's managed prefix list (looked up at deploy time) and HTTPS to the Secrets Manager
+      endpoint's group (or, with no such group known, the VPC's CIDR);
     - the database security group admits this function's group on the database port;
-    - an S3 gateway endpoint (policy: only this function's writes to the source bucket)
-      and a Secrets Manager interface endpoint, unless ``create_endpoints`` is False;
-    - one EventBridge rule per scheduled export, sending ``{"export": NAME}`` (parameters
-      take their defaults, evaluated when the run starts);
+    - ``endpoints`` lists the VPC endpoints to add (none by default). With
+      ``own_vpc`` (a VPC this stack created) they are narrow: the S3 endpoint's policy allows
+      only this function's writes and the Secrets Manager endpoint admits only this function.
+      In a VPC shared with others they never narrow anyone: the S3 endpoint keeps the full-access
+      policy and the Secrets Manager endpoint admits HTTPS from the whole VPC CIDR;
+    - ``secrets_endpoint_security_group``: an existing endpoint's group, to which one ingress rule
+      for this function is added;
+    - one EventBridge rule per scheduled export, sending ``{"export": NAME}`` (parameters take
+      their defaults, evaluated when the run starts), two retries in two hours, then the event
+      goes to the failed-exports queue;
     - SQL from ``.sql`` files bundled into the code asset (``sql/...`` in the package) and
       read at cold start; only their paths are in the environment;
-    - reserved concurrency 1, so two runs of one export never race; one async retry;
-    - a role of its own that may only put objects (and abort its multipart uploads)
-      under each export's prefix, read the one secret, write its logs and traces;
-    - JSON logs in a log group with ``log_retention``; X-Ray active tracing;
+    - no reserved concurrency unless ``reserved_concurrency`` is given; one async retry, then the
+      event goes to the failed-exports queue (SQS-managed encryption, TLS only, 14 days,
+      kept with the stack's data), with an alarm;
+    - a role of its own that may only put objects (and abort its multipart uploads) under each
+      export's prefix, read the one secret (and decrypt it with ``secret_kms_key_arn`` through
+      Secrets Manager only), write its logs and traces;
     - an alarm on any error, sent to ``alarm_topic``.
 
     Exposes ``function``, ``role``, ``security_group``, ``log_group``, ``rules``
-    (export name -> rule) and ``errors_alarm``.
+    (export name -> rule), ``errors_alarm``, ``failure_queue``, ``failures_alarm``,
+    and the endpoints it created as ``s3_endpoint`` / ``secrets_endpoint`` (or None).
     """
 
     def __init__(
@@ -90,7 +103,11 @@ class ExportToXlsx(Construct):
         memory_mb: int = 1024,
         timeout: Duration = Duration.minutes(15),
         ephemeral_storage_mb: int = 2048,
-        create_endpoints: bool = True,
+        reserved_concurrency: int | None = None,
+        endpoints: Sequence[str] = (),
+        own_vpc: bool = False,
+        secrets_endpoint_security_group: ec2.ISecurityGroup | None = None,
+        secret_kms_key_arn: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if not exports:
@@ -104,18 +121,18 @@ class ExportToXlsx(Construct):
             raise ValueError(f"key_prefix must be empty or end with '/', got {key_prefix!r}")
         if not 1 <= database_port <= 65535:
             raise ValueError(f"database_port must be a TCP port, got {database_port}")
-        if not 128 <= memory_mb <= 10240 or not 512 <= ephemeral_storage_mb <= 10240:
-            raise ValueError("memory_mb must be 128..10240 and ephemeral_storage_mb 512..10240")
-
-        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=removal_policy)
+        unknown = sorted(set(endpoints) - set(ENDPOINTS))
+        if unknown:
+            raise ValueError(f"endpoints may only name {', '.join(ENDPOINTS)}, got {', '.join(unknown)}")
+        if "secretsmanager" in endpoints and secrets_endpoint_security_group is not None:
+            raise ValueError("give secrets_endpoint_security_group (an existing endpoint) or create the "
+                             "Secrets Manager endpoint, not both")
+        if secret_kms_key_arn is not None and ":key/" not in secret_kms_key_arn:
+            raise ValueError(f"secret_kms_key_arn must be a KMS key ARN, got {secret_kms_key_arn!r}")
 
         self.security_group = ec2.SecurityGroup(
             self, "SecurityGroup", vpc=vpc, allow_all_outbound=False,
-            description="ExportToXlsx function: database port and HTTPS to the VPC endpoints only",
-        )
-        self.security_group.add_egress_rule(
-            ec2.Peer.any_ipv4(), ec2.Port.tcp(443),
-            "HTTPS to the S3 gateway and Secrets Manager endpoints (the subnets have no internet route)",
+            description="ExportToXlsx function: the database port, and HTTPS to S3 and Secrets Manager only",
         )
         database_security_group.add_ingress_rule(
             self.security_group, ec2.Port.tcp(database_port), "ExportToXlsx function"
@@ -123,68 +140,24 @@ class ExportToXlsx(Construct):
         self.security_group.add_egress_rule(
             database_security_group, ec2.Port.tcp(database_port), "The export database"
         )
-
-        self.role = iam.Role(
-            self, "Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="ExportToXlsx: write its exports, read the database secret",
+        self.security_group.add_egress_rule(
+            ec2.Peer.prefix_list(self._s3_prefix_list_id()), ec2.Port.tcp(HTTPS),
+            "HTTPS to S3 (its managed prefix list: through the gateway endpoint or a NAT)",
         )
-        object_arns = [source_bucket.arn_for_objects(f"{key_prefix}{name}/*") for name in names]
-        self.role.add_to_policy(iam.PolicyStatement(actions=list(EXPORT_S3_ACTIONS), resources=object_arns))
-        self.role.add_to_policy(
-            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[secret.secret_arn])
-        )
-        self.role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[self.log_group.log_group_arn]
-            )
-        )
-        self.role.add_to_policy(iam.PolicyStatement(actions=list(VPC_ENI_ACTIONS), resources=["*"]))
 
-        if create_endpoints:
-            self.s3_endpoint = ec2.GatewayVpcEndpoint(
-                self, "S3Endpoint", vpc=vpc, service=ec2.GatewayVpcEndpointAwsService.S3, subnets=[subnets],
-            )
-            self.s3_endpoint.add_to_policy(
-                iam.PolicyStatement(
-                    principals=[iam.AnyPrincipal()], actions=list(EXPORT_S3_ACTIONS), resources=object_arns
-                )
-            )
-            endpoint_sg = ec2.SecurityGroup(
-                self, "SecretsEndpointSecurityGroup", vpc=vpc, allow_all_outbound=False,
-                description="Secrets Manager endpoint: HTTPS from the export function only",
-            )
-            self.secrets_endpoint = ec2.InterfaceVpcEndpoint(
-                self, "SecretsManagerEndpoint", vpc=vpc,
-                service=ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
-                subnets=subnets, private_dns_enabled=True, open=False, security_groups=[endpoint_sg],
-            )
-            self.secrets_endpoint.connections.allow_default_port_from(self.security_group, "ExportToXlsx function")
+        failures = failure_queue(
+            self, "FailedExports", alarm_topic=alarm_topic, removal_policy=removal_policy,
+            description="A scheduled or asynchronous export failed after its retries: the event waits in the "
+                        "failed-exports queue to be run again",
+        )
+        self.failure_queue, self.failures_alarm = failures.queue, failures.alarm
 
-        self.function = lambda_.Function(
+        built = pipeline_function(
             self,
-            "Function",
+            bundle=export_bundle(exports),
             description="Runs the configured SQL exports and uploads each result as .xlsx",
-            runtime=RUNTIME,
-            architecture=ARCHITECTURE,
-            handler=f"{EXPORT_BUNDLE.package}.handler.handler",
-            code=function_code(export_bundle(exports)),
-            role=self.role,
-            vpc=vpc,
-            vpc_subnets=subnets,
-            security_groups=[self.security_group],
-            allow_public_subnet=False,
-            memory_size=memory_mb,
-            timeout=timeout,
-            ephemeral_storage_size=Size.mebibytes(ephemeral_storage_mb),
-            reserved_concurrent_executions=1,
-            retry_attempts=1,
-            max_event_age=Duration.hours(6),
-            tracing=lambda_.Tracing.ACTIVE,
-            logging_format=lambda_.LoggingFormat.JSON,
-            application_log_level_v2=lambda_.ApplicationLogLevel.INFO,
-            system_log_level_v2=lambda_.SystemLogLevel.WARN,
-            log_group=self.log_group,
+            role_description="ExportToXlsx: write its exports, read the database secret",
+            errors_description="An export failed: no workbook was uploaded for it",
             environment={
                 contract.ENV_SOURCE_BUCKET: source_bucket.bucket_name,
                 contract.ENV_KEY_PREFIX: key_prefix,
@@ -195,7 +168,71 @@ class ExportToXlsx(Construct):
                 contract.ENV_DB_TLS: "verify",
                 contract.ENV_EXPORTS: contract.encode_exports([e.definition() for e in exports]),
             },
+            alarm_topic=alarm_topic,
+            log_retention=log_retention,
+            removal_policy=removal_policy,
+            memory_mb=memory_mb,
+            timeout=timeout,
+            ephemeral_storage_mb=ephemeral_storage_mb,
+            reserved_concurrency=reserved_concurrency,
+            retry_attempts=1,
+            max_event_age=Duration.hours(6),
+            on_failure=self.failure_queue,
+            vpc=vpc,
+            subnets=subnets,
+            security_groups=[self.security_group],
         )
+        self.function, self.role = built.function, built.role
+        self.log_group, self.errors_alarm = built.log_group, built.errors_alarm
+
+        object_arns = [source_bucket.arn_for_objects(f"{key_prefix}{name}/*") for name in names]
+        self.role.add_to_policy(iam.PolicyStatement(actions=list(EXPORT_S3_ACTIONS), resources=object_arns))
+        self.role.add_to_policy(
+            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[secret.secret_arn])
+        )
+        if secret_kms_key_arn:
+            self.role.add_to_policy(iam.PolicyStatement(
+                actions=["kms:Decrypt"], resources=[secret_kms_key_arn],
+                conditions={"StringEquals": {"kms:ViaService": f"secretsmanager.{Stack.of(self).region}.amazonaws.com"}},
+            ))
+        self.role.add_to_policy(iam.PolicyStatement(actions=list(VPC_ENI_ACTIONS), resources=["*"]))
+
+        self.s3_endpoint: ec2.GatewayVpcEndpoint | None = None
+        self.secrets_endpoint: ec2.InterfaceVpcEndpoint | None = None
+        if "s3" in endpoints:
+            self.s3_endpoint = ec2.GatewayVpcEndpoint(
+                self, "S3Endpoint", vpc=vpc, service=ec2.GatewayVpcEndpointAwsService.S3, subnets=[subnets],
+            )
+            if own_vpc:  # nobody else routes through it
+                self.s3_endpoint.add_to_policy(iam.PolicyStatement(
+                    principals=[iam.AnyPrincipal()], actions=list(EXPORT_S3_ACTIONS), resources=object_arns))
+        if "secretsmanager" in endpoints:
+            endpoint_sg = ec2.SecurityGroup(
+                self, "SecretsEndpointSecurityGroup", vpc=vpc, allow_all_outbound=False,
+                description="Secrets Manager endpoint: HTTPS from the export function" if own_vpc
+                else "Secrets Manager endpoint: HTTPS from the whole VPC (its private DNS serves every caller)",
+            )
+            self.secrets_endpoint = ec2.InterfaceVpcEndpoint(
+                self, "SecretsManagerEndpoint", vpc=vpc,
+                service=ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
+                subnets=subnets, private_dns_enabled=True, open=False, security_groups=[endpoint_sg],
+            )
+            if own_vpc:
+                endpoint_sg.add_ingress_rule(self.security_group, ec2.Port.tcp(HTTPS), "ExportToXlsx function")
+            else:
+                endpoint_sg.add_ingress_rule(ec2.Peer.ipv4(vpc.vpc_cidr_block), ec2.Port.tcp(HTTPS),
+                                             "Every caller in the VPC")
+            secrets_endpoint_security_group = endpoint_sg
+        elif secrets_endpoint_security_group is not None:
+            secrets_endpoint_security_group.add_ingress_rule(
+                self.security_group, ec2.Port.tcp(HTTPS), "ExportToXlsx function")
+        if secrets_endpoint_security_group is not None:
+            self.security_group.add_egress_rule(
+                secrets_endpoint_security_group, ec2.Port.tcp(HTTPS), "The Secrets Manager endpoint")
+        else:
+            self.security_group.add_egress_rule(
+                ec2.Peer.ipv4(vpc.vpc_cidr_block), ec2.Port.tcp(HTTPS),
+                "HTTPS to the Secrets Manager endpoint in the VPC (its group is not known to the stack)")
 
         self.rules: dict[str, events.Rule] = {}
         for export in exports:
@@ -212,20 +249,10 @@ class ExportToXlsx(Construct):
                         event=events.RuleTargetInput.from_object({"export": export.name}),
                         retry_attempts=2,
                         max_event_age=Duration.hours(2),
+                        dead_letter_queue=self.failure_queue,
                     )
                 ],
             )
-
-        self.errors_alarm = cloudwatch.Alarm(
-            self, "ErrorsAlarm",
-            alarm_description="An export failed: no workbook was uploaded for it",
-            metric=self.function.metric_errors(period=Duration.minutes(5), statistic="Sum"),
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
-        self.errors_alarm.add_alarm_action(cw_actions.SnsAction(alarm_topic))
 
         acknowledge(
             self.role.node.find_child("DefaultPolicy"), "IAM5",
@@ -239,3 +266,24 @@ class ExportToXlsx(Construct):
             "needs to attach the function, and X-Ray PutTraceSegments/PutTelemetryRecords.",
             findings=["Resource::*"],
         )
+
+    def _s3_prefix_list_id(self) -> str:
+        """S3's managed prefix list in the stack's region, looked up at deploy time (never at synth)."""
+        call = cr.AwsSdkCall(
+            service="EC2",
+            action="describeManagedPrefixLists",
+            parameters={"Filters": [{"Name": "prefix-list-name", "Values": [f"com.amazonaws.{Aws.REGION}.s3"]}]},
+            physical_resource_id=cr.PhysicalResourceId.of(f"s3-prefix-list-{Aws.REGION}"),
+            output_paths=["PrefixLists.0.PrefixListId"],
+        )
+        lookup = cr.AwsCustomResource(
+            self, "S3PrefixList", on_create=call, on_update=call, install_latest_aws_sdk=False,
+            policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
+                actions=["ec2:DescribeManagedPrefixLists"], resources=["*"])]),
+        )
+        acknowledge(
+            lookup.node.find_child("CustomResourcePolicy"), "IAM5",
+            "ec2:DescribeManagedPrefixLists takes no resource; it only reads S3's prefix list id at deploy time.",
+            findings=["Resource::*"],
+        )
+        return lookup.get_response_field("PrefixLists.0.PrefixListId")

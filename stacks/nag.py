@@ -31,3 +31,33 @@ def objects_finding(bucket: IBucket, key_pattern: str) -> str:
     if isinstance(arn, str):
         return f"Resource::{arn}/{key_pattern}"
     return f"Resource::arn:<AWS::Partition>:s3:::{bucket.bucket_name}/{key_pattern}"
+
+
+def nag_text(stack: Stack, value: object) -> str:
+    """``value`` (a string that may hold tokens) as cdk-nag prints it in a finding:
+    ``{"Ref": X}`` as ``<X>``, ``{"Fn::GetAtt": [A, B]}`` as ``<A.B>``, joins concatenated."""
+    resolved = stack.resolve(value)
+
+    def text(part: object) -> str:
+        if isinstance(part, str):
+            return part
+        if isinstance(part, dict) and "Ref" in part:
+            return f"<{part['Ref']}>"
+        if isinstance(part, dict) and "Fn::GetAtt" in part:
+            return f"<{'.'.join(part['Fn::GetAtt'])}>"
+        if isinstance(part, dict) and "Fn::Join" in part:
+            separator, parts = part["Fn::Join"]
+            return separator.join(text(p) for p in parts)
+        raise ValueError(f"cannot render {part!r} as cdk-nag does")
+
+    return text(resolved)
+
+
+def acknowledge_cdk_helper(function: IConstruct, reason: str, *, wildcard_findings: list[str] = ()) -> None:
+    """Acknowledge what cdk-nag finds in one of CDK's own singleton helper functions: the basic
+    execution managed policy on its role, and the given wildcard resources of its policy."""
+    role = function.node.find_child("ServiceRole")
+    acknowledge(role, "IAM4", reason,
+                findings=["Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"])
+    if wildcard_findings:
+        acknowledge(role.node.find_child("DefaultPolicy"), "IAM5", reason, findings=list(wildcard_findings))

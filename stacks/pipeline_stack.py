@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from aws_cdk import App, CfnOutput, Duration, Environment, RemovalPolicy, Stack, Tags, Validations
+from aws_cdk import (App, Aws, CfnOutput, CfnRule, CfnRuleAssertion, Duration, Environment, Fn, RemovalPolicy, Stack,
+                     Tags, Validations)
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
@@ -12,11 +14,16 @@ from constructs import Construct
 
 from stacks.bucket_replicator import BucketReplicator
 from stacks.config import EnvironmentConfig, ExistingDatabaseConfig
-from stacks.database import Database
+from stacks.rds_ca import ca_bundle
+from stacks.database import EXPORTED_LOGS, Database
 from stacks.export_to_xlsx import ExportToXlsx
-from stacks.nag import acknowledge
+from stacks.nag import acknowledge, acknowledge_cdk_helper, nag_text
 from stacks.secure_bucket import SecureBucket
 
+
+#: The ids CDK gives its singleton helper functions in the stack.
+AWS_CUSTOM_RESOURCE_ID = "AWS679f53fac002430cb0da5b7982bd2287"
+LOG_RETENTION_ID = "LogRetentionaae0aa3c5b4d4f87b02d85b201efdd8a"
 
 _R = logs.RetentionDays
 RETENTION = {
@@ -59,6 +66,12 @@ class PipelineStack(Stack):
 
         self.database = Database(self, "Database", config=config.database, removal_policy=removal,
                                  log_retention=retention)
+        db = config.database
+        existing = isinstance(db, ExistingDatabaseConfig)
+        secrets_endpoint_group = None
+        if existing and db.secrets_endpoint_security_group_id:
+            secrets_endpoint_group = ec2.SecurityGroup.from_security_group_id(
+                self, "SecretsEndpointSecurityGroup", db.secrets_endpoint_security_group_id, mutable=True)
         self.export = ExportToXlsx(
             self,
             "ExportToXlsx",
@@ -78,16 +91,21 @@ class PipelineStack(Stack):
             memory_mb=config.export_function.memory_mb,
             timeout=Duration.seconds(config.export_function.timeout_seconds),
             ephemeral_storage_mb=config.export_function.ephemeral_storage_mb,
-            create_endpoints=not isinstance(config.database, ExistingDatabaseConfig)
-            or config.database.create_endpoints,
+            reserved_concurrency=config.export_function.reserved_concurrency,
+            # Our own VPC gets both endpoints, narrowed to the export; a shared VPC only what config asks for.
+            endpoints=db.create_endpoints if existing else ("s3", "secretsmanager"),
+            own_vpc=not existing,
+            secrets_endpoint_security_group=secrets_endpoint_group,
+            secret_kms_key_arn=db.secret_kms_key_arn if existing else None,
         )
         self.replicator = BucketReplicator(
             self,
             "BucketReplicator",
             source_bucket=self.source.bucket,
             destination_bucket=self.destination_bucket,
-            source_prefix=config.key_prefix,
+            source_prefix=config.destination.source_prefix,
             destination_prefix=config.destination.prefix,
+            destination_kms_key_arn=config.destination.kms_key_arn,
             alarm_topic=self.alarm_topic,
             log_retention=retention,
             removal_policy=removal,
@@ -99,14 +117,32 @@ class PipelineStack(Stack):
             "ExportFunctionName": self.export.function.function_name,
             "ReplicatorFunctionName": self.replicator.function.function_name,
             "FailedCopiesQueueUrl": self.replicator.failure_queue.queue_url,
+            "FailedExportsQueueUrl": self.export.failure_queue.queue_url,
             "AlarmTopicArn": self.alarm_topic.topic_arn,
+            "ReplicatorRoleArn": self.replicator.role.role_arn,
         }
+        if config.destination.bucket_name:  # another owner's bucket: what its policies must allow
+            outputs["PartnerBucketPolicyStatement"] = self.to_json_string(self.replicator.partner_statements["bucket"])
+            if config.destination.kms_key_arn:
+                outputs["PartnerKeyPolicyStatement"] = self.to_json_string(self.replicator.partner_statements["key"])
         for name, value in outputs.items():
             CfnOutput(self, name, value=value)
 
+        if config.region is None:
+            self._require_supported_region()
         Tags.of(self).add("project", "mysql-xlsx-pipeline")
         Tags.of(self).add("environment", config.name)
         self._acknowledge(config)
+
+    def _require_supported_region(self) -> None:
+        """An environment-agnostic stack learns its region at deploy time: refuse, before anything is
+        created, a region whose RDS root certificates the export does not carry (config checks a given region)."""
+        regions = sorted(ca_bundle().regions)
+        CfnRule(self, "SupportedRegion", assertions=[CfnRuleAssertion(
+            assert_=Fn.condition_contains(regions, Aws.REGION),
+            assert_description="The export's Amazon RDS CA bundle has no root certificates for this region, so it "
+                               "could not verify the database's TLS certificate. Supported: " + ", ".join(regions),
+        )])
 
     def _acknowledge(self, config: EnvironmentConfig) -> None:
         handler = self.node.try_find_child("BucketNotificationsHandler050a0587b7544547bf325f094a3db834")
@@ -116,7 +152,19 @@ class PipelineStack(Stack):
                 "CDK's bucket-notifications helper runs once per deployment with the basic execution policy.",
                 findings=["Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"],
             )
+        lookup = self.node.try_find_child(AWS_CUSTOM_RESOURCE_ID)
+        if lookup is not None:  # CDK's singleton behind the export's S3 prefix-list lookup
+            acknowledge_cdk_helper(lookup, "CDK's AwsCustomResource helper runs at deploy time with the basic "
+                                           "execution policy; its own policy allows only DescribeManagedPrefixLists.")
         instance = self.database.instance
+        retention = self.node.try_find_child(LOG_RETENTION_ID)
+        if retention is not None and instance is not None:  # CDK's singleton that sets the RDS log groups' retention
+            arn = f"arn:{nag_text(self, Aws.PARTITION)}:logs:{nag_text(self, Aws.REGION)}:" \
+                  f"{nag_text(self, Aws.ACCOUNT_ID)}:log-group:/aws/rds/instance/{nag_text(self, instance.ref)}"
+            acknowledge_cdk_helper(
+                retention, "CDK's log-retention helper sets the retention of the log groups RDS creates itself; "
+                           "PutRetentionPolicy/DeleteRetentionPolicy take no narrower resource than the group.",
+                wildcard_findings=["Resource::*"] + [f"Resource::{arn}/{log}:*" for log in EXPORTED_LOGS])
         if instance is not None:
             acknowledge(instance, "RDS11",
                         "The default MySQL port is only reachable from the export function's security group "

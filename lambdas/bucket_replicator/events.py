@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 from urllib.parse import unquote_plus
 
-from .settings import SUFFIX, Settings
+from .settings import SUFFIXES, Settings, is_replicated
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,9 @@ def _parse_record(record: Any, settings: Settings) -> CopyRequest | Skipped:
         return Skipped(key, f"event {name} is not an object creation")
     if bucket != settings.source_bucket:
         return Skipped(key, f"record from bucket {bucket!r}, not the source bucket")
-    if not key.lower().endswith(SUFFIX):
-        return Skipped(key, f"key does not end in {SUFFIX}")
+    if not is_replicated(key, settings.source_prefix):
+        where = f"is not under {settings.source_prefix!r} or " if settings.source_prefix else ""
+        return Skipped(key, f"key {where}does not end in {' or '.join(SUFFIXES)}")
     size = obj.get("size")
     return CopyRequest(
         key=key,

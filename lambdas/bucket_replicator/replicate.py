@@ -10,7 +10,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from .events import CopyRequest
-from .settings import Settings
+from .settings import DESTINATION_ACL, Settings
 
 #: Objects over this size are copied in parts (UploadPartCopy); no data passes through the function.
 TRANSFER = TransferConfig(multipart_threshold=256 * 2**20, multipart_chunksize=256 * 2**20, max_concurrency=8)
@@ -70,7 +70,9 @@ def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: Tr
     })
     if version:
         metadata[META_SOURCE_VERSION] = version
-    extra = {"MetadataDirective": "REPLACE", "Metadata": metadata}
+    extra = {"MetadataDirective": "REPLACE", "Metadata": metadata, "ACL": DESTINATION_ACL}
+    if settings.destination_kms_key_arn:
+        extra.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=settings.destination_kms_key_arn)
     extra.update({h: head[h] for h in CARRIED_HEADERS if head.get(h)})
     if version:
         source["VersionId"] = version  # pin what we read, even if the event carried no version

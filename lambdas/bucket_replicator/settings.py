@@ -13,12 +13,26 @@ from typing import Mapping
 ENV_SOURCE_BUCKET = "SOURCE_BUCKET"
 ENV_DESTINATION_BUCKET = "DESTINATION_BUCKET"
 ENV_DESTINATION_PREFIX = "DESTINATION_PREFIX"
+ENV_SOURCE_PREFIX = "SOURCE_PREFIX"
+ENV_DESTINATION_KMS_KEY_ARN = "DESTINATION_KMS_KEY_ARN"
 
 #: Every variable the function reads; the stack must set exactly these.
-ENV_NAMES = frozenset({ENV_SOURCE_BUCKET, ENV_DESTINATION_BUCKET, ENV_DESTINATION_PREFIX})
+ENV_NAMES = frozenset({ENV_SOURCE_BUCKET, ENV_DESTINATION_BUCKET, ENV_DESTINATION_PREFIX, ENV_SOURCE_PREFIX,
+                       ENV_DESTINATION_KMS_KEY_ARN})
 
-#: Only keys with this ending (compared case-insensitively) are copied.
-SUFFIX = ".xlsx"
+#: The key endings that are copied. S3 notification filters compare suffixes case-sensitively,
+#: so the stack adds one filter per ending and the handler accepts exactly these, nothing else
+#: (``Report.Xlsx`` is neither delivered nor copied).
+SUFFIXES = (".xlsx", ".XLSX")
+
+#: Sent with every copy: the destination bucket's owner gets full control (and owns the object
+#: where its Object Ownership is "bucket owner preferred"); buckets with ACLs disabled accept it too.
+DESTINATION_ACL = "bucket-owner-full-control"
+
+
+def is_replicated(key: str, source_prefix: str) -> bool:
+    """The one rule the notification filter and the handler share."""
+    return key.startswith(source_prefix) and key.endswith(SUFFIXES)
 
 
 class ConfigurationError(ValueError):
@@ -30,6 +44,8 @@ class Settings:
     source_bucket: str
     destination_bucket: str
     destination_prefix: str
+    source_prefix: str = ""
+    destination_kms_key_arn: str | None = None
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -47,4 +63,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     prefix = environ.get(ENV_DESTINATION_PREFIX, "")
     if prefix.startswith("/"):
         raise ConfigurationError(f"{ENV_DESTINATION_PREFIX} must not start with '/', got {prefix!r}")
-    return Settings(source_bucket=source, destination_bucket=destination, destination_prefix=prefix)
+    source_prefix = environ.get(ENV_SOURCE_PREFIX, "")
+    if source_prefix.startswith("/"):
+        raise ConfigurationError(f"{ENV_SOURCE_PREFIX} must not start with '/', got {source_prefix!r}")
+    kms_key = environ.get(ENV_DESTINATION_KMS_KEY_ARN) or None
+    if kms_key is not None and not (kms_key.startswith("arn:") and ":key/" in kms_key):
+        raise ConfigurationError(f"{ENV_DESTINATION_KMS_KEY_ARN} must be a KMS key ARN, got {kms_key!r}")
+    return Settings(source_bucket=source, destination_bucket=destination, destination_prefix=prefix,
+                    source_prefix=source_prefix, destination_kms_key_arn=kms_key)
