@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import (App, Aws, CfnOutput, CfnRule, CfnRuleAssertion, Duration, Environment, Fn, RemovalPolicy, Stack,
+from aws_cdk import (Acknowledgment, App, Aws, CfnOutput, CfnRule, CfnRuleAssertion, Duration, Environment, Fn, RemovalPolicy, Stack,
                      Tags, Validations)
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
@@ -166,6 +166,11 @@ class PipelineStack(Stack):
                            "PutRetentionPolicy/DeleteRetentionPolicy take no narrower resource than the group.",
                 wildcard_findings=["Resource::*"] + [f"Resource::{arn}/{log}:*" for log in EXPORTED_LOGS])
         if instance is not None:
+            Validations.of(instance).acknowledge(Acknowledgment(
+                id="CloudFormation-Validate::E9006",
+                reason="EngineVersion is a major version ('8.4'/'8.0'), which the validator's list of exact versions "
+                       "lacks; RDS accepts it and picks a recent minor release (docs.aws.amazon.com/AmazonRDS/latest/"
+                       "UserGuide/MySQL.Concepts.VersionMgmt.html), as CDK's own MysqlEngineVersion.VER_8_0 renders it."))
             acknowledge(instance, "RDS11",
                         "The default MySQL port is only reachable from the export function's security group "
                         "inside isolated subnets; a non-standard port adds no protection there.")

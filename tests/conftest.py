@@ -121,7 +121,7 @@ def shared_vpc() -> Synthesized:
     a reserved concurrency and replication limited to one folder of the source bucket."""
     import copy
 
-    from tests.synth_app import CDK_JSON
+    from pipeline_ops.synth import CDK_JSON
 
     environments = copy.deepcopy(CDK_JSON["context"]["environments"])
     prod = environments["prod"]

@@ -79,7 +79,7 @@ def test_the_bundle_covers_exactly_the_regions_the_config_accepts_and_rds_proxy(
     (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-proxy.howitworks.html#rds-proxy-security.tls)."""
     from stacks.config import ConfigError, load_environment
     from stacks.rds_ca import PROXY_ROOTS, ca_bundle
-    from tests.synth_app import CDK_JSON
+    from pipeline_ops.synth import CDK_JSON
 
     bundle = ca_bundle()
     assert sorted(bundle.regions) == COVERED_REGIONS

@@ -70,8 +70,13 @@ def test_the_pipeline_end_to_end(dev, sample_tables, tmp_files):
     assert daily["key"].startswith("exports/daily_sales/2026/11/05/")
     listing = report["listing"]
     source_keys = [r["key"] for r in report["exports"]]
-    assert listing["local-source-bucket"] == sorted(source_keys)
-    assert listing["local-destination-bucket"] == sorted(prefix + k for k in source_keys)
+    # And the original acceptance test: .xlsx files put there by hand, at the root and in a folder, .xlsx or
+    # .XLSX, were copied byte for byte; a .txt and a .Xlsx (no filter delivers it) stayed behind
+    hand = ["report.xlsx", "team/q3/Summary.XLSX", "notes.txt", "team/Mixed.Xlsx"]
+    assert report["hand_uploads"] == {"report.xlsx": True, "team/q3/Summary.XLSX": True, "notes.txt": False,
+                                      "team/Mixed.Xlsx": False}
+    assert listing["local-source-bucket"] == sorted(source_keys + hand)
+    assert listing["local-destination-bucket"] == sorted(prefix + k for k in source_keys + hand[:2])
     assert any(line.startswith("IAM: every call") for line in lines)
     assert list(tmp_files.iterdir()) == []
 
@@ -139,11 +144,22 @@ def test_the_same_event_delivered_twice_is_copied_once(pipeline, tmp_files):
 
 
 def test_objects_the_notification_filter_excludes_are_not_copied(pipeline, tmp_files):
-    dropped = [pipeline.drop_object("exports/orders/readme.txt"), pipeline.drop_object("elsewhere/report.xlsx")]
+    dropped = [pipeline.drop_object("exports/orders/readme.txt"), pipeline.drop_object("elsewhere/report.xlsm"),
+               pipeline.drop_object("elsewhere/Report.Xlsx")]
     assert pipeline.notifications(dropped) == []
-    assert pipeline.listing() == {"local-source-bucket": ["elsewhere/report.xlsx", "exports/orders/readme.txt"],
-                                  "local-destination-bucket": []}
+    assert pipeline.listing() == {
+        "local-source-bucket": ["elsewhere/Report.Xlsx", "elsewhere/report.xlsm", "exports/orders/readme.txt"],
+        "local-destination-bucket": []}
     assert any("no rule matches" in line for line in pipeline.lines)
+
+
+def test_a_workbook_dropped_anywhere_by_hand_is_copied(pipeline, tmp_files):
+    dropped = [pipeline.drop_object("elsewhere/report.xlsx", b"PK hand made"), pipeline.drop_object("TOP.XLSX")]
+    events = pipeline.notifications(dropped)
+    assert len(events) == 2
+    assert [pipeline.deliver(e).outcome for e in events] == ["copied", "copied"]
+    assert pipeline.check_replicated("elsewhere/report.xlsx")["body"] == b"PK hand made"
+    assert pipeline.listing()["local-destination-bucket"] == ["incoming/TOP.XLSX", "incoming/elsewhere/report.xlsx"]
 
 
 def test_a_role_missing_a_permission_is_caught(dev, sample_tables, tmp_files):
