@@ -10,11 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
+#: moto's account; the local runs resolve ``AWS::AccountId`` to it.
+LOCAL_ACCOUNT = "123456789012"
+
+
 @dataclass(frozen=True)
 class Need:
     action: str
     resource: str
     via: str | None = None  # the service that makes the call on the caller's behalf (kms:ViaService)
+    #: Request context an IAM condition may test: ((key, (values...)), ...).
+    context: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def _object_arn(bucket: str, key: str) -> str:
@@ -63,6 +69,12 @@ NEEDS: dict[str, Callable[[dict], list[Need]]] = {
     "s3.UploadPartCopy": lambda p: [_read(*_copy_source(p)),
                                     Need("s3:PutObject", _object_arn(p["Bucket"], p["Key"]))],
     "secretsmanager.GetSecretValue": lambda p: [Need("secretsmanager:GetSecretValue", p["SecretId"])],
+    # PutEvents: the event-bus resource, with the events:source and events:detail-type condition keys.
+    "events.PutEvents": lambda p: [Need(
+        "events:PutEvents",
+        f"arn:aws:events:{p['__region__']}:{LOCAL_ACCOUNT}:event-bus/{e.get('EventBusName') or 'default'}",
+        (("events:source", (e["Source"],)), ("events:detail-type", (e["DetailType"],))),
+    ) for e in p["Entries"]],
 }
 
 
@@ -77,7 +89,8 @@ class CallRecorder:
         # 'provide-client-params' sees the caller's own parameters, before botocore rewrites them.
         client.meta.events.register(
             f"provide-client-params.{service}.*",
-            lambda params, model, **_: self.calls.append((f"{service}.{model.name}", dict(params))),
+            lambda params, model, **_: self.calls.append(
+                (f"{service}.{model.name}", {**params, "__region__": client.meta.region_name})),
         )
         return client
 
@@ -100,7 +113,11 @@ def resolve(value: Any, names: dict[str, str], partition: str = "aws") -> Any:
     if isinstance(value, dict) and len(value) == 1:
         (fn, arg), = value.items()
         if fn == "Ref":
-            return partition if arg == "AWS::Partition" else names[arg]
+            if arg == "AWS::Partition":
+                return partition
+            if arg in ("AWS::AccountId", "AWS::Region") and not dict.__contains__(names, arg):
+                return LOCAL_ACCOUNT if arg == "AWS::AccountId" else "us-east-1"
+            return names[arg]
         if fn == "Fn::GetAtt":
             return names[f"{arg[0]}.{arg[1]}"]
         if fn == "Fn::Join":
@@ -129,11 +146,35 @@ def role_statements(template: dict, role_logical_id: str, names: dict[str, str])
     return statements
 
 
+def _conditions_hold(condition: dict | None, need: Need) -> bool:
+    """StringEquals (one value) and ForAllValues:StringEquals (every value) against the need's context
+    (and kms:ViaService, the service calling on the caller's behalf); any other operator is not
+    understood, so the statement is not counted."""
+    if not condition:
+        return True
+    context = dict(need.context)
+    if need.via:
+        context["kms:ViaService"] = (need.via,)
+    for operator, tests in condition.items():
+        if operator not in ("StringEquals", "ForAllValues:StringEquals"):
+            return False
+        for key, expected in tests.items():
+            expected = expected if isinstance(expected, list) else [expected]
+            values = context.get(key)
+            if values is None:
+                return False
+            if operator == "StringEquals" and (len(values) != 1 or values[0] not in expected):
+                return False
+            if operator == "ForAllValues:StringEquals" and not all(v in expected for v in values):
+                return False
+    return True
+
+
 def allows(statements: list[dict], need: Need) -> bool:
     allowed = False
     for st in statements:
-        if st["Condition"] and st["Condition"] != {"StringEquals": {"kms:ViaService": need.via}}:
-            continue  # the only condition understood here is kms:ViaService; any other is not counted
+        if not _conditions_hold(st["Condition"], need):
+            continue
         if not any(fnmatch.fnmatchcase(need.action.lower(), a.lower()) for a in st["Action"]):
             continue
         if not any(fnmatch.fnmatchcase(need.resource, r) for r in st["Resource"]):

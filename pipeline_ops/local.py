@@ -300,6 +300,9 @@ class LocalPipeline:
             recorder.attach(rt.s3)
             if hasattr(rt, "secrets"):
                 recorder.attach(rt.secrets._client)
+            if hasattr(rt, "events"):
+                recorder.attach(rt.events)
+        self._subscribe_to_delivered_events()
         self.say(f"local deployment of {self.template.get('Description', 'the template')} ready in "
                  f"{time.monotonic() - started:.2f} s: s3://{self.source} -> s3://{self.destination}, "
                  f"database via 127.0.0.1:{self.proxy.port} -> {self.mysql['host']}:{self.mysql['port']}")
@@ -307,6 +310,46 @@ class LocalPipeline:
 
     def __exit__(self, *exc) -> None:
         self._stack.close()
+
+    def _subscribe_to_delivered_events(self) -> None:
+        """A rule on the default bus, as the README shows, sending "Workbook Delivered" events to a queue."""
+        import boto3
+
+        from bucket_replicator.settings import DELIVERED_DETAIL_TYPE, DELIVERED_SOURCE
+
+        with environment(self.aws_env):
+            self.events = boto3.client("events")
+            self.sqs = boto3.client("sqs")
+        self.delivered_queue = self.sqs.create_queue(QueueName="local-workbook-delivered")["QueueUrl"]
+        arn = self.sqs.get_queue_attributes(QueueUrl=self.delivered_queue,
+                                            AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        pattern = {"source": [DELIVERED_SOURCE], "detail-type": [DELIVERED_DETAIL_TYPE]}
+        self.events.put_rule(Name="workbook-delivered", EventPattern=json.dumps(pattern))
+        self.events.put_targets(Rule="workbook-delivered", Targets=[{"Id": "local-queue", "Arn": arn}])
+
+    def delivered_events(self) -> list[dict]:
+        """The "Workbook Delivered" events the rule routed since the last call."""
+        events = []
+        while True:
+            answer = self.sqs.receive_message(QueueUrl=self.delivered_queue, MaxNumberOfMessages=10)
+            messages = answer.get("Messages", [])
+            if not messages:
+                return events
+            for m in messages:
+                events.append(json.loads(m["Body"]))
+                self.sqs.delete_message(QueueUrl=self.delivered_queue, ReceiptHandle=m["ReceiptHandle"])
+
+    def check_delivered_event(self, result: dict, copy_: dict, events: list[dict]) -> dict:
+        """Exactly one delivered event names this copy, with the export's name, parameters and rows."""
+        mine = [e for e in events if e["detail"]["destination"]["key"] == copy_["key"]]
+        assert len(mine) == 1, f"{len(mine)} delivered events for {copy_['key']}"
+        detail = mine[0]["detail"]
+        version = self.s3.head_object(Bucket=self.destination, Key=copy_["key"]).get("VersionId")
+        assert detail["destination"] == {"bucket": self.destination, "key": copy_["key"], "version_id": version}
+        assert detail["source"]["bucket"] == self.source and detail["source"]["key"] == result["key"]
+        assert detail["export"] == result["export"] and detail["rows"] == result["rows"]
+        assert detail["parameters"] == result.get("params", {})
+        return mine[0]
 
     def _resolve_env(self, fn: Function, database: dict[str, str]) -> dict[str, str]:
         """The function's variables from the template; database settings replaced by the local ones."""
@@ -532,7 +575,7 @@ def run(template: dict, mysql: dict, say: Callable[[str], None] = print, *, back
 
     Runs every export with its defaults (``{}``), then, with ``backfill``, each export with a date
     parameter for ``SAMPLE_DAY`` (``{"export": NAME, "params": {...}}``)."""
-    report = {"exports": [], "skipped": [], "copies": [], "hand_uploads": {}}
+    report = {"exports": [], "skipped": [], "copies": [], "hand_uploads": {}, "delivered": []}
     with LocalPipeline(template, mysql, say=say) as p:
         events = [{}] + (p.backfill_events() if backfill else [])
         for export_event in events:
@@ -540,6 +583,7 @@ def run(template: dict, mysql: dict, say: Callable[[str], None] = print, *, back
             for event in p.notifications(p.created_by_last_export()):
                 delivery = p.deliver(event)
                 assert delivery.outcome == "copied", delivery
+            delivered_events = p.delivered_events()
             for r in result["exports"]:
                 if r["outcome"] != "uploaded":
                     report["skipped"].append(r)
@@ -548,6 +592,10 @@ def run(template: dict, mysql: dict, say: Callable[[str], None] = print, *, back
                 rows = p.check_rows(r, copy_["body"])
                 say(f"checked {r['export']}: s3://{p.destination}/{copy_['key']} equals the source byte for byte, "
                     f"metadata {sorted(copy_['metadata'])}, {rows} rows equal the SQL's")
+                delivered = p.check_delivered_event(r, copy_, delivered_events)
+                say(f"event {delivered['detail-type']!r} from {delivered['source']} routed by the rule: "
+                    f"{json.dumps(delivered['detail'], ensure_ascii=False)}")
+                report["delivered"].append(delivered)
                 report["exports"].append(r)
                 report["copies"].append(copy_["key"])
         dropped = {key: p.drop_object(key, hand_made_workbook(key)) for key in HAND_UPLOADS}
@@ -564,6 +612,9 @@ def run(template: dict, mysql: dict, say: Callable[[str], None] = print, *, back
             else:
                 say(f"checked hand upload s3://{p.source}/{key}: not copied, as the filter says")
             report["hand_uploads"][key] = copied
+        # A workbook not written by an export is announced too, without export, rows or parameters
+        announced = sorted(e["detail"]["source"]["key"] for e in p.delivered_events())
+        assert announced == sorted(k for k, copied in report["hand_uploads"].items() if copied), announced
         problems = {fn: d for fn, d in p.denied_calls().items() if d}
         assert not problems, f"calls the template's roles would deny: {problems}"
         say("IAM: every call of both handlers is allowed by the role the template gives it")

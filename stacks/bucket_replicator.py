@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, Stack, Token
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack, Token
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
@@ -13,7 +14,7 @@ from constructs import Construct
 from lambdas.bucket_replicator import settings as contract
 from stacks.bundling import REPLICATOR_BUNDLE
 from stacks.nag import acknowledge, objects_finding
-from stacks.pipeline_function import failure_queue, pipeline_function
+from stacks.pipeline_function import alarm_on, failure_queue, pipeline_function
 
 #: Read the exact version that triggered the event (HeadObject, CopyObject, UploadPartCopy).
 SOURCE_READ_ACTIONS = ("s3:GetObject", "s3:GetObjectVersion")
@@ -41,12 +42,17 @@ class BucketReplicator(Construct):
       ACL), abort and read back objects under ``destination_prefix`` in the destination;
       with ``destination_kms_key_arn``, copies are encrypted with that key and the role may
       use it for exactly that;
-    - alarms on any error and on any message in the failure queue, sent to ``alarm_topic``.
+    - after each copy, one "Workbook Delivered" event on the account's default EventBridge
+      bus; the role may ``events:PutEvents`` only there and only with that source and
+      detail-type; an event that cannot be published is counted in the custom metric
+      ``MysqlXlsxPipeline/DeliveredEventsNotPublished`` (the copy stands);
+    - alarms on any error, on any message in the failure queue and on any event not
+      published, sent to ``alarm_topic``.
 
     Raises ValueError when the destination is the source bucket or a prefix or key is malformed.
-    Exposes ``function``, ``role``, ``failure_queue``, ``log_group``, ``errors_alarm``,
-    ``failures_alarm`` and ``partner_statements`` (what another owner's bucket and key
-    policies must allow, for an imported destination).
+    Exposes ``function``, ``role``, ``failure_queue``, ``log_group``, ``default_bus_arn``,
+    ``errors_alarm``, ``failures_alarm``, ``events_alarm`` and ``partner_statements`` (what
+    another owner's bucket and key policies must allow, for an imported destination).
     """
 
     def __init__(
@@ -117,6 +123,30 @@ class BucketReplicator(Construct):
                 actions=list(DESTINATION_KMS_ACTIONS), resources=[destination_kms_key_arn],
                 conditions={"StringEquals": {"kms:ViaService": f"s3.{Stack.of(self).region}.amazonaws.com"}},
             ))
+
+        self.default_bus_arn = Stack.of(self).format_arn(
+            service="events", resource="event-bus", resource_name="default",
+            arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+        )
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["events:PutEvents"],
+            resources=[self.default_bus_arn],
+            # As AWS's example policy for PutEvents limited to one source and detail-type.
+            conditions={
+                "ForAllValues:StringEquals": {"events:source": [contract.DELIVERED_SOURCE]},
+                "StringEquals": {"events:detail-type": contract.DELIVERED_DETAIL_TYPE},
+            },
+        ))
+        self.events_alarm = alarm_on(
+            self, "EventsNotPublishedAlarm", topic=alarm_topic,
+            description="A workbook was copied but its Workbook Delivered event could not be published; "
+                        "the function's log names the key",
+            metric=cloudwatch.Metric(
+                namespace=contract.METRIC_NAMESPACE, metric_name=contract.METRIC_NOT_PUBLISHED,
+                dimensions_map={"FunctionName": self.function.function_name},
+                period=Duration.minutes(5), statistic="Sum",
+            ),
+        )
 
         for suffix in contract.SUFFIXES:
             source_bucket.add_event_notification(

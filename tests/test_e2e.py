@@ -68,6 +68,10 @@ def test_the_pipeline_end_to_end(dev, sample_tables, tmp_files):
     (daily,) = [r for r in report["exports"] if r.get("params") == {"day": "2026-11-05"}]
     assert daily["export"] == "daily_sales" and daily["sheets"] == 2 and daily["rows"] > 1
     assert daily["key"].startswith("exports/daily_sales/2026/11/05/")
+    # And each copy was announced once on the default bus, routed by the README's rule
+    assert sorted(e["detail"]["destination"]["key"] for e in report["delivered"]) == sorted(report["copies"])
+    (announced,) = [e for e in report["delivered"] if e["detail"]["source"]["key"] == daily["key"]]
+    assert announced["detail"]["parameters"] == {"day": "2026-11-05"} and announced["detail"]["sheets"] == 2
     listing = report["listing"]
     source_keys = [r["key"] for r in report["exports"]]
     # And the original acceptance test: .xlsx files put there by hand, at the root and in a folder, .xlsx or

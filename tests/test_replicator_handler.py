@@ -395,3 +395,98 @@ def test_prods_role_allows_the_calls_of_a_copy_into_a_partners_kms_bucket(env, b
     needs = recorder.needs()
     assert {n.action for n in needs} >= {"s3:PutObjectAcl", "kms:GenerateDataKey", "kms:Decrypt"}
     assert denied(statements, needs) == []
+
+
+# --- the "Workbook Delivered" event ----------------------------------------------------------
+
+
+@pytest.fixture
+def delivered_queue(env):
+    """An EventBridge rule on the default bus with the README's pattern, sending to an SQS queue."""
+    import boto3
+
+    events, sqs = boto3.client("events", region_name="us-east-1"), boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="delivered")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="workbook-delivered", EventPattern=json.dumps(
+        {"source": ["mysql-xlsx-pipeline"], "detail-type": ["Workbook Delivered"]}))
+    events.put_targets(Rule="workbook-delivered", Targets=[{"Id": "q", "Arn": arn}])
+
+    def received() -> list[dict]:
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+        for m in messages:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        return [json.loads(m["Body"]) for m in messages]
+
+    return received
+
+
+EXPORT_METADATA = {"export": "daily_sales", "rows": "25", "sheets": "2", "sql-sha256": "ab" * 32,
+                   "params": json.dumps({"day": "2026-11-20", "name": "\u00fc"}, ensure_ascii=True)}
+
+
+def test_a_copy_publishes_one_workbook_delivered_event(env, buckets, delivered_queue):
+    # Given a workbook with the export's metadata
+    key = "exports/daily_sales/2026/11/20/daily_sales-x.xlsx"
+    version = put(buckets, key, Metadata=EXPORT_METADATA)
+    # When it is copied
+    assert replicator.handler(event_for((key, version)), None)["copied"] == 1
+    # Then a rule matching the documented source and detail-type receives one event describing the copy
+    (event,) = delivered_queue()
+    assert event["source"] == "mysql-xlsx-pipeline" and event["detail-type"] == "Workbook Delivered"
+    destination_version = buckets.head_object(Bucket=DESTINATION, Key=key)["VersionId"]
+    assert event["detail"] == {
+        "export": "daily_sales", "parameters": {"day": "2026-11-20", "name": "ü"}, "rows": 25, "sheets": 2,
+        "bytes": len(b"PK\x03\x04 workbook"),
+        "source": {"bucket": SOURCE, "key": key, "version_id": version},
+        "destination": {"bucket": DESTINATION, "key": key, "version_id": destination_version},
+    }
+    # And a repeated notification copies nothing and announces nothing
+    assert replicator.handler(event_for((key, version)), None)["already_copied"] == 1
+    leftover = delivered_queue(); assert leftover == [], leftover[0]["detail"] if leftover else None
+
+
+def _events_answer(status: int, parsed: dict):
+    """An EventBridge answer returned from ``before-call``, so the call never reaches moto (which would
+    otherwise record the event even when a ``before-send`` hook answers)."""
+    from botocore.awsrequest import AWSResponse
+
+    from tests.faults import _Raw
+
+    parsed = {**parsed, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return AWSResponse("https://events.us-east-1.amazonaws.com/", status, {}, _Raw(b"")), parsed
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (lambda: _events_answer(400, {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}),
+     "AccessDeniedException: not authorized"),
+    (lambda: _events_answer(200, {"FailedEntryCount": 1, "Entries": [
+        {"ErrorCode": "InternalFailure", "ErrorMessage": "try again"}]}), "InternalFailure: try again"),
+])
+def test_a_failed_publish_is_logged_and_counted_and_the_copy_stands(env, buckets, delivered_queue, caplog, capsys,
+                                                                     monkeypatch, answer, reason):
+    # Given EventBridge refusing the event
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "replicator-fn")
+    replicator.runtime.cache_clear()
+    replicator.runtime().events.meta.events.register_first("before-call.events.PutEvents", lambda **_: answer())
+    key = "exports/daily_sales/refused.xlsx"
+    version = put(buckets, key, Metadata=EXPORT_METADATA)
+    caplog.set_level("INFO")
+    # When the object is replicated, the invocation succeeds: the copy is made and not undone
+    assert replicator.handler(event_for((key, version)), None) == {"copied": 1, "already_copied": 0, "skipped": 0}
+    assert body(buckets, DESTINATION, key) == body(buckets, SOURCE, key)
+    # And the log line at ERROR names the key and why the event was not published
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "root"]
+    assert caplog.records[-1].levelname == "ERROR"
+    assert line["outcome"] == "copied" and line["event"] == "not published" and line["event_error"] == reason
+    # And one embedded-metric-format line counts it for the alarm (CloudWatch EMF specification:
+    # https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html)
+    (emf,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"_aws"')]
+    (directive,) = emf["_aws"]["CloudWatchMetrics"]
+    assert directive == {"Namespace": "MysqlXlsxPipeline", "Dimensions": [["FunctionName"]],
+                         "Metrics": [{"Name": "DeliveredEventsNotPublished", "Unit": "Count"}]}
+    assert emf["FunctionName"] == "replicator-fn" and emf["DeliveredEventsNotPublished"] == 1
+    assert isinstance(emf["_aws"]["Timestamp"], int)
+    # And a redelivery of the notification does not copy again
+    assert replicator.handler(event_for((key, version)), None)["already_copied"] == 1
+    leftover = delivered_queue(); assert leftover == [], leftover[0]["detail"] if leftover else None

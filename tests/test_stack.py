@@ -509,7 +509,8 @@ def test_alarms_on_errors_and_failure_queues_go_to_the_topic(synth):
     topic = {"Ref": synth.logical_id(synth.stack.alarm_topic)}
     alarms = [r["Properties"] for r in synth.resources("AWS::CloudWatch::Alarm").values()]
     watched = sorted((a["MetricName"], a["Namespace"]) for a in alarms)
-    assert watched == [("ApproximateNumberOfMessagesVisible", "AWS/SQS")] * 2 + [("Errors", "AWS/Lambda")] * 2
+    assert watched == [("ApproximateNumberOfMessagesVisible", "AWS/SQS")] * 2 + [
+        ("DeliveredEventsNotPublished", "MysqlXlsxPipeline")] + [("Errors", "AWS/Lambda")] * 2
     for alarm in alarms:
         assert alarm["AlarmActions"] == [topic] and alarm["Threshold"] == 1
         assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
@@ -647,3 +648,41 @@ def test_the_filter_and_the_handler_agree_on_every_key(request, variant):
 
     for key in FILTER_KEYS:
         assert delivered(key) == replicator_contract.is_replicated(key, prefix), key
+
+
+def test_replicator_may_only_put_its_delivered_event_on_the_default_bus(synth):
+    """The role may put events only on the account's default bus, only with the pipeline's source and
+    detail-type. IAM: PutEvents is authorized on the ``event-bus`` resource
+    ``arn:${Partition}:events:${Region}:${Account}:event-bus/${EventBusName}`` with the condition keys
+    ``events:source`` and ``events:detail-type``
+    (https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazoneventbridge.html);
+    the condition form follows AWS's example policy
+    (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-event-bus-example-policy-cross-account-custom-bus-source.html).
+    PutEvents without EventBusName goes to the default bus
+    (https://docs.aws.amazon.com/eventbridge/latest/APIReference/API_PutEventsRequestEntry.html)."""
+    role = synth.logical_id(synth.stack.replicator.role)
+    statements = [st for r in synth.resources("AWS::IAM::Policy").values() if {"Ref": role} in r["Properties"]["Roles"]
+                  for st in r["Properties"]["PolicyDocument"]["Statement"]]
+    (put,) = [st for st in statements if "events:PutEvents" in json.dumps(st["Action"])]
+    assert put["Action"] == "events:PutEvents"
+    resource = synth.stack.resolve(synth.stack.replicator.default_bus_arn)
+    assert put["Resource"] == resource
+    if synth.config.account:  # prod names its account and region; dev leaves them to the deployment
+        assert resource == f"arn:aws:events:{synth.config.region}:{synth.config.account}:event-bus/default"
+    else:
+        assert resource == {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":events:", {"Ref": "AWS::Region"},
+                                              ":", {"Ref": "AWS::AccountId"}, ":event-bus/default"]]}
+    assert put["Condition"] == {"ForAllValues:StringEquals": {"events:source": ["mysql-xlsx-pipeline"]},
+                                "StringEquals": {"events:detail-type": "Workbook Delivered"}}
+    # The export role (inside the VPC) gets nothing of the kind: no new interface endpoint is needed
+    export_role = synth.logical_id(synth.stack.export.role)
+    assert "events:" not in json.dumps([r for r in synth.resources("AWS::IAM::Policy").values()
+                                        if {"Ref": export_role} in r["Properties"]["Roles"]])
+
+
+def test_an_undelivered_event_raises_an_alarm(synth):
+    Template.from_json(synth.template).has_resource_properties("AWS::CloudWatch::Alarm", {
+        "Namespace": "MysqlXlsxPipeline", "MetricName": "DeliveredEventsNotPublished", "Statistic": "Sum",
+        "Dimensions": [{"Name": "FunctionName", "Value": {"Ref": synth.logical_id(synth.stack.replicator.function)}}],
+        "Threshold": 1, "AlarmActions": [{"Ref": synth.logical_id(synth.stack.alarm_topic)}],
+    })

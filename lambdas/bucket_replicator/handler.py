@@ -13,7 +13,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from .replicate import CopyFailed, replicate
+from . import delivered
+from .replicate import CopyFailed, Outcome, replicate
 from .events import CopyRequest, Skipped, parse
 from .settings import Settings, load_settings
 
@@ -31,16 +32,33 @@ def s3_client() -> Any:
     return boto3.client("s3", config=AWS_CONFIG)
 
 
+def events_client() -> Any:
+    return boto3.client("events", config=AWS_CONFIG)
+
+
 @dataclass
 class Runtime:
     settings: Settings
     s3: Any
+    events: Any
 
 
 @functools.cache
 def runtime() -> Runtime:
     """Read and check the environment once per cold start; refuses a destination equal to the source."""
-    return Runtime(settings=load_settings(os.environ), s3=s3_client())
+    return Runtime(settings=load_settings(os.environ), s3=s3_client(), events=events_client())
+
+
+def announce(rt: Runtime, outcome: Outcome) -> dict[str, str]:
+    """Publish "Workbook Delivered" for a copy just made. A failure is logged and counted in the
+    metric, never raised: the copy stands and is not repeated. Returns what to add to the log line."""
+    try:
+        version = delivered.destination_version(rt.s3, rt.settings, outcome)
+        event_id = delivered.publish(rt.events, delivered.detail(outcome, outcome.metadata, rt.settings, version))
+    except delivered.PublishFailed as exc:
+        delivered.count_failure(rt.settings.function_name)
+        return {"event": "not published", "event_error": str(exc)}
+    return {"event": "published", "event_id": event_id}
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
@@ -62,9 +80,11 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
             continue
         copied += outcome.outcome == "copied"
         already += outcome.outcome == "already-copied"
-        log.info(json.dumps({"key": outcome.key, "version": outcome.version_id, "bytes": outcome.bytes,
-                             "outcome": outcome.outcome, "destination_key": outcome.destination_key,
-                             "ms": round((time.monotonic() - started) * 1000)}))
+        event = announce(rt, outcome) if outcome.outcome == "copied" else {}
+        line = {"key": outcome.key, "version": outcome.version_id, "bytes": outcome.bytes,
+                "outcome": outcome.outcome, "destination_key": outcome.destination_key,
+                "ms": round((time.monotonic() - started) * 1000), **event}
+        (log.error if "event_error" in event else log.info)(json.dumps(line))
     if failed:
         raise ReplicationError(f"{len(failed)} object(s) not copied: " + "; ".join(str(f) for f in failed))
     return {"copied": copied, "already_copied": already, "skipped": skipped}

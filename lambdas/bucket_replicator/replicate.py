@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -36,6 +36,7 @@ class Outcome:
     bytes: int
     outcome: str  # "copied" | "already-copied"
     destination_key: str
+    metadata: dict[str, str] = field(default_factory=dict)  # the source object's user metadata
 
 
 def _error_code(exc: ClientError) -> str:
@@ -85,7 +86,7 @@ def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: Tr
     except Exception as exc:  # s3transfer wraps some failures in its own types
         raise CopyFailed(request.key, f"copy to s3://{settings.destination_bucket}/{destination_key} failed: "
                                       f"{type(exc).__name__}: {exc}") from None
-    return Outcome(request.key, version, size, "copied", destination_key)
+    return Outcome(request.key, version, size, "copied", destination_key, dict(head.get("Metadata", {})))
 
 
 def _already_copied(s3: Any, bucket: str, key: str, version: str | None, etag: str, size: int) -> bool:

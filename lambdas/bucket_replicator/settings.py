@@ -34,6 +34,15 @@ def is_replicated(key: str, source_prefix: str) -> bool:
     """The one rule the notification filter and the handler share."""
     return key.startswith(source_prefix) and key.endswith(SUFFIXES)
 
+#: The "Workbook Delivered" event on the account's default bus (the role may put only this).
+DELIVERED_SOURCE = "mysql-xlsx-pipeline"
+DELIVERED_DETAIL_TYPE = "Workbook Delivered"
+#: Set by Lambda itself; names the function in the failure metric.
+ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
+#: A custom metric, 1 per delivered event that could not be published (embedded metric format).
+METRIC_NAMESPACE = "MysqlXlsxPipeline"
+METRIC_NOT_PUBLISHED = "DeliveredEventsNotPublished"
+
 
 class ConfigurationError(ValueError):
     """The function's environment is missing a variable or holds a bad value."""
@@ -46,6 +55,7 @@ class Settings:
     destination_prefix: str
     source_prefix: str = ""
     destination_kms_key_arn: str | None = None
+    function_name: str = "bucket-replicator"
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -70,4 +80,5 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if kms_key is not None and not (kms_key.startswith("arn:") and ":key/" in kms_key):
         raise ConfigurationError(f"{ENV_DESTINATION_KMS_KEY_ARN} must be a KMS key ARN, got {kms_key!r}")
     return Settings(source_bucket=source, destination_bucket=destination, destination_prefix=prefix,
-                    source_prefix=source_prefix, destination_kms_key_arn=kms_key)
+                    source_prefix=source_prefix, destination_kms_key_arn=kms_key,
+                    function_name=environ.get(ENV_FUNCTION_NAME) or "bucket-replicator")
