@@ -73,7 +73,7 @@ NEEDS: dict[str, Callable[[dict], list[Need]]] = {
     "events.PutEvents": lambda p: [Need(
         "events:PutEvents",
         f"arn:aws:events:{p['__region__']}:{LOCAL_ACCOUNT}:event-bus/{e.get('EventBusName') or 'default'}",
-        (("events:source", (e["Source"],)), ("events:detail-type", (e["DetailType"],))),
+        context=(("events:source", (e["Source"],)), ("events:detail-type", (e["DetailType"],))),
     ) for e in p["Entries"]],
 }
 
