@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aws_cdk import (Acknowledgment, App, Aws, CfnOutput, CfnRule, CfnRuleAssertion, Duration, Environment, Fn, RemovalPolicy, Stack,
                      Tags, Validations)
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
@@ -111,6 +112,8 @@ class PipelineStack(Stack):
             removal_policy=removal,
         )
 
+        # Every alarm of the stack, wherever a construct made it, for `pipeline-ops status`.
+        alarms = [c for c in self.node.find_all() if isinstance(c, cloudwatch.Alarm)]
         outputs = {
             "SourceBucketName": self.source.bucket.bucket_name,
             "DestinationBucketName": self.destination_bucket.bucket_name,
@@ -120,6 +123,7 @@ class PipelineStack(Stack):
             "FailedExportsQueueUrl": self.export.failure_queue.queue_url,
             "AlarmTopicArn": self.alarm_topic.topic_arn,
             "ReplicatorRoleArn": self.replicator.role.role_arn,
+            "AlarmNames": Fn.join(",", [alarm.alarm_name for alarm in alarms]),
         }
         if config.destination.bucket_name:  # another owner's bucket: what its policies must allow
             outputs["PartnerBucketPolicyStatement"] = self.to_json_string(self.replicator.partner_statements["bucket"])

@@ -531,9 +531,17 @@ def test_outputs(synth):
         else set()
     assert set(outputs) == {"SourceBucketName", "DestinationBucketName", "ExportFunctionName",
                             "ReplicatorFunctionName", "FailedCopiesQueueUrl", "FailedExportsQueueUrl",
-                            "AlarmTopicArn", "ReplicatorRoleArn"} | partner
+                            "AlarmTopicArn", "ReplicatorRoleArn", "AlarmNames"} | partner
     assert outputs["SourceBucketName"]["Value"] == {"Ref": synth.logical_id(synth.stack.source.bucket)}
     assert outputs["FailedCopiesQueueUrl"]["Value"] == {"Ref": synth.logical_id(synth.stack.replicator.failure_queue)}
+
+
+def test_alarm_names_output_lists_every_alarm_of_the_stack(synth):
+    """`pipeline-ops status` reads every alarm's state from this output (Ref of an alarm is its name:
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-cloudwatch-alarm.html)."""
+    separator, names = synth.template["Outputs"]["AlarmNames"]["Value"]["Fn::Join"]
+    assert separator == ","
+    assert sorted(n["Ref"] for n in names) == sorted(synth.resources("AWS::CloudWatch::Alarm"))
 
 
 # --- constructs refuse bad props ----------------------------------------------------------------
