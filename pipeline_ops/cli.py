@@ -1,15 +1,256 @@
-"""``pipeline-ops``: one command for the operators of an environment's pipeline."""
+"""``pipeline-ops``: one command for the operators of an environment's pipeline.
+
+Every command but ``local`` finds the environment from cdk.json (``--env``, default dev) and its
+CloudFormation stack's outputs, with the usual AWS credentials (``--profile``/``AWS_PROFILE``) and
+region (``--region``, the environment's region in cdk.json, ``AWS_REGION``). Exit codes: 0 all
+well, 1 something failed or needs attention, 2 a usage error.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
+import boto3
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline_ops.aws import INVOKE_CONFIG, Deployment, Invocation, OperatorError, SessionFactory, connect, invoke
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+@dataclass
+class Tools:
+    """What the commands use to reach AWS; tests give a session factory whose Lambda answers are a double."""
+
+    session_factory: SessionFactory = boto3.Session
+
+
+def aws_command(fn: Callable) -> Callable:
+    """Options every deployed-environment command takes; an :class:`OperatorError` becomes ``error: ...``, exit 1."""
+
+    @click.option("--env", "env", default="dev", show_default=True, metavar="ENV",
+                  help="The environment's name in cdk.json.")
+    @click.option("--profile", help="AWS profile (default: AWS_PROFILE or the default credentials).")
+    @click.option("--region", help="AWS region (default: the environment's region in cdk.json, then AWS_REGION).")
+    @click.pass_context
+    @functools.wraps(fn)
+    def wrapper(ctx: click.Context, env: str, profile: str | None, region: str | None, **kwargs: Any) -> None:
+        tools = ctx.find_object(Tools) or Tools()
+        try:
+            deployment = connect(env, profile=profile, region=region, session_factory=tools.session_factory)
+            code = fn(deployment, **kwargs)
+        except OperatorError as exc:
+            err.print(f"error: {exc}", markup=False, soft_wrap=True)
+            ctx.exit(1)
+        ctx.exit(code or 0)
+
+    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
-    """Run, replay and check the MySQL → .xlsx → S3 pipeline of an environment, or run it all locally."""
+    """Run, backfill, replay and check the MySQL → .xlsx → S3 pipeline of an environment, or run it all locally."""
+
+
+# --- run and backfill ------------------------------------------------------------------------------
+
+
+def parse_params(values: tuple[str, ...]) -> dict[str, str]:
+    """``NAME=VALUE`` options as a dict; a click callback, so a bad one stops before any AWS call."""
+    params = {}
+    for value in values:
+        name, sep, given = value.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{value!r}: expected NAME=VALUE", param_hint="--param")
+        if name in params:
+            raise click.BadParameter(f"{name!r} given twice", param_hint="--param")
+        params[name] = given
+    return params
+
+
+def export_event(deployment: Deployment, export: str, params: dict[str, str]) -> dict:
+    names = [e.name for e in deployment.config.exports]
+    if export not in names:
+        raise OperatorError(f"unknown export {export!r} in environment {deployment.config.name}; "
+                            f"configured: {', '.join(names)}")
+    return {"export": export, "params": params} if params else {"export": export}
+
+
+def run_export(deployment: Deployment, event: dict) -> Invocation:
+    client = deployment.client("lambda", **INVOKE_CONFIG)
+    return invoke(client, deployment.output("ExportFunctionName"), event)
+
+
+def _uploads(answer: Any) -> list[dict]:
+    return answer.get("exports", []) if isinstance(answer, dict) else []
+
+
+@cli.command()
+@click.argument("export")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="A run-time parameter; repeatable.",
+              callback=lambda ctx, param, values: parse_params(values))
+@aws_command
+def run(deployment: Deployment, export: str, params: dict[str, str]) -> int:
+    """Run EXPORT now and print what it uploaded; exit 1 with the function's own error when it fails."""
+    event = export_event(deployment, export, params)
+    with err.status(f"running {export} in {deployment.config.name} ..."):
+        result = run_export(deployment, event)
+    if not result.ok:
+        err.print(f"error: export {export} failed: {result.error}", markup=False, soft_wrap=True)
+        return 1
+    for upload in _uploads(result.answer):
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        for field in ("export", "outcome", "bucket", "key", "rows", "sheets", "bytes", "seconds"):
+            table.add_row(field, str(upload.get(field, "")))
+        table.add_row("params", _params_text(upload.get("params", event.get("params"))))
+        out.print(table)
+    return 0
+
+
+def _params_text(params: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) if isinstance(params, dict) and params else "-"
+
+
+def parse_range(values: tuple[str, ...]) -> tuple[str, list[str], dict[str, str]]:
+    """``NAME=FROM..TO`` (days, both included) among the ``--param`` values: (name, days, the other params);
+    a click callback, so a bad range stops before any AWS call."""
+    fixed, ranges = {}, {}
+    for name, value in parse_params(values).items():
+        (ranges if ".." in value else fixed)[name] = value
+    if len(ranges) != 1:
+        raise click.BadParameter("give exactly one NAME=FROM..TO range, e.g. day=2026-11-01..2026-11-07",
+                                 param_hint="--param")
+    (name, value), = ranges.items()
+    first, _, last = value.partition("..")
+    try:
+        start, end = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
+    except ValueError:
+        raise click.BadParameter(f"{name}={value}: FROM and TO must be dates like 2026-11-01",
+                                 param_hint="--param") from None
+    if end < start:
+        raise click.BadParameter(f"{name}={value}: TO is before FROM", param_hint="--param")
+    days = [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+    return name, days, fixed
+
+
+@cli.command()
+@click.argument("export")
+@click.option("--param", "params", multiple=True, required=True, metavar="NAME=FROM..TO",
+              help="The day range (both ends included); other NAME=VALUE parameters are sent with every run.",
+              callback=lambda ctx, param, values: parse_range(values))
+@click.option("--continue-on-error", is_flag=True, help="Run the remaining days after a failed one.")
+@aws_command
+def backfill(deployment: Deployment, export: str, params: tuple[str, list[str], dict[str, str]],
+             continue_on_error: bool) -> int:
+    """Run EXPORT once per day of a range, one after the other, and print what ran, what failed and why."""
+    name, days, fixed = params
+    export_event(deployment, export, fixed)  # an unknown export stops here, before any run
+    results: dict[str, Invocation] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err) as progress:
+        task = progress.add_task(f"{export} {name}", total=len(days))
+        for day in days:
+            progress.update(task, description=f"{export} {name}={day}")
+            results[day] = run_export(deployment, export_event(deployment, export, {**fixed, name: day}))
+            progress.advance(task)
+            if not results[day].ok and not continue_on_error:
+                break
+    table = Table(title=f"backfill of {export}, {name} {days[0]}..{days[-1]}")
+    for column in (name, "outcome", "key", "rows", "seconds"):
+        table.add_column(column, overflow="fold")
+    for day in days:
+        result = results.get(day)
+        if result is None:
+            table.add_row(day, "not run", "", "", "")
+        elif not result.ok:
+            table.add_row(day, "[red]failed[/red]", result.error, "", "")
+        else:
+            for upload in _uploads(result.answer) or [{}]:
+                table.add_row(day, upload.get("outcome", "uploaded"), upload.get("key", ""),
+                              str(upload.get("rows", "")), str(upload.get("seconds", "")))
+    out.print(table)
+    failed = sum(1 for r in results.values() if not r.ok)
+    out.print(f"{len(results) - failed} succeeded, {failed} failed, {len(days) - len(results)} not run "
+              f"of {len(days)} day(s)")
+    return 1 if failed or len(results) < len(days) else 0
+
+
+# --- replay and status -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only list what waits; replay and delete nothing.")
+@aws_command
+def replay(deployment: Deployment, dry_run: bool) -> int:
+    """Re-drive every event waiting in the failure queues; delete each message only once its replay succeeded."""
+    from pipeline_ops.replay import replay as replay_all
+
+    table = Table(title=f"failure queues of {deployment.config.stack_name}" + (" (dry run)" if dry_run else ""))
+    for column in ("queue", "key / export", "why it failed", "replay"):
+        table.add_column(column, overflow="fold")
+    with err.status("replaying ..." if not dry_run else "reading the queues ..."):
+        outcomes = replay_all(deployment, dry_run=dry_run)
+    for o in outcomes:
+        style = "green" if o.result == "replayed" else "red" if not o.ok else ""
+        table.add_row(o.queue, o.subject, o.reason, f"[{style}]{o.result}[/{style}]" if style else o.result)
+    if outcomes:
+        out.print(table)
+    counts = {k: sum(1 for o in outcomes if pick(o)) for k, pick in (
+        ("replayed", lambda o: o.result == "replayed"), ("would replay", lambda o: o.result == "would replay"),
+        ("failed", lambda o: o.result.startswith("failed")), ("left", lambda o: o.result == "left"))}
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    out.print(f"{len(outcomes)} message(s): {summary}" if outcomes else "nothing waits in the failure queues")
+    return 1 if counts["failed"] or counts["left"] else 0
+
+
+@cli.command()
+@click.option("--grace-minutes", default=15, show_default=True, type=click.IntRange(0),
+              help="How long a new workbook may take to reach the destination before it counts as missing.")
+@aws_command
+def status(deployment: Deployment, grace_minutes: int) -> int:
+    """Latest workbook per export and its copy, failure queues, alarms; exit 1 when something needs attention."""
+    from pipeline_ops import status as st
+
+    now = dt.datetime.now(dt.timezone.utc)
+    exports = st.exports(deployment, now=now, grace=dt.timedelta(minutes=grace_minutes))
+    checks = st.queues(deployment) + st.alarms(deployment)
+    table = Table(title=f"exports of {deployment.config.stack_name}")
+    for column in ("export", "latest workbook", "written (UTC)", "rows", "destination"):
+        table.add_column(column, overflow="fold")
+    for e in exports:
+        written = e.modified.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if e.modified else ""
+        table.add_row(e.export, e.key or "-", written, e.rows or "", _state(e.delivered, with_detail=True))
+    out.print(table)
+    table = Table(title="failure queues and alarms")
+    for column in ("what", "state", "detail"):
+        table.add_column(column, overflow="fold")
+    for c in checks:
+        table.add_row(c.what, _state(c), c.detail)
+    out.print(table)
+    attention = [e.export for e in exports if e.delivered.attention] + [c.what for c in checks if c.attention]
+    if attention:
+        out.print(f"needs attention: {', '.join(attention)}", markup=False, soft_wrap=True)
+        return 1
+    out.print("all well")
+    return 0
+
+
+def _state(check: Any, *, with_detail: bool = False) -> str:
+    text = check.state + (f" ({check.detail})" if with_detail and check.detail else "")
+    return f"[red]{text}[/red]" if check.attention else text
+
+
+# --- local -------------------------------------------------------------------------------------------
 
 
 @cli.command()

@@ -1,0 +1,128 @@
+"""What state an environment is in: latest workbook per export and its copy, failure queues, alarms."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import botocore.exceptions
+
+from pipeline_ops.aws import Deployment, calling, explain
+from pipeline_ops.replay import present_queues
+
+#: The replicator's copy records the source version it copied (lambdas/bucket_replicator/replicate.py).
+SOURCE_VERSION_METADATA = "source-version-id"
+WORKBOOK_SUFFIXES = (".xlsx", ".XLSX")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report; ``attention`` makes the command exit non-zero."""
+
+    what: str
+    state: str
+    detail: str = ""
+    attention: bool = False
+
+
+@dataclass(frozen=True)
+class ExportStatus:
+    export: str
+    key: str | None
+    modified: dt.datetime | None
+    rows: str | None
+    delivered: Check
+
+
+def latest_workbook(s3: Any, bucket: str, prefix: str) -> dict | None:
+    latest = None
+    with calling(f"listing s3://{bucket}/{prefix}"):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                # S3 keeps LastModified to the second; the key (which holds the time in ms) breaks ties
+                newest = (obj["LastModified"], obj["Key"])
+                if obj["Key"].endswith(WORKBOOK_SUFFIXES) and (latest is None or
+                                                                newest > (latest["LastModified"], latest["Key"])):
+                    latest = obj
+    return latest
+
+
+def _delivery(s3: Any, source: dict, destination_bucket: str, destination_key: str, now: dt.datetime,
+              grace: dt.timedelta) -> Check:
+    what = f"s3://{destination_bucket}/{destination_key}"
+    try:
+        copy = s3.head_object(Bucket=destination_bucket, Key=destination_key)
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if now - source["LastModified"] < grace:
+                return Check(what, "not yet", f"written {now - source['LastModified']} ago; copies take seconds")
+            return Check(what, "missing", "not copied: see `pipeline-ops replay --dry-run`", attention=True)
+        return Check(what, "unknown", str(explain(exc, "reading the copy")))
+    version = source.get("VersionId")
+    copied = copy.get("Metadata", {}).get(SOURCE_VERSION_METADATA)
+    if version and version != "null" and copied != version:
+        return Check(what, "other version", f"the copy is of version {copied}, the latest is {version}",
+                     attention=now - source["LastModified"] >= grace)
+    return Check(what, "delivered")
+
+
+def exports(deployment: Deployment, *, now: dt.datetime, grace: dt.timedelta) -> list[ExportStatus]:
+    """Per export of the config: the newest workbook in the source bucket and whether its copy arrived."""
+    config = deployment.config
+    s3 = deployment.client("s3")
+    source_bucket = deployment.output("SourceBucketName")
+    destination_bucket = deployment.output("DestinationBucketName")
+    out = []
+    for export in config.exports:
+        latest = latest_workbook(s3, source_bucket, f"{config.key_prefix}{export.name}/")
+        if latest is None:
+            out.append(ExportStatus(export.name, None, None, None, Check("", "no workbook yet")))
+            continue
+        with calling(f"reading s3://{source_bucket}/{latest['Key']}"):
+            head = s3.head_object(Bucket=source_bucket, Key=latest["Key"])
+        source = {**latest, "VersionId": head.get("VersionId")}
+        delivered = _delivery(s3, source, destination_bucket, config.destination.prefix + latest["Key"], now, grace)
+        out.append(ExportStatus(export.name, latest["Key"], latest["LastModified"],
+                                head.get("Metadata", {}).get("rows"), delivered))
+    return out
+
+
+def queues(deployment: Deployment) -> list[Check]:
+    """Depth of every failure queue: any message is a failure waiting for `replay`."""
+    sqs = deployment.client("sqs")
+    out = []
+    for queue, url in present_queues(deployment):
+        with calling(f"reading the {queue.label} queue's depth"):
+            attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+                "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        visible = int(attributes.get("ApproximateNumberOfMessages", 0))
+        hidden = int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
+        waiting = visible + hidden
+        detail = f"{visible} waiting" + (f", {hidden} being read" if hidden else "")
+        out.append(Check(queue.label, "empty" if not waiting else f"{waiting} message(s)", detail if waiting else "",
+                         attention=bool(waiting)))
+    return out
+
+
+def alarms(deployment: Deployment) -> list[Check]:
+    """State of every alarm the stack created (its AlarmNames output); ALARM needs attention."""
+    names = [n for n in deployment.output("AlarmNames").split(",") if n]
+    cloudwatch = deployment.client("cloudwatch")
+    found = {}
+    for start in range(0, len(names), 100):  # DescribeAlarms takes at most 100 names
+        with calling("reading the alarms' states"):
+            answer = cloudwatch.describe_alarms(AlarmNames=names[start:start + 100],
+                                                AlarmTypes=["MetricAlarm", "CompositeAlarm"])
+        for alarm in answer.get("MetricAlarms", []) + answer.get("CompositeAlarms", []):
+            found[alarm["AlarmName"]] = alarm
+    out = []
+    for name in names:
+        alarm = found.get(name)
+        if alarm is None:
+            out.append(Check(name, "not found", "the stack names it but CloudWatch does not have it", attention=True))
+            continue
+        state = alarm["StateValue"]
+        out.append(Check(name, state, alarm.get("StateReason", "") if state != "OK" else "",
+                         attention=state == "ALARM"))
+    return out

@@ -1,0 +1,470 @@
+"""`pipeline-ops run|backfill|replay|status` against moto's server in a process of its own.
+
+The fake deployment holds real (moto) buckets, queues and alarms, and a CloudFormation stack whose
+outputs carry the keys of the synthesized dev template. moto cannot run the functions' code, so
+Lambda's Invoke is answered by a double at the API boundary: the commands' own requests go out
+unchanged and the double records each payload.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import unquote
+
+import boto3
+import pytest
+from click.testing import CliRunner
+
+from pipeline_ops.aws import OPTIONAL_OUTPUTS, OUTPUTS
+from pipeline_ops.cli import Tools, cli
+from tests.faults import lambda_answer, query_error, s3_error
+
+STACK = "MysqlXlsxPipeline-dev"
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    """`python -m moto.server` on a free port, as a user would start it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"moto's server did not start on port {port}")
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def endpoint(moto_server, monkeypatch):
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("COLUMNS", "500")  # rich wraps tables at the terminal's width
+    return moto_server
+
+
+Answer = Callable[[dict], tuple[object, str | None]]
+
+
+@dataclass
+class FakeLambda:
+    """Answers Invoke per function name; records (function, payload) of every call."""
+
+    answers: dict[str, Answer] = field(default_factory=dict)
+    calls: list[tuple[str, dict]] = field(default_factory=list)
+
+    def session(self, **kwargs) -> boto3.Session:
+        session = boto3.Session(**kwargs)
+        session.events.register("before-send.lambda.Invoke", self._invoke)
+        return session
+
+    def _invoke(self, request, **_):
+        function = unquote(request.url.split("/functions/", 1)[1].split("/", 1)[0])
+        payload = json.loads(request.body)
+        self.calls.append((function, payload))
+        result, error = self.answers[function](payload)
+        return lambda_answer(result, error)
+
+    def payloads(self, function: str) -> list[dict]:
+        return [p for f, p in self.calls if f == function]
+
+
+@dataclass
+class Deployed:
+    outputs: dict[str, str]
+    fake: FakeLambda
+    s3: object
+    sqs: object
+    cloudwatch: object
+
+    def cli(self, *args: str, extra_session_hooks: Callable | None = None):
+        factory = self.fake.session
+        if extra_session_hooks:
+            def factory(**kwargs):
+                session = self.fake.session(**kwargs)
+                extra_session_hooks(session)
+                return session
+        return CliRunner().invoke(cli, list(args), obj=Tools(session_factory=factory), catch_exceptions=False)
+
+    def queue_bodies(self, output: str) -> list[dict]:
+        messages = self.sqs.receive_message(QueueUrl=self.outputs[output], MaxNumberOfMessages=10,
+                                            VisibilityTimeout=0).get("Messages", [])
+        return [json.loads(m["Body"]) for m in messages]
+
+
+def deploy(dev, *, export_queue: bool = True) -> Deployed:
+    """Buckets, queues and alarms in moto, and a stack named as `cdk deploy` names it with the template's outputs."""
+    s3, sqs, cloudwatch, cfn = (boto3.client(s) for s in ("s3", "sqs", "cloudwatch", "cloudformation"))
+    outputs = {key: f"{STACK}-{key}" for key in dev.template["Outputs"]}  # outputs the commands do not read
+    for key in ("SourceBucketName", "DestinationBucketName"):
+        outputs[key] = f"{STACK.lower()}-{key.lower()}"
+        s3.create_bucket(Bucket=outputs[key])
+        s3.put_bucket_versioning(Bucket=outputs[key], VersioningConfiguration={"Status": "Enabled"})
+    queues = ["FailedCopiesQueueUrl"] + (["FailedExportsQueueUrl"] if export_queue else [])
+    for key in queues:
+        outputs[key] = sqs.create_queue(QueueName=f"{STACK}-{key[:-8]}")["QueueUrl"]
+    if not export_queue:
+        outputs.pop("FailedExportsQueueUrl", None)
+    alarm_names = [f"{STACK}-{logical_id}" for logical_id in dev.resources("AWS::CloudWatch::Alarm")]
+    for name in alarm_names:
+        cloudwatch.put_metric_alarm(AlarmName=name, MetricName="Errors", Namespace="AWS/Lambda", Statistic="Sum",
+                                    Period=300, EvaluationPeriods=1, Threshold=1,
+                                    ComparisonOperator="GreaterThanOrEqualToThreshold")
+        cloudwatch.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="fine")
+    outputs["AlarmNames"] = ",".join(alarm_names)
+    template = {"Resources": {"Handle": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+                "Outputs": {k: {"Value": v} for k, v in outputs.items()}}
+    cfn.create_stack(StackName=STACK, TemplateBody=json.dumps(template))
+    return Deployed(outputs, FakeLambda(), s3, sqs, cloudwatch)
+
+
+@pytest.fixture
+def deployed(endpoint, dev) -> Deployed:
+    return deploy(dev)
+
+
+def test_every_output_the_commands_read_is_in_the_synthesized_templates(dev, prod):
+    for synthesized in (dev, prod):
+        assert set(OUTPUTS) - OPTIONAL_OUTPUTS <= set(synthesized.template["Outputs"])
+
+
+# --- run -----------------------------------------------------------------------------------------
+
+
+def upload(export: str, **extra) -> dict:
+    return {"export": export, "outcome": "uploaded", "bucket": "src", "key": f"exports/{export}/2026/11/20/{export}-20261120T050000.000Z.xlsx",
+            "rows": 25, "sheets": 1, "bytes": 3780, "seconds": 0.42, **extra}
+
+
+def test_run_invokes_the_export_and_prints_what_it_uploaded(deployed):
+    fn = deployed.outputs["ExportFunctionName"]
+    deployed.fake.answers[fn] = lambda event: ({"exports": [upload(event["export"])]}, None)
+    result = deployed.cli("run", "orders", "--param", "day=2026-11-20", "--param", "region=EU")
+    assert result.exit_code == 0, result.output
+    assert deployed.fake.payloads(fn) == [{"export": "orders", "params": {"day": "2026-11-20", "region": "EU"}}]
+    for text in ("src", "exports/orders/2026/11/20/orders-20261120T050000.000Z.xlsx", "25", "3780", "0.42",
+                 "day=2026-11-20, region=EU"):
+        assert text in result.stdout
+
+
+def test_run_fails_with_the_functions_own_error(deployed):
+    fn = deployed.outputs["ExportFunctionName"]
+    deployed.fake.answers[fn] = lambda event: (
+        {"errorMessage": "orders: cannot connect to the database at db:3306: timed out", "errorType": "ExportError",
+         "stackTrace": []}, "Unhandled")
+    result = deployed.cli("run", "orders")
+    assert result.exit_code == 1
+    assert "export orders failed: ExportError: orders: cannot connect to the database at db:3306: timed out" \
+        in result.stderr
+    assert deployed.fake.payloads(fn) == [{"export": "orders"}]
+
+
+def test_run_refuses_an_unknown_export_before_invoking(deployed):
+    result = deployed.cli("run", "ordrs")
+    assert result.exit_code == 1
+    assert "unknown export 'ordrs' in environment dev; configured: orders, customers" in result.stderr
+    assert deployed.fake.calls == []
+
+
+def test_a_parameter_without_a_value_is_a_usage_error():
+    result = CliRunner().invoke(cli, ["run", "orders", "--param", "day", "--env", "prod"])
+    assert result.exit_code == 2 and "expected NAME=VALUE" in result.stderr
+
+
+# --- finding the environment ---------------------------------------------------------------------
+
+
+def test_a_stack_that_is_not_deployed_is_named(endpoint):
+    result = CliRunner().invoke(cli, ["status", "--env", "prod", "--region", "eu-west-1"])
+    assert result.exit_code == 1
+    assert "the stack MysqlXlsxPipeline-prod is not deployed in eu-west-1" in result.stderr
+    assert "npx cdk deploy -c env=prod" in result.stderr
+
+
+def test_missing_credentials_are_named(endpoint, monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    result = CliRunner().invoke(cli, ["status"])
+    assert result.exit_code == 1
+    assert "no AWS credentials found" in result.stderr and "--profile" in result.stderr
+
+
+def test_an_unknown_profile_is_named(endpoint, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    result = CliRunner().invoke(cli, ["status", "--profile", "nobody"])
+    assert result.exit_code == 1 and "nobody" in result.stderr
+
+
+def test_a_missing_permission_is_named_from_the_access_denied_answer(deployed):
+    """IAM's AccessDenied message names the action ("... is not authorized to perform: ACTION on resource"):
+    https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_access-denied.html"""
+    message = ("User: arn:aws:iam::123456789012:user/ops is not authorized to perform: cloudformation:DescribeStacks "
+               "on resource: arn:aws:cloudformation:us-east-1:123456789012:stack/MysqlXlsxPipeline-dev/*")
+    result = deployed.cli("status", extra_session_hooks=lambda session: session.events.register(
+        "before-send.cloudformation.DescribeStacks", lambda **_: query_error(403, "AccessDenied", message)))
+    assert result.exit_code == 1
+    assert "permission denied: your credentials lack cloudformation:DescribeStacks" in result.stderr
+
+
+def test_s3s_bare_403_is_named_by_the_action_the_call_needs(deployed):
+    """S3 answers a denied ListObjectsV2 with a bare 403; the call needs s3:ListBucket:
+    https://docs.aws.amazon.com/AmazonS3/latest/API/API_ListObjectsV2.html"""
+    result = deployed.cli("status", extra_session_hooks=lambda session: session.events.register(
+        "before-send.s3.ListObjectsV2", lambda **_: s3_error(403, "AccessDenied", "Access Denied")))
+    assert result.exit_code == 1
+    assert f"listing s3://{deployed.outputs['SourceBucketName']}/exports/orders/: permission denied: " \
+           "your credentials lack s3:ListBucket" in result.stderr
+
+
+# --- replay --------------------------------------------------------------------------------------
+
+
+def s3_event(key: str, version: str = "v1") -> dict:
+    return {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
+        "bucket": {"name": "source"}, "object": {"key": key.replace(" ", "+"), "versionId": version, "size": 10}}}]}
+
+
+def on_failure_record(event: dict, error: str) -> dict:
+    """Lambda's record of an asynchronous invocation that failed for good:
+    https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.html"""
+    return {"version": "1.0", "timestamp": "2026-11-24T05:00:09.000Z",
+            "requestContext": {"requestId": "r-1", "functionArn": "arn:aws:lambda:us-east-1:123456789012:function:f",
+                               "condition": "RetriesExhausted", "approximateInvokeCount": 3},
+            "requestPayload": event,
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+            "responsePayload": {"errorMessage": error, "errorType": "ReplicationError"}}
+
+
+GOOD = "exports/orders/2026/11/24/orders-1.xlsx"
+BAD = "exports/customers/2026/11/24/customers 2.xlsx"
+
+
+def fill_failed_copies(deployed: Deployed) -> None:
+    for key in (GOOD, BAD):
+        deployed.sqs.send_message(QueueUrl=deployed.outputs["FailedCopiesQueueUrl"],
+                                  MessageBody=json.dumps(on_failure_record(s3_event(key), f"{key}: AccessDenied")))
+
+
+def replicator_failing_on(deployed: Deployed, key: str | None) -> str:
+    fn = deployed.outputs["ReplicatorFunctionName"]
+
+    def answer(event):
+        if key and unquote(event["Records"][0]["s3"]["object"]["key"].replace("+", " ")) == key:
+            return {"errorMessage": f"1 object(s) not copied: {key}: AccessDenied", "errorType": "ReplicationError"}, \
+                "Unhandled"
+        return {"copied": 1, "already_copied": 0, "skipped": 0}, None
+
+    deployed.fake.answers[fn] = answer
+    return fn
+
+
+def test_replay_deletes_only_what_was_replayed_and_a_second_run_finishes_the_rest(deployed):
+    # Given two failed copies, the replicator still failing on one of them
+    fill_failed_copies(deployed)
+    fn = replicator_failing_on(deployed, BAD)
+    # When replayed
+    first = deployed.cli("replay")
+    # Then each original event went to the replicator, the one that failed again is still in the queue
+    assert first.exit_code == 1
+    assert sorted(json.dumps(p) for p in deployed.fake.payloads(fn)) == sorted(
+        json.dumps(s3_event(k)) for k in (GOOD, BAD))
+    assert [b["requestPayload"] for b in deployed.queue_bodies("FailedCopiesQueueUrl")] == [s3_event(BAD)]
+    for text in (GOOD, BAD, f"RetriesExhausted: {GOOD}: AccessDenied", "replayed",
+                 f"failed: ReplicationError: 1 object(s) not copied: {BAD}: AccessDenied",
+                 "2 message(s): 1 replayed, 1 failed"):
+        assert text in first.stdout
+    # When the cause is fixed and it runs again, only the one left is replayed, and the queue is empty
+    replicator_failing_on(deployed, None)
+    second = deployed.cli("replay")
+    assert second.exit_code == 0, second.output
+    assert deployed.fake.payloads(fn)[2:] == [s3_event(BAD)]
+    assert deployed.queue_bodies("FailedCopiesQueueUrl") == []
+    assert "1 message(s): 1 replayed" in second.stdout
+    # And a third run finds nothing to do
+    third = deployed.cli("replay")
+    assert third.exit_code == 0 and "nothing waits in the failure queues" in third.stdout
+    assert len(deployed.fake.calls) == 3
+
+
+def test_replay_dry_run_invokes_and_deletes_nothing(deployed):
+    fill_failed_copies(deployed)
+    result = deployed.cli("replay", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert deployed.fake.calls == []
+    assert "2 message(s): 2 would replay" in result.stdout and GOOD in result.stdout and BAD in result.stdout
+    # the messages are visible again at once, for the real replay
+    assert len(deployed.queue_bodies("FailedCopiesQueueUrl")) == 2
+
+
+def test_replay_re_runs_failed_exports_with_their_event(deployed):
+    export_fn = deployed.outputs["ExportFunctionName"]
+    event = {"export": "orders", "params": {"day": "2026-11-20"}}
+    deployed.sqs.send_message(QueueUrl=deployed.outputs["FailedExportsQueueUrl"],
+                              MessageBody=json.dumps(on_failure_record(event, "orders: SQL error 1146")))
+    deployed.fake.answers[export_fn] = lambda e: ({"exports": [upload("orders")]}, None)
+    result = deployed.cli("replay")
+    assert result.exit_code == 0, result.output
+    assert deployed.fake.payloads(export_fn) == [event]
+    assert deployed.queue_bodies("FailedExportsQueueUrl") == []
+    assert 'orders {"day": "2026-11-20"}' in result.stdout and "RetriesExhausted: orders: SQL error 1146" \
+        in result.stdout
+
+
+def test_replay_re_runs_a_schedules_dead_letter(deployed):
+    """EventBridge's dead letter is the target's input, with the error in message attributes:
+    https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-rule-event-delivery.html#eb-rule-dlq"""
+    export_fn = deployed.outputs["ExportFunctionName"]
+    deployed.sqs.send_message(
+        QueueUrl=deployed.outputs["FailedExportsQueueUrl"], MessageBody=json.dumps({"export": "customers"}),
+        MessageAttributes={"ERROR_CODE": {"DataType": "String", "StringValue": "SDK_CLIENT_ERROR"},
+                           "ERROR_MESSAGE": {"DataType": "String", "StringValue": "Rate exceeded"}})
+    deployed.fake.answers[export_fn] = lambda e: ({"exports": [upload("customers")]}, None)
+    result = deployed.cli("replay")
+    assert result.exit_code == 0, result.output
+    assert deployed.fake.payloads(export_fn) == [{"export": "customers"}]
+    assert "SDK_CLIENT_ERROR: Rate exceeded" in result.stdout
+    assert deployed.queue_bodies("FailedExportsQueueUrl") == []
+
+
+def test_replay_works_without_the_failed_exports_queue(endpoint, dev):
+    deployed = deploy(dev, export_queue=False)
+    fill_failed_copies(deployed)
+    fn = replicator_failing_on(deployed, None)
+    result = deployed.cli("replay")
+    assert result.exit_code == 0, result.output
+    assert len(deployed.fake.payloads(fn)) == 2
+
+
+def test_replay_leaves_a_message_that_is_no_invocation_record(deployed):
+    deployed.sqs.send_message(QueueUrl=deployed.outputs["FailedCopiesQueueUrl"], MessageBody="hello")
+    result = deployed.cli("replay")
+    assert result.exit_code == 1
+    assert "holds no event to replay" in result.stdout and "1 left" in result.stdout
+    assert deployed.fake.calls == []
+    left = deployed.sqs.receive_message(QueueUrl=deployed.outputs["FailedCopiesQueueUrl"], VisibilityTimeout=0)
+    assert [m["Body"] for m in left["Messages"]] == ["hello"]
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+def put_workbook(deployed: Deployed, key: str, rows: int, *, copy: bool) -> str:
+    src, dst = deployed.outputs["SourceBucketName"], deployed.outputs["DestinationBucketName"]
+    version = deployed.s3.put_object(Bucket=src, Key=key, Body=b"xlsx", Metadata={"rows": str(rows)})["VersionId"]
+    if copy:
+        deployed.s3.put_object(Bucket=dst, Key="incoming/" + key, Body=b"xlsx",
+                               Metadata={"rows": str(rows), "source-version-id": version})
+    return version
+
+
+def test_status_all_well(deployed):
+    put_workbook(deployed, "exports/orders/2026/11/23/orders-1.xlsx", 20, copy=True)
+    put_workbook(deployed, "exports/orders/2026/11/24/orders-2.xlsx", 25, copy=True)
+    put_workbook(deployed, "exports/customers/2026/11/24/customers-1.xlsx", 10, copy=True)
+    result = deployed.cli("status")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    orders = next(line for line in lines if "exports/orders/" in line)
+    assert "orders-2.xlsx" in orders and " 25 " in orders and "delivered" in orders
+    assert any("customers-1.xlsx" in line and "delivered" in line for line in lines)
+    assert "failed copies" in result.stdout and "failed exports" in result.stdout
+    for name in deployed.outputs["AlarmNames"].split(","):
+        assert any(name in line and "OK" in line for line in lines)
+    assert "all well" in result.stdout
+
+
+def test_status_names_what_needs_attention(deployed):
+    # Given a workbook not copied, an older copy of another, a failed copy waiting and an alarm firing
+    put_workbook(deployed, "exports/orders/2026/11/24/orders-1.xlsx", 25, copy=False)
+    key = "exports/customers/2026/11/24/customers-1.xlsx"
+    put_workbook(deployed, key, 10, copy=True)
+    put_workbook(deployed, key, 11, copy=False)  # a newer version the replicator has not copied
+    deployed.sqs.send_message(QueueUrl=deployed.outputs["FailedCopiesQueueUrl"], MessageBody="{}")
+    alarm = deployed.outputs["AlarmNames"].split(",")[0]
+    deployed.cloudwatch.set_alarm_state(AlarmName=alarm, StateValue="ALARM", StateReason="Threshold Crossed: 1 >= 1")
+    # When the status is read with no grace for copies in flight
+    result = deployed.cli("status", "--grace-minutes", "0")
+    # Then it exits 1 and names each
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert any("orders-1.xlsx" in line and "missing" in line for line in lines)
+    assert any("customers-1.xlsx" in line and "other version" in line for line in lines)
+    assert any("failed copies" in line and "1 message(s)" in line for line in lines)
+    assert any(alarm in line and "ALARM" in line and "Threshold Crossed" in line for line in lines)
+    assert f"needs attention: orders, customers, failed copies, {alarm}" in result.stdout
+
+
+def test_status_gives_a_new_workbook_time_to_arrive(deployed):
+    put_workbook(deployed, "exports/orders/2026/11/24/orders-1.xlsx", 25, copy=False)
+    result = deployed.cli("status")
+    assert result.exit_code == 0, result.output
+    assert any("orders-1.xlsx" in line and "not yet" in line for line in result.stdout.splitlines())
+
+
+# --- backfill ------------------------------------------------------------------------------------
+
+
+def export_failing_on(deployed: Deployed, day: str) -> str:
+    fn = deployed.outputs["ExportFunctionName"]
+
+    def answer(event):
+        if event["params"]["day"] == day:
+            return {"errorMessage": f"orders: no partition for {day}", "errorType": "ExportError"}, "Unhandled"
+        return {"exports": [upload("orders", key=f"exports/orders/{event['params']['day']}.xlsx")]}, None
+
+    deployed.fake.answers[fn] = answer
+    return fn
+
+
+def test_backfill_runs_one_day_after_the_other_and_stops_at_the_first_failure(deployed):
+    fn = export_failing_on(deployed, "2026-11-02")
+    result = deployed.cli("backfill", "orders", "--param", "day=2026-10-31..2026-11-03", "--param", "region=EU")
+    assert result.exit_code == 1
+    assert deployed.fake.payloads(fn) == [{"export": "orders", "params": {"region": "EU", "day": d}}
+                                          for d in ("2026-10-31", "2026-11-01", "2026-11-02")]
+    lines = result.stdout.splitlines()
+    assert any("2026-11-01" in line and "uploaded" in line and "exports/orders/2026-11-01.xlsx" in line
+               for line in lines)
+    assert any("2026-11-02" in line and "failed" in line and "no partition for 2026-11-02" in line for line in lines)
+    assert any("2026-11-03" in line and "not run" in line for line in lines)
+    assert "2 succeeded, 1 failed, 1 not run of 4 day(s)" in result.stdout
+
+
+def test_backfill_continue_on_error_runs_every_day(deployed):
+    fn = export_failing_on(deployed, "2026-11-02")
+    result = deployed.cli("backfill", "orders", "--param", "day=2026-11-01..2026-11-03", "--continue-on-error")
+    assert result.exit_code == 1
+    assert [p["params"]["day"] for p in deployed.fake.payloads(fn)] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    assert "2 succeeded, 1 failed, 0 not run of 3 day(s)" in result.stdout
+
+
+@pytest.mark.parametrize("param, message", [
+    ("day=2026-11-03..2026-11-01", "TO is before FROM"),
+    ("day=yesterday..today", "must be dates like 2026-11-01"),
+    ("day=2026-11-01", "exactly one NAME=FROM..TO range"),
+])
+def test_backfill_refuses_a_bad_range_before_running(param, message):
+    # a usage error, before any AWS call: no stack needed
+    result = CliRunner().invoke(cli, ["backfill", "orders", "--param", param, "--env", "prod"])
+    assert result.exit_code == 2 and message in result.stderr
