@@ -199,6 +199,12 @@ def test_a_stack_that_is_not_deployed_is_named(endpoint):
     assert "npx cdk deploy -c env=prod" in result.stderr
 
 
+def test_an_unknown_environment_names_the_configured_ones():
+    result = CliRunner().invoke(cli, ["status", "--env", "staging"])
+    assert result.exit_code == 1
+    assert "cdk.json: unknown environment 'staging'; configured: dev, prod" in result.stderr
+
+
 def test_missing_credentials_are_named(endpoint, monkeypatch, tmp_path):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
