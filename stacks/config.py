@@ -19,7 +19,7 @@ from lambdas.export_to_xlsx import settings as export_contract
 from stacks.rds_ca import CaBundleError, ca_bundle
 
 CONTEXT_KEY = "environments"
-#: The folder (the one holding cdk.json) that ``sql_file`` paths are relative to.
+#: The folder (the one holding cdk.json) that ``sql_file`` and ``init_sql`` paths are relative to.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENVIRONMENT = "dev"
 
@@ -44,6 +44,14 @@ ENGINE_VERSIONS = ("8.0", "8.4")
 MAX_RESERVED_CONCURRENCY = 1000
 #: VPC endpoints the stack can add to an existing VPC.
 ENDPOINT_NAMES = ("s3", "secretsmanager")
+#: A MySQL account name the export logs in as (MySQL allows 32 characters; IAM matches it case-sensitively).
+_DB_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+#: The DbiResourceId of an instance (``db-...``) or an Aurora cluster (``cluster-...``), as RDS shows it.
+_RESOURCE_ID_RE = re.compile(r"^(db|cluster)-[A-Z0-9]{1,255}$")
+
+#: How the export logs in to the database: an RDS IAM token, or a user/password secret.
+AUTH_MODES = ("iam", "secret")
+DEFAULT_EXPORT_USER = "xlsx_export"
 
 
 class ConfigError(ValueError):
@@ -112,6 +120,12 @@ class CreateDatabaseConfig:
     deletion_protection: bool = False
     vpc_cidr: str = "10.0.0.0/16"
     availability_zones: tuple[str, ...] = ()
+    #: ``iam``: the export user logs in with an RDS IAM token; ``secret``: with a password the
+    #: stack generates into a secret of its own. Either way the user is created at deploy.
+    auth: Literal["iam", "secret"] = "iam"
+    export_user: str = DEFAULT_EXPORT_USER
+    #: Schema/seed SQL applied at deploy, once per content (absolute path, checked to exist and not be empty).
+    init_sql: Path | None = None
     mode: Literal["create"] = "create"
 
 
@@ -127,11 +141,17 @@ class ExistingDatabaseConfig:
     host: str
     port: int
     database_name: str
-    secret_arn: str
+    #: The secret of a read-only user (``auth: secret``); None with ``auth: iam``.
+    secret_arn: str | None
     vpc_cidr: str
     create_endpoints: tuple[str, ...] = ()
     secrets_endpoint_security_group_id: str | None = None
     secret_kms_key_arn: str | None = None
+    #: ``secret`` (the default: works with any MySQL and needs nothing enabled on the server) or ``iam``.
+    auth: Literal["iam", "secret"] = "secret"
+    export_user: str = DEFAULT_EXPORT_USER
+    #: The DbiResourceId of the instance or cluster (``auth: iam``): the export role's rds-db:connect names it.
+    resource_id: str | None = None
     mode: Literal["existing"] = "existing"
 
 
@@ -275,8 +295,8 @@ def _contract(fn: Callable[[Any], T], value: Any, path: str) -> T:
 _SQL_DIR = export_contract.SQL_DIR
 
 
-def _read_sql_file(value: str, path: str, root: Path) -> str:
-    """The contents of a project .sql file, checked to be one SELECT; errors name the file."""
+def _project_sql(value: str, path: str, root: Path) -> tuple[Path, str]:
+    """A project .sql file under ``sql/`` and its text, checked to exist and not be empty; errors name the file."""
     relative = Path(value)
     if relative.is_absolute() or ".." in relative.parts or relative.parts[:1] != (_SQL_DIR,) \
             or relative.suffix != ".sql" or "\\" in value:
@@ -291,6 +311,12 @@ def _read_sql_file(value: str, path: str, root: Path) -> str:
         raise ConfigError(f"{path}: cannot read SQL file {value}: {exc}") from None
     if not text.strip():
         raise ConfigError(f"{path}: SQL file {value} is empty")
+    return file, text
+
+
+def _read_sql_file(value: str, path: str, root: Path) -> str:
+    """The contents of a project .sql file, checked to be one SELECT; errors name the file."""
+    _, text = _project_sql(value, path, root)
     try:
         return export_contract.check_sql(text)
     except export_contract.ConfigurationError as exc:
@@ -411,7 +437,7 @@ def _read_exports(env: _Reader, root: Path) -> tuple[ExportConfig, ...]:
     return tuple(exports)
 
 
-def _read_database(env: _Reader, retain: bool) -> DatabaseConfig:
+def _read_database(env: _Reader, retain: bool, root: Path) -> DatabaseConfig:
     r = env.obj("database")
     mode = r.str("mode", "create")
     az_check = dict(check=_AZ_RE.match, expect="an availability zone name like 'eu-west-1a'")
@@ -429,6 +455,9 @@ def _read_database(env: _Reader, retain: bool) -> DatabaseConfig:
             vpc_cidr=r.str("vpc_cidr", "10.0.0.0/16", check=re.compile(r"^\d+\.\d+\.\d+\.\d+/(1[6-9]|2[0-4])$").match,
                            expect="an IPv4 CIDR from /16 to /24"),
             availability_zones=r.str_list("availability_zones", required=False, **az_check),
+            auth=_read_auth(r, "iam"),
+            export_user=_read_export_user(r),
+            init_sql=_read_init_sql(r, root),
         )
     elif mode == "existing":
         azs = r.str_list("availability_zones", required=True, **az_check)
@@ -449,8 +478,6 @@ def _read_database(env: _Reader, retain: bool) -> DatabaseConfig:
             host=r.str("host", required=True, check=re.compile(r"^[A-Za-z0-9.-]{1,253}$").match, expect="a host name"),
             port=r.int("port", 3306, 1, 65535),
             database_name=r.str("database_name", required=True),
-            secret_arn=r.str("secret_arn", required=True, check=_SECRET_ARN_RE.match,
-                             expect="a complete Secrets Manager secret ARN (ending in the 6-character suffix)"),
             vpc_cidr=r.str("vpc_cidr", required=True, check=_CIDR_RE.match, expect="the VPC's IPv4 CIDR like '10.0.0.0/16'"),
             create_endpoints=_endpoints(r),
             secrets_endpoint_security_group_id=r.str(
@@ -458,7 +485,15 @@ def _read_database(env: _Reader, retain: bool) -> DatabaseConfig:
                 expect="the security group id of the VPC's existing Secrets Manager endpoint"),
             secret_kms_key_arn=r.str("secret_kms_key_arn", check=_KMS_KEY_ARN_RE.match,
                                      expect="a full KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; not an alias)"),
+            **_read_existing_auth(r),
         )
+        if cfg.auth == "iam":
+            for key, used in (("create_endpoints", "secretsmanager" in cfg.create_endpoints),
+                              ("secrets_endpoint_security_group_id", cfg.secrets_endpoint_security_group_id),
+                              ("secret_kms_key_arn", cfg.secret_kms_key_arn)):
+                if used:
+                    raise r.fail(key, "is about Secrets Manager, which auth 'iam' does not use: the export signs "
+                                      "an IAM token and reads no secret")
         if "secretsmanager" in cfg.create_endpoints and cfg.secrets_endpoint_security_group_id:
             raise r.fail("secrets_endpoint_security_group_id", "names an existing Secrets Manager endpoint, so "
                          "create_endpoints must not ask for another one (a VPC holds one private-DNS endpoint per service)")
@@ -466,6 +501,47 @@ def _read_database(env: _Reader, retain: bool) -> DatabaseConfig:
         raise r.fail("mode", f"{mode!r} is not one of 'create', 'existing'")
     r.done()
     return cfg
+
+
+def _read_auth(r: _Reader, default: str) -> str:
+    return r.str("auth", default, check=lambda v: v in AUTH_MODES, expect="one of 'iam', 'secret'")
+
+
+def _read_export_user(r: _Reader) -> str:
+    return r.str("export_user", DEFAULT_EXPORT_USER, check=_DB_USER_RE.match,
+                 expect="a MySQL user name (letters, digits and '_', at most 32, not starting with a digit)")
+
+
+def _read_init_sql(r: _Reader, root: Path) -> Path | None:
+    raw = r.str("init_sql")
+    return None if raw is None else _project_sql(raw, f"{r.path}.init_sql", root)[0]
+
+
+def _read_existing_auth(r: _Reader) -> dict[str, Any]:
+    """``auth`` and what it needs: ``secret_arn`` for secret, ``resource_id`` (and the user) for iam."""
+    auth = _read_auth(r, "secret")
+    user = _read_export_user(r)
+    secret_arn = r.str("secret_arn", check=_SECRET_ARN_RE.match,
+                       expect="a complete Secrets Manager secret ARN (ending in the 6-character suffix)")
+    resource_id = r.str("resource_id", check=_RESOURCE_ID_RE.match,
+                        expect="the instance's or cluster's DbiResourceId, like 'db-ABCDEFGHIJKLMNOPQRSTUVWXY1' "
+                               "(aws rds describe-db-instances --query 'DBInstances[].DbiResourceId')")
+    if r.data.get("init_sql") is not None:
+        raise r.fail("init_sql", "only for mode 'create': nothing runs against an existing database at deploy")
+    if auth == "secret":
+        if secret_arn is None:
+            raise r.fail("secret_arn", "required field is missing (auth is 'secret')")
+        if resource_id is not None:
+            raise r.fail("resource_id", "only used with auth 'iam'")
+        if "export_user" in r.data:
+            raise r.fail("export_user", "only used with auth 'iam' (with 'secret' the user is the secret's)")
+    else:
+        if resource_id is None:
+            raise r.fail("resource_id", "required field is missing (auth is 'iam'): the export role may only "
+                                        "connect as the export user of this one instance or cluster")
+        if secret_arn is not None:
+            raise r.fail("secret_arn", "not used with auth 'iam': the export signs an IAM token instead")
+    return {"auth": auth, "export_user": user, "secret_arn": secret_arn, "resource_id": resource_id}
 
 
 _BUCKET_ARN_RE = re.compile(r"^arn:aws[a-z-]*:s3:::([^/]+)$")
@@ -537,7 +613,7 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
     key_prefix = env.str("key_prefix", "", check=lambda v: v == "" or re.match(r"^[A-Za-z0-9!_.*'()/-]+/$", v) is not None
                          and not v.startswith("/"), expect="empty or a key prefix ending in '/'")
     exports = _read_exports(env, root)
-    database = _read_database(env, retain=removal == "retain")
+    database = _read_database(env, retain=removal == "retain", root=root)
     if account and isinstance(database, CreateDatabaseConfig) and not database.availability_zones:
         raise ConfigError(f"{env.path}.database.availability_zones: required when account and region are set "
                           "(synth must not look them up)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aws_cdk import Fn, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
@@ -9,6 +11,7 @@ from aws_cdk import aws_rds as rds
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from stacks.nag import acknowledge
 from stacks.config import CreateDatabaseConfig, DatabaseConfig, ExistingDatabaseConfig
 
 MYSQL_PORT = 3306
@@ -16,6 +19,27 @@ MYSQL_PORT = 3306
 EXPORTED_LOGS = ("error", "slowquery")
 #: The slow query log is written (to a file RDS publishes) for statements slower than this.
 SLOW_QUERY_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class IamDatabaseAuth:
+    """The export logs in as ``user`` with an RDS IAM token; ``resource_id`` is the instance's
+    or cluster's DbiResourceId (a token in create mode) that the role's rds-db:connect names."""
+
+    user: str
+    resource_id: str
+
+
+@dataclass(frozen=True)
+class SecretDatabaseAuth:
+    """The export logs in with the user and password in ``secret`` (a read-only user's).
+    ``user`` is set when the stack made the secret for a user it creates."""
+
+    secret: secretsmanager.ISecret
+    user: str | None = None
+
+
+DatabaseAuth = IamDatabaseAuth | SecretDatabaseAuth
 
 
 class Database(Construct):
@@ -30,14 +54,21 @@ class Database(Construct):
     - the error and slow query logs (statements over 10 s) published to CloudWatch Logs, whose
       log groups get ``log_retention``;
     - the master password is managed by RDS in Secrets Manager (rotated by RDS, no
-      rotation function); deletion protection from config;
+      rotation function); only the deploy-time bootstrap reads it; deletion protection from config;
+    - the export's own user (``export_user``): with ``auth: iam`` it logs in with an IAM token,
+      with ``auth: secret`` with a generated password in a secret of its own (never the master's);
+    - a Secrets Manager interface endpoint in one subnet (for the bootstrap, and the export
+      with ``auth: secret``) whose security group admits nobody until a construct admits itself;
     - a security group with no ingress: the export construct admits its own group.
 
     ``existing`` mode imports the VPC, subnets, route tables, availability zones,
-    security group, endpoint and secret by id/ARN from config; nothing is looked up.
+    security group, endpoint and secret by id/ARN from config; nothing is looked up,
+    nothing is built and nothing runs against the database.
 
     Exposes ``vpc``, ``subnets``, ``security_group``, ``host``, ``port``,
-    ``database_name``, ``secret`` and, in create mode, ``instance``.
+    ``database_name``, ``export_auth`` and, in create mode, ``instance``,
+    ``master_secret``, ``secrets_endpoint`` and ``secrets_endpoint_security_group`` (None in
+    existing mode).
     """
 
     def __init__(
@@ -51,6 +82,9 @@ class Database(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.instance: rds.CfnDBInstance | None = None
+        self.master_secret: secretsmanager.ISecret | None = None
+        self.secrets_endpoint: ec2.InterfaceVpcEndpoint | None = None
+        self.secrets_endpoint_security_group: ec2.SecurityGroup | None = None
         if isinstance(config, CreateDatabaseConfig):
             self._create(config, removal_policy, log_retention)
         elif isinstance(config, ExistingDatabaseConfig):
@@ -79,6 +113,8 @@ class Database(Construct):
             },
         )
         self.subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+        #: The one subnet of the Secrets Manager endpoint and the bootstrap function.
+        self.endpoint_subnets = ec2.SubnetSelection(subnets=[self.vpc.isolated_subnets[0]])
         self.security_group = ec2.SecurityGroup(
             self, "SecurityGroup", vpc=self.vpc, allow_all_outbound=False,
             description="MySQL instance: admits only the export function",
@@ -140,9 +176,36 @@ class Database(Construct):
         self.host = self.instance.attr_endpoint_address
         self.port = MYSQL_PORT
         self.database_name = config.database_name
-        self.secret = secretsmanager.Secret.from_secret_complete_arn(
+        self.master_secret = secretsmanager.Secret.from_secret_complete_arn(
             self, "Secret", self.instance.attr_master_user_secret_secret_arn
         )
+        if config.auth == "iam":
+            self.export_auth: DatabaseAuth = IamDatabaseAuth(config.export_user, self.instance.attr_dbi_resource_id)
+        else:
+            export_secret = secretsmanager.Secret(
+                self, "ExportUserSecret",
+                description=f"Password of the read-only database user {config.export_user} (set by the bootstrap)",
+                generate_secret_string=secretsmanager.SecretStringGenerator(
+                    secret_string_template=f'{{"username": "{config.export_user}"}}',
+                    generate_string_key="password", password_length=32, exclude_punctuation=True,
+                ),
+                removal_policy=removal_policy,
+            )
+            self.export_auth = SecretDatabaseAuth(export_secret, config.export_user)
+            acknowledge(export_secret, "SMG4",
+                        "The bootstrap sets this read-only user's password at deploy; no rotation function runs in "
+                        "the isolated VPC. auth 'iam' (the default) needs no stored password at all.")
+        # Reached only from inside the VPC (no internet route): one subnet keeps the idle cost at one
+        # endpoint ENI; the bootstrap runs in that subnet, and any subnet of the VPC reaches it.
+        endpoint_sg = ec2.SecurityGroup(
+            self, "SecretsEndpointSecurityGroup", vpc=self.vpc, allow_all_outbound=False,
+            description="Secrets Manager endpoint: HTTPS from the constructs that admit themselves only",
+        )
+        self.secrets_endpoint = ec2.InterfaceVpcEndpoint(
+            self, "SecretsManagerEndpoint", vpc=self.vpc, service=ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
+            subnets=self.endpoint_subnets, private_dns_enabled=True, open=False, security_groups=[endpoint_sg],
+        )
+        self.secrets_endpoint_security_group = endpoint_sg
 
     def _import(self, config: ExistingDatabaseConfig) -> None:
         self.vpc = ec2.Vpc.from_vpc_attributes(
@@ -161,4 +224,9 @@ class Database(Construct):
         self.host = config.host
         self.port = config.port
         self.database_name = config.database_name
-        self.secret = secretsmanager.Secret.from_secret_complete_arn(self, "Secret", config.secret_arn)
+        if config.auth == "iam":
+            self.export_auth = IamDatabaseAuth(config.export_user, config.resource_id)
+        else:
+            self.export_auth = SecretDatabaseAuth(
+                secretsmanager.Secret.from_secret_complete_arn(self, "Secret", config.secret_arn)
+            )

@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
-from aws_cdk import Aws, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from aws_cdk import custom_resources as cr
 from constructs import Construct
@@ -20,6 +19,7 @@ from constructs import Construct
 from lambdas.export_to_xlsx import settings as contract
 from stacks.bundling import EXPORT_BUNDLE, BundleSpec
 from stacks.config import ExportConfig
+from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
 from stacks.nag import acknowledge, objects_finding
 from stacks.pipeline_function import failure_queue, pipeline_function
 
@@ -73,8 +73,11 @@ class ExportToXlsx(Construct):
       event goes to the failed-exports queue (SQS-managed encryption, TLS only, 14 days,
       kept with the stack's data), with an alarm;
     - a role of its own that may only put objects (and abort its multipart uploads) under each
-      export's prefix, read the one secret (and decrypt it with ``secret_kms_key_arn`` through
-      Secrets Manager only), write its logs and traces;
+      export's prefix, log in to the database as ``auth`` says, write its logs and traces.
+      :class:`IamDatabaseAuth`: it signs an RDS IAM token, may ``rds-db:connect`` as that one
+      user of that one database, reads no secret and needs no Secrets Manager endpoint or egress
+      to one. :class:`SecretDatabaseAuth`: it reads that one secret (and decrypts it with
+      ``secret_kms_key_arn`` through Secrets Manager only);
     - an alarm on any error, sent to ``alarm_topic``.
 
     Exposes ``function``, ``role``, ``security_group``, ``log_group``, ``rules``
@@ -96,7 +99,7 @@ class ExportToXlsx(Construct):
         database_host: str,
         database_port: int,
         database_name: str,
-        secret: secretsmanager.ISecret,
+        auth: DatabaseAuth,
         alarm_topic: sns.ITopic,
         log_retention: logs.RetentionDays,
         removal_policy: RemovalPolicy,
@@ -129,6 +132,18 @@ class ExportToXlsx(Construct):
                              "Secrets Manager endpoint, not both")
         if secret_kms_key_arn is not None and ":key/" not in secret_kms_key_arn:
             raise ValueError(f"secret_kms_key_arn must be a KMS key ARN, got {secret_kms_key_arn!r}")
+        if isinstance(auth, IamDatabaseAuth):
+            auth_env = {contract.ENV_DB_AUTH: "iam", contract.ENV_DB_USER: auth.user}
+        elif isinstance(auth, SecretDatabaseAuth):
+            auth_env = {contract.ENV_DB_AUTH: "secret", contract.ENV_DB_SECRET_ARN: auth.secret.secret_arn}
+        else:
+            raise ValueError(f"auth must be IamDatabaseAuth or SecretDatabaseAuth, got {auth!r}")
+        # An IAM token is signed without any call: nothing here reads a secret or talks to Secrets Manager.
+        reads_secret = isinstance(auth, SecretDatabaseAuth)
+        if not reads_secret and ("secretsmanager" in endpoints or secrets_endpoint_security_group is not None
+                                 or secret_kms_key_arn is not None):
+            raise ValueError("with IAM database auth the export reads no secret: no Secrets Manager endpoint, "
+                             "endpoint group or secret KMS key")
 
         self.security_group = ec2.SecurityGroup(
             self, "SecurityGroup", vpc=vpc, allow_all_outbound=False,
@@ -156,12 +171,12 @@ class ExportToXlsx(Construct):
             self,
             bundle=export_bundle(exports),
             description="Runs the configured SQL exports and uploads each result as .xlsx",
-            role_description="ExportToXlsx: write its exports, read the database secret",
+            role_description="ExportToXlsx: write its exports, log in to the database as its read-only user",
             errors_description="An export failed: no workbook was uploaded for it",
             environment={
                 contract.ENV_SOURCE_BUCKET: source_bucket.bucket_name,
                 contract.ENV_KEY_PREFIX: key_prefix,
-                contract.ENV_DB_SECRET_ARN: secret.secret_arn,
+                **auth_env,
                 contract.ENV_DB_HOST: database_host,
                 contract.ENV_DB_PORT: str(database_port),
                 contract.ENV_DB_NAME: database_name,
@@ -187,9 +202,12 @@ class ExportToXlsx(Construct):
 
         object_arns = [source_bucket.arn_for_objects(f"{key_prefix}{name}/*") for name in names]
         self.role.add_to_policy(iam.PolicyStatement(actions=list(EXPORT_S3_ACTIONS), resources=object_arns))
-        self.role.add_to_policy(
-            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[secret.secret_arn])
-        )
+        if isinstance(auth, IamDatabaseAuth):
+            self.role.add_to_policy(iam.PolicyStatement(actions=["rds-db:connect"], resources=[db_user_arn(self, auth)]))
+        else:
+            self.role.add_to_policy(
+                iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[auth.secret.secret_arn])
+            )
         if secret_kms_key_arn:
             self.role.add_to_policy(iam.PolicyStatement(
                 actions=["kms:Decrypt"], resources=[secret_kms_key_arn],
@@ -229,7 +247,7 @@ class ExportToXlsx(Construct):
         if secrets_endpoint_security_group is not None:
             self.security_group.add_egress_rule(
                 secrets_endpoint_security_group, ec2.Port.tcp(HTTPS), "The Secrets Manager endpoint")
-        else:
+        elif reads_secret:
             self.security_group.add_egress_rule(
                 ec2.Peer.ipv4(vpc.vpc_cidr_block), ec2.Port.tcp(HTTPS),
                 "HTTPS to the Secrets Manager endpoint in the VPC (its group is not known to the stack)")
@@ -287,3 +305,11 @@ class ExportToXlsx(Construct):
             findings=["Resource::*"],
         )
         return lookup.get_response_field("PrefixLists.0.PrefixListId")
+
+
+def db_user_arn(scope: Construct, auth: IamDatabaseAuth) -> str:
+    """``arn:<partition>:rds-db:<region>:<account>:dbuser:<DbiResourceId>/<user>``: what rds-db:connect names."""
+    return Stack.of(scope).format_arn(
+        service="rds-db", resource="dbuser", resource_name=f"{auth.resource_id}/{auth.user}",
+        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+    )

@@ -17,6 +17,7 @@ from stacks.bucket_replicator import BucketReplicator
 from stacks.config import EnvironmentConfig, ExistingDatabaseConfig
 from stacks.rds_ca import ca_bundle
 from stacks.database import EXPORTED_LOGS, Database
+from stacks.db_bootstrap import DatabaseBootstrap
 from stacks.export_to_xlsx import ExportToXlsx
 from stacks.nag import acknowledge, acknowledge_cdk_helper, nag_text
 from stacks.secure_bucket import SecureBucket
@@ -73,6 +74,28 @@ class PipelineStack(Stack):
         if existing and db.secrets_endpoint_security_group_id:
             secrets_endpoint_group = ec2.SecurityGroup.from_security_group_id(
                 self, "SecretsEndpointSecurityGroup", db.secrets_endpoint_security_group_id, mutable=True)
+        self.bootstrap: DatabaseBootstrap | None = None
+        if not existing:
+            # Our own VPC's Secrets Manager endpoint is the Database's (the bootstrap reads the master secret
+            # through it); the export is admitted to it only if it reads a secret itself.
+            reads_secret = db.auth == "secret"
+            secrets_endpoint_group = self.database.secrets_endpoint_security_group if reads_secret else None
+            self.bootstrap = DatabaseBootstrap(
+                self, "DatabaseBootstrap",
+                vpc=self.database.vpc,
+                subnets=self.database.endpoint_subnets,
+                database_security_group=self.database.security_group,
+                database_port=self.database.port,
+                database_host=self.database.host,
+                database_name=self.database.database_name,
+                master_secret=self.database.master_secret,
+                secrets_endpoint=self.database.secrets_endpoint,
+                auth=self.database.export_auth,
+                init_sql=db.init_sql,
+                alarm_topic=self.alarm_topic,
+                log_retention=retention,
+                removal_policy=removal,
+            )
         self.export = ExportToXlsx(
             self,
             "ExportToXlsx",
@@ -85,7 +108,7 @@ class PipelineStack(Stack):
             database_host=self.database.host,
             database_port=self.database.port,
             database_name=self.database.database_name,
-            secret=self.database.secret,
+            auth=self.database.export_auth,
             alarm_topic=self.alarm_topic,
             log_retention=retention,
             removal_policy=removal,
@@ -93,8 +116,8 @@ class PipelineStack(Stack):
             timeout=Duration.seconds(config.export_function.timeout_seconds),
             ephemeral_storage_mb=config.export_function.ephemeral_storage_mb,
             reserved_concurrency=config.export_function.reserved_concurrency,
-            # Our own VPC gets both endpoints, narrowed to the export; a shared VPC only what config asks for.
-            endpoints=db.create_endpoints if existing else ("s3", "secretsmanager"),
+            # Our own VPC gets the S3 endpoint, narrowed to the export; a shared VPC only what config asks for.
+            endpoints=db.create_endpoints if existing else ("s3",),
             own_vpc=not existing,
             secrets_endpoint_security_group=secrets_endpoint_group,
             secret_kms_key_arn=db.secret_kms_key_arn if existing else None,

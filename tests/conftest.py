@@ -115,19 +115,50 @@ def prod() -> Synthesized:
     return synthesize("prod")
 
 
-@pytest.fixture(scope="session")
-def shared_vpc() -> Synthesized:
-    """prod's config, asking for what a shared VPC may need: both endpoints, a secret under a customer key,
-    a reserved concurrency and replication limited to one folder of the source bucket."""
+def _variant(env: str, change) -> Synthesized:
+    """``env`` synthesized with ``change`` applied to a copy of its config."""
     import copy
 
     from pipeline_ops.synth import CDK_JSON
 
     environments = copy.deepcopy(CDK_JSON["context"]["environments"])
-    prod = environments["prod"]
-    del prod["database"]["secrets_endpoint_security_group_id"]
-    prod["database"]["create_endpoints"] = ["s3", "secretsmanager"]
-    prod["database"]["secret_kms_key_arn"] = "arn:aws:kms:eu-west-1:123456789012:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-    prod["export_function"]["reserved_concurrency"] = 1
-    prod["destination"]["source_prefix"] = "reports/"
-    return synthesize("prod", environments=environments)
+    change(environments[env])
+    return synthesize(env, environments=environments)
+
+
+@pytest.fixture(scope="session")
+def shared_vpc() -> Synthesized:
+    """prod's config, asking for what a shared VPC may need: both endpoints, a secret under a customer key,
+    a reserved concurrency and replication limited to one folder of the source bucket."""
+
+    def change(prod):
+        del prod["database"]["secrets_endpoint_security_group_id"]
+        prod["database"]["create_endpoints"] = ["s3", "secretsmanager"]
+        prod["database"]["secret_kms_key_arn"] = "arn:aws:kms:eu-west-1:123456789012:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+        prod["export_function"]["reserved_concurrency"] = 1
+        prod["destination"]["source_prefix"] = "reports/"
+
+    return _variant("prod", change)
+
+
+@pytest.fixture(scope="session")
+def dev_secret() -> Synthesized:
+    """dev with a password-based export user (a secret the stack generates) and no init SQL."""
+
+    def change(dev):
+        dev["database"]["auth"] = "secret"
+        del dev["database"]["init_sql"]
+
+    return _variant("dev", change)
+
+
+@pytest.fixture(scope="session")
+def prod_iam() -> Synthesized:
+    """prod (an existing database) with IAM database authentication: no secret, no Secrets Manager endpoint."""
+
+    def change(prod):
+        for key in ("secret_arn", "secrets_endpoint_security_group_id"):
+            del prod["database"][key]
+        prod["database"].update(auth="iam", resource_id="db-ABCDEFGHIJKLMNOPQRSTUVWXY2", create_endpoints=["s3"])
+
+    return _variant("prod", change)

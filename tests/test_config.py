@@ -94,6 +94,17 @@ _DELETE = object()
     ("prod", ["destination", "kms_key_arn"], "arn:aws:kms:eu-west-1:210987654321:alias/partner",
      "destination.kms_key_arn: .* is not a full KMS key ARN .*aliases resolve in the caller's account"),
     ("prod", ["destination", "source_prefix"], "/exports/", "destination.source_prefix: '/exports/' is not a key"),
+    ("dev", ["database", "auth"], "password", "database.auth: 'password' is not one of 'iam', 'secret'"),
+    ("dev", ["database", "export_user"], "x-y", "database.export_user: 'x-y' is not a MySQL user name"),
+    ("dev", ["database", "export_user"], "u" * 33, "database.export_user: 'u{33}' is not a MySQL user name"),
+    ("dev", ["database", "init_sql"], "sql/missing.sql", "database.init_sql: SQL file sql/missing.sql does not exist"),
+    ("dev", ["database", "init_sql"], "/etc/passwd", "database.init_sql: '/etc/passwd' must be a .sql file under"),
+    ("dev", ["database", "init_sql"], "sql/../../x.sql", "database.init_sql: .* must be a .sql file under the"),
+    ("prod", ["database", "init_sql"], "sql/dev-init.sql", "database.init_sql: only for mode 'create'"),
+    ("prod", ["database", "secret_arn"], _DELETE, r"database.secret_arn: required field is missing \(auth is 'secret'\)"),
+    ("prod", ["database", "resource_id"], "db-ABC", "database.resource_id: only used with auth 'iam'"),
+    ("prod", ["database", "export_user"], "reader", "database.export_user: only used with auth 'iam'"),
+    ("prod", ["database", "auth"], "iam", r"database.resource_id: required field is missing \(auth is 'iam'\)"),
 ])
 def test_bad_values_name_the_field(env, path, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -145,6 +156,54 @@ def test_deletion_protection_defaults_to_on_where_data_is_retained():
     assert load_environment({"environments": ENVIRONMENTS}, "dev").database.deletion_protection is False
 
 
+def test_auth_defaults_iam_for_a_created_database_and_secret_for_an_existing_one():
+    dev = load_environment(with_change("dev", _set(["database", "auth"], _DELETE)), "dev")
+    prod = load_environment({"environments": ENVIRONMENTS}, "prod")
+    assert (dev.database.auth, dev.database.export_user) == ("iam", "xlsx_export")
+    assert prod.database.auth == "secret" and prod.database.resource_id is None
+
+
+@pytest.mark.parametrize("resource_id, ok", [
+    ("db-ABCDEFGHIJKLMNOPQRSTUVWXY2", True), ("cluster-ABCDEFGHIJKL0123456789", True),
+    ("db-abc", False), ("prod-db", False), ("arn:aws:rds:eu-west-1:123456789012:db:prod", False)])
+def test_existing_iam_needs_the_resource_id_and_no_secret(resource_id, ok):
+    def change(env):
+        env["database"].update(auth="iam", resource_id=resource_id, export_user="reader")
+        del env["database"]["secret_arn"], env["database"]["secrets_endpoint_security_group_id"]
+
+    if ok:
+        db = load_environment(with_change("prod", change), "prod").database
+        assert (db.auth, db.resource_id, db.export_user, db.secret_arn) == ("iam", resource_id, "reader", None)
+    else:
+        with pytest.raises(ConfigError, match=f"database.resource_id: '{resource_id}' is not the instance's"):
+            load_environment(with_change("prod", change), "prod")
+
+    def with_secret(env):
+        env["database"].update(auth="iam", resource_id="db-ABCDEFGHIJKLMNOPQRSTUVWXY2")
+
+    with pytest.raises(ConfigError, match="database.secret_arn: not used with auth 'iam'"):
+        load_environment(with_change("prod", with_secret), "prod")
+
+    def with_endpoint_group(env):
+        change(env)
+        env["database"].update(resource_id="db-ABCDEFGHIJKLMNOPQRSTUVWXY2",
+                               secrets_endpoint_security_group_id="sg-0123456789abcdef0")
+
+    with pytest.raises(ConfigError, match="secrets_endpoint_security_group_id: is about Secrets Manager, which auth"):
+        load_environment(with_change("prod", with_endpoint_group), "prod")
+
+
+def test_init_sql_must_not_be_empty(tmp_path):
+    import shutil
+
+    from stacks.config import PROJECT_ROOT
+
+    shutil.copytree(PROJECT_ROOT / "sql", tmp_path / "sql")
+    (tmp_path / "sql" / "empty.sql").write_text("  \n")
+    with pytest.raises(ConfigError, match="database.init_sql: SQL file sql/empty.sql is empty"):
+        load_environment(with_change("dev", _set(["database", "init_sql"], "sql/empty.sql")), "dev", root=tmp_path)
+
+
 @pytest.mark.parametrize("expr", ["rate(1 day)", "rate(5 minutes)", "cron(0 5 * * ? *)", "cron(15 10 ? * MON-FRI *)",
                                   "cron(0/15 * * * ? *)", "cron(0 8 L * ? *)"])
 def test_valid_schedules(expr):
@@ -162,6 +221,8 @@ def _report(**fields) -> dict:
 def load_report(tmp_path=None, **fields):
     def change(env):
         env["exports"] = [_report(**fields)]
+        if tmp_path is not None:
+            env["database"].pop("init_sql", None)  # a file of the real project, not of tmp_path
 
     kwargs = {"root": tmp_path} if tmp_path is not None else {}
     return load_environment(with_change("dev", change), "dev", **kwargs).exports[0]

@@ -121,6 +121,7 @@ def env(monkeypatch, s3, secrets, mysql, tables, tmp_files):
     values = {
         contract.ENV_SOURCE_BUCKET: BUCKET,
         contract.ENV_KEY_PREFIX: PREFIX,
+        contract.ENV_DB_AUTH: "secret",
         contract.ENV_DB_SECRET_ARN: arn,
         contract.ENV_DB_HOST: mysql.host,
         contract.ENV_DB_PORT: str(mysql.port),

@@ -16,6 +16,7 @@ from lambdas.bucket_replicator import settings as replicator_contract
 from lambdas.export_to_xlsx import settings as export_contract
 from stacks.bucket_replicator import BucketReplicator
 from stacks.config import PROJECT_ROOT as ROOT, ExportConfig
+from stacks.database import IamDatabaseAuth, SecretDatabaseAuth
 from stacks.export_to_xlsx import ExportToXlsx
 from stacks.secure_bucket import SecureBucket
 
@@ -179,7 +180,7 @@ def objects(s, bucket, pattern: str):
     return {"Fn::Join": ["", [{"Fn::GetAtt": [s.logical_id(bucket), "Arn"]}, pattern]]}
 
 
-def test_export_role_may_only_write_its_prefixes_and_read_its_secret(synth):
+def test_export_role_may_only_write_its_prefixes_and_log_in_as_its_user(synth):
     statements = policy_statements(synth, synth.stack.export.role)
     prefix = synth.config.key_prefix
     s3_statements = [st for st in statements if any(a.startswith("s3:") for a in st["Action"])]
@@ -188,11 +189,104 @@ def test_export_role_may_only_write_its_prefixes_and_read_its_secret(synth):
         "Resource": sorted([objects(synth, synth.stack.source.bucket, f"/{prefix}{e.name}/*")
                             for e in synth.config.exports], key=json.dumps),
     }]
-    secret = [st for st in statements if st["Action"] == "secretsmanager:GetSecretValue"]
-    assert len(secret) == 1
-    assert synth.stack.resolve(synth.stack.database.secret.secret_arn) == secret[0]["Resource"]
+    login = [st for st in statements if st["Action"] in ("secretsmanager:GetSecretValue", "rds-db:connect")]
+    auth = synth.stack.database.export_auth
+    if synth.config.database.auth == "secret":
+        assert login == [{"Action": "secretsmanager:GetSecretValue", "Effect": "Allow",
+                          "Resource": synth.stack.resolve(auth.secret.secret_arn)}]
+    else:
+        assert [st["Action"] for st in login] == ["rds-db:connect"]
     # The role has no managed policy: everything it may do is in the statements above.
     assert "ManagedPolicyArns" not in props(synth, synth.stack.export.role)
+
+
+def dbuser_arn(resource_id) -> dict:
+    return {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":rds-db:", {"Ref": "AWS::Region"}, ":",
+                              {"Ref": "AWS::AccountId"}, ":dbuser:", resource_id, "/xlsx_export"]]}
+
+
+def test_iam_auth_connects_as_the_one_user_of_the_one_database_and_reads_no_secret(dev, prod_iam):
+    """rds-db:connect and its resource, arn:${Partition}:rds-db:${Region}:${Account}:dbuser:${DbiResourceId}/${DbUserName}:
+    https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonrdsiamauthentication.html and
+    https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/UsingWithRDS.IAMDBAuth.IAMPolicy.html"""
+    instance = dev.logical_id(dev.stack.database.instance)
+    prod_arn = f"arn:aws:rds-db:eu-west-1:123456789012:dbuser:{prod_iam.config.database.resource_id}/xlsx_export"
+    for synth, resource in ((dev, dbuser_arn({"Fn::GetAtt": [instance, "DbiResourceId"]})), (prod_iam, prod_arn)):
+        statements = policy_statements(synth, synth.stack.export.role)
+        connect = [st for st in statements if "rds-db:connect" in json.dumps(st["Action"])]
+        assert connect == [{"Action": "rds-db:connect", "Effect": "Allow", "Resource": resource}]
+        assert not any("secretsmanager:" in json.dumps(st["Action"]) for st in statements)
+        env = function_env(synth, synth.stack.export)
+        assert set(env) == export_contract.env_names("iam")
+        assert env[export_contract.ENV_DB_AUTH] == "iam" and env[export_contract.ENV_DB_USER] == "xlsx_export"
+
+
+def test_existing_iam_needs_no_secrets_manager_endpoint(prod_iam):
+    endpoints = [r["Properties"] for r in prod_iam.resources("AWS::EC2::VPCEndpoint").values()]
+    assert [e["VpcEndpointType"] for e in endpoints] == ["Gateway"]
+
+
+def secret_readers(s, secret_arn) -> list[str]:
+    """Logical ids of the policies that may read ``secret_arn``."""
+    out = []
+    for logical_id, r in s.resources("AWS::IAM::Policy").items():
+        for st in r["Properties"]["PolicyDocument"]["Statement"]:
+            resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+            if "secretsmanager:GetSecretValue" in json.dumps(st["Action"]) and secret_arn in resources:
+                out.append(logical_id)
+    return out
+
+
+def test_only_the_bootstrap_reads_the_master_secret(dev, dev_secret):
+    for synth in (dev, dev_secret):
+        master = synth.stack.resolve(synth.stack.database.master_secret.secret_arn)
+        bootstrap_policy = synth.logical_id(synth.stack.bootstrap.role.node.find_child("DefaultPolicy"))
+        assert secret_readers(synth, master) == [bootstrap_policy]
+    # With secret auth the export reads only the generated secret of its own user (the bootstrap sets it)
+    own = dev_secret.stack.resolve(dev_secret.stack.database.export_auth.secret.secret_arn)
+    export_policy = dev_secret.logical_id(dev_secret.stack.export.role.node.find_child("DefaultPolicy"))
+    assert sorted(secret_readers(dev_secret, own)) == sorted([
+        export_policy, dev_secret.logical_id(dev_secret.stack.bootstrap.role.node.find_child("DefaultPolicy"))])
+    template(dev_secret).has_resource_properties("AWS::SecretsManager::Secret", {
+        "GenerateSecretString": Match.object_like({"SecretStringTemplate": '{"username": "xlsx_export"}',
+                                                   "GenerateStringKey": "password"})})
+
+
+def test_the_secrets_endpoint_admits_only_what_reads_a_secret(dev, dev_secret):
+    for synth, readers in ((dev, [dev.stack.bootstrap]), (dev_secret, [dev_secret.stack.bootstrap,
+                                                                      dev_secret.stack.export])):
+        (endpoint,) = [r for r in synth.resources("AWS::EC2::VPCEndpoint").values()
+                       if r["Properties"]["VpcEndpointType"] == "Interface"]
+        (group,) = endpoint["Properties"]["SecurityGroupIds"]
+        ingress = [r["Properties"] for r in synth.resources("AWS::EC2::SecurityGroupIngress").values()
+                   if r["Properties"]["GroupId"] == group]
+        sources = sorted(json.dumps(i["SourceSecurityGroupId"]) for i in ingress)
+        assert sources == sorted(json.dumps({"Fn::GetAtt": [synth.logical_id(c.security_group), "GroupId"]})
+                                 for c in readers)
+        assert all(i["FromPort"] == 443 == i["ToPort"] for i in ingress)
+        # One subnet: one endpoint network interface to pay for while idle
+        assert len(endpoint["Properties"]["SubnetIds"]) == 1
+
+
+def test_the_bootstrap_runs_at_deploy_with_what_the_database_must_look_like(dev, dev_secret, prod, prod_iam):
+    from lambdas.db_bootstrap import settings as bootstrap_contract
+
+    init_sql = dev.config.database.init_sql
+    (resource,) = dev.resources("Custom::DatabaseBootstrap").values()
+    p = resource["Properties"]
+    assert p[bootstrap_contract.PROP_EXPORT_USER] == "xlsx_export" and p[bootstrap_contract.PROP_AUTH] == "iam"
+    assert p[bootstrap_contract.PROP_INIT_SQL_SHA256] == bootstrap_contract.sha256(init_sql.read_text(encoding="utf-8"))
+    assert bootstrap_contract.PROP_EXPORT_SECRET_ARN not in p
+    # It runs once its network path exists: the Secrets Manager endpoint and the database's rules
+    assert dev.logical_id(dev.stack.database.secrets_endpoint) in resource["DependsOn"]
+    assert dev.logical_id(dev.stack.database.security_group) in resource["DependsOn"]
+    (secret_resource,) = dev_secret.resources("Custom::DatabaseBootstrap").values()
+    assert secret_resource["Properties"][bootstrap_contract.PROP_AUTH] == "secret"
+    assert secret_resource["Properties"][bootstrap_contract.PROP_INIT_SQL_SHA256] == ""
+    env = function_env(dev, dev.stack.bootstrap)
+    assert set(env) == bootstrap_contract.ENV_NAMES and env[bootstrap_contract.ENV_DB_TLS] == "verify"
+    # Nothing runs against an existing database
+    assert prod.resources("Custom::DatabaseBootstrap") == prod_iam.resources("Custom::DatabaseBootstrap") == {}
 
 
 def test_replicator_role_reads_only_what_the_filter_delivers_and_writes_the_destination(dev):
@@ -271,16 +365,19 @@ def dev_subnets(s) -> list[str]:
     return list(s.resources("AWS::EC2::Subnet"))
 
 
-def test_database_admits_the_export_function_on_its_port_and_nothing_else(synth):
+def test_database_admits_the_export_function_and_bootstrap_on_its_port_and_nothing_else(synth):
     ingress = synth.resources("AWS::EC2::SecurityGroupIngress")
     db_group = synth.stack.resolve(synth.stack.database.security_group.security_group_id)
     to_db = [r["Properties"] for r in ingress.values() if r["Properties"]["GroupId"] == db_group]
     port = synth.stack.database.port
-    assert to_db == [{
-        "Description": "ExportToXlsx function", "FromPort": port, "ToPort": port, "IpProtocol": "tcp",
+    admitted = [("ExportToXlsx function", synth.stack.export)]
+    if synth.stack.bootstrap is not None:
+        admitted.append(("Database bootstrap (deploy time)", synth.stack.bootstrap))
+    assert sorted(to_db, key=json.dumps) == sorted([{
+        "Description": description, "FromPort": port, "ToPort": port, "IpProtocol": "tcp",
         "GroupId": db_group,
-        "SourceSecurityGroupId": {"Fn::GetAtt": [synth.logical_id(synth.stack.export.security_group), "GroupId"]},
-    }]
+        "SourceSecurityGroupId": {"Fn::GetAtt": [synth.logical_id(construct.security_group), "GroupId"]},
+    } for description, construct in admitted], key=json.dumps)
     if synth.config.database.mode == "create":
         db_sg = props(synth, synth.stack.database.security_group)
         assert "SecurityGroupIngress" not in db_sg
@@ -293,22 +390,28 @@ def egress_rules(s) -> list[dict]:
     return [r["Properties"] for r in s.resources("AWS::EC2::SecurityGroupEgress").values() if r["Properties"]["GroupId"] == own]
 
 
-def test_export_group_reaches_the_database_s3_and_secrets_manager_only(synth):
+@pytest.mark.parametrize("env", ["dev", "prod", "dev_secret", "prod_iam"])
+def test_export_group_reaches_the_database_s3_and_secrets_manager_only(request, env):
     """No 443 to 0.0.0.0/0: S3 by its managed prefix list, which security group rules may reference
     (https://docs.aws.amazon.com/vpc/latest/privatelink/vpc-endpoints-s3.html) and which is looked up at deploy
-    time with ec2:DescribeManagedPrefixLists; Secrets Manager by its endpoint's security group."""
+    time with ec2:DescribeManagedPrefixLists; Secrets Manager by its endpoint's security group, and only
+    where the export reads a secret (with IAM database auth it never talks to Secrets Manager)."""
+    synth = request.getfixturevalue(env)
+    reads_secret = synth.config.database.auth == "secret"
     rules = egress_rules(synth)
     by_port = sorted((r["FromPort"], r.get("Description")) for r in rules)
-    assert [port for port, _ in by_port] == sorted([synth.stack.database.port, 443, 443])
+    assert [port for port, _ in by_port] == sorted([synth.stack.database.port, 443] + [443] * reads_secret)
     assert not any("CidrIp" in r and r["CidrIp"] == "0.0.0.0/0" for r in rules)
     (s3,) = [r for r in rules if "DestinationPrefixListId" in r]
     lookup = synth.logical_id(synth.stack.export.node.find_child("S3PrefixList").node.find_child("Resource"))
     assert s3["DestinationPrefixListId"] == {"Fn::GetAtt": [lookup, "PrefixLists.0.PrefixListId"]}
     create = json.dumps(synth.template["Resources"][lookup]["Properties"]["Create"])
     assert "describeManagedPrefixLists" in create and "com.amazonaws." in create and ".s3" in create
+    if not reads_secret:
+        return
     (secrets,) = [r for r in rules if r["FromPort"] == 443 and "DestinationPrefixListId" not in r]
-    if synth.config.database.mode == "create":
-        endpoint_sg = synth.stack.export.secrets_endpoint.connections.security_groups[0]
+    if synth.config.database.mode == "create":  # the Database's endpoint, which the bootstrap uses too
+        endpoint_sg = synth.stack.database.secrets_endpoint_security_group
         assert secrets["DestinationSecurityGroupId"] == {"Fn::GetAtt": [synth.logical_id(endpoint_sg), "GroupId"]}
     else:  # prod names the VPC's existing endpoint's group, which gets one rule for the function
         group = synth.config.database.secrets_endpoint_security_group_id
@@ -351,11 +454,7 @@ def test_our_own_vpc_keeps_narrow_endpoints(dev):
         "PolicyDocument": {"Statement": [Match.object_like({"Action": ["s3:AbortMultipartUpload", "s3:PutObject"]})],
                            "Version": "2012-10-17"},
     })
-    endpoint_sg = dev.stack.export.secrets_endpoint.connections.security_groups[0]
-    ingress = [r["Properties"] for r in dev.resources("AWS::EC2::SecurityGroupIngress").values()
-               if r["Properties"]["GroupId"] == {"Fn::GetAtt": [dev.logical_id(endpoint_sg), "GroupId"]}]
-    assert [i["SourceSecurityGroupId"] for i in ingress] == [
-        {"Fn::GetAtt": [dev.logical_id(dev.stack.export.security_group), "GroupId"]}]
+    # The Secrets Manager endpoint: see test_the_secrets_endpoint_admits_only_what_reads_a_secret
 
 
 def test_a_secret_under_a_customer_key_is_decrypted_only_through_secrets_manager(shared_vpc, prod):
@@ -399,7 +498,7 @@ def test_export_function_settings_come_from_config(synth):
 def test_environment_variables_are_exactly_what_the_handlers_read(synth):
     export_env = function_env(synth, synth.stack.export)
     replicator_env = function_env(synth, synth.stack.replicator)
-    assert set(export_env) == export_contract.ENV_NAMES
+    assert set(export_env) == export_contract.env_names(synth.config.database.auth)
     assert set(replicator_env) == replicator_contract.ENV_NAMES
     # SQL files sit at the same paths (sql/...) in the project as in the function's package
     exports = export_contract.decode_exports(export_env[export_contract.ENV_EXPORTS], package_dir=ROOT)
@@ -436,7 +535,7 @@ def test_created_database_is_encrypted_private_backed_up_and_requires_tls(dev):
     env = function_env(dev, dev.stack.export)
     instance = dev.logical_id(dev.stack.database.instance)
     assert env[export_contract.ENV_DB_HOST] == {"Fn::GetAtt": [instance, "Endpoint.Address"]}
-    assert env[export_contract.ENV_DB_SECRET_ARN] == {"Fn::GetAtt": [instance, "MasterUserSecret.SecretArn"]}
+    assert export_contract.ENV_DB_SECRET_ARN not in env  # the export never logs in as the master user
 
 
 def test_rds_logs_are_written_and_kept_for_the_configured_retention(dev):
@@ -509,8 +608,9 @@ def test_alarms_on_errors_and_failure_queues_go_to_the_topic(synth):
     topic = {"Ref": synth.logical_id(synth.stack.alarm_topic)}
     alarms = [r["Properties"] for r in synth.resources("AWS::CloudWatch::Alarm").values()]
     watched = sorted((a["MetricName"], a["Namespace"]) for a in alarms)
+    functions = 2 + (synth.stack.bootstrap is not None)  # the export, the replicator, the bootstrap (create)
     assert watched == [("ApproximateNumberOfMessagesVisible", "AWS/SQS")] * 2 + [
-        ("DeliveredEventsNotPublished", "MysqlXlsxPipeline")] + [("Errors", "AWS/Lambda")] * 2
+        ("DeliveredEventsNotPublished", "MysqlXlsxPipeline")] + [("Errors", "AWS/Lambda")] * functions
     for alarm in alarms:
         assert alarm["AlarmActions"] == [topic] and alarm["Threshold"] == 1
         assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
@@ -584,6 +684,9 @@ def test_secure_bucket_refuses_bad_props():
     ({"reserved_concurrency": 0}, "reserved_concurrency must be at least 1"),
     ({"endpoints": ["dynamodb"]}, "endpoints may only name s3, secretsmanager, got dynamodb"),
     ({"secret_kms_key_arn": "alias/x"}, "secret_kms_key_arn must be a KMS key ARN"),
+    ({"auth": "root:hunter2"}, "auth must be IamDatabaseAuth or SecretDatabaseAuth"),
+    ({"auth": IamDatabaseAuth("xlsx_export", "db-ABC"), "endpoints": ["secretsmanager"]},
+     "with IAM database auth the export reads no secret"),
 ])
 def test_export_construct_refuses_bad_props(change, message):
     from aws_cdk import aws_ec2 as ec2
@@ -597,7 +700,7 @@ def test_export_construct_refuses_bad_props(change, message):
         key_prefix="", exports=[ExportConfig.single("orders", "SELECT 1")], vpc=vpc,
         subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
         database_security_group=ec2.SecurityGroup(stack, "Db", vpc=vpc), database_host="db", database_port=3306,
-        database_name="app", secret=secretsmanager.Secret(stack, "S"), alarm_topic=topic,
+        database_name="app", auth=SecretDatabaseAuth(secretsmanager.Secret(stack, "S")), alarm_topic=topic,
         log_retention=logs.RetentionDays.ONE_WEEK, removal_policy=cdk.RemovalPolicy.RETAIN,
     )
     props.update(change)

@@ -69,8 +69,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(folder: Path):
-    """Start the server; returns (TlsServer, stop function). Raises RuntimeError if it does not come up."""
+def start(folder: Path, *, grant_tables: bool = False):
+    """Start the server; returns (TlsServer, stop function). Raises RuntimeError if it does not come up.
+
+    Without ``grant_tables`` any user and password log in; with it, accounts and passwords are
+    checked as usual (``root`` from 127.0.0.1 has no password)."""
     ca, cert, key = _write_certificates(folder)
     data = folder / "data"
     install = subprocess.run([INSTALL_DB, "--no-defaults", f"--datadir={data}", "--user=root", "--skip-test-db",
@@ -81,7 +84,7 @@ def start(folder: Path):
     proc = subprocess.Popen(
         [MARIADBD, "--no-defaults", f"--datadir={data}", f"--port={port}", "--bind-address=127.0.0.1",
          f"--socket={folder / 'mysqld.sock'}", f"--pid-file={folder / 'mysqld.pid'}", "--user=root",
-         "--skip-grant-tables", f"--ssl-ca={ca}", f"--ssl-cert={cert}", f"--ssl-key={key}",
+         *([] if grant_tables else ["--skip-grant-tables"]), f"--ssl-ca={ca}", f"--ssl-cert={cert}", f"--ssl-key={key}",
          f"--log-error={folder / 'error.log'}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -38,6 +38,9 @@ def _code(exc: pymysql.err.MySQLError) -> int | None:
 
 def connect(endpoint: Endpoint, credentials: Credentials) -> pymysql.connections.Connection:
     tls: dict = {"ssl_disabled": True}  # "off": plain TCP, never pymysql's opportunistic TLS
+    if credentials.iam_token and endpoint.ca_file is None:
+        # RDS asks for the token with mysql_clear_password, which pymysql answers unprompted.
+        raise ExportError("an IAM database token is only sent over verified TLS; the endpoint has no CA bundle")
     if endpoint.ca_file is not None:
         if not endpoint.ca_file.is_file():
             raise ExportError(f"the RDS CA bundle {endpoint.ca_file} is missing from the function's package")
@@ -58,7 +61,10 @@ def connect(endpoint: Endpoint, credentials: Credentials) -> pymysql.connections
     except pymysql.err.OperationalError as exc:
         where = f"{endpoint.host}:{endpoint.port}/{endpoint.database}"
         if _code(exc) in _LOGIN_ERRORS:
-            raise LoginFailed(f"database login to {where} failed for user {credentials.username!r}") from None
+            hint = (" with an IAM token (the user must be IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS', IAM "
+                    "database authentication on, and the role allowed rds-db:connect on this user)"
+                    if credentials.iam_token else "")
+            raise LoginFailed(f"database login to {where} failed for user {credentials.username!r}{hint}") from None
         raise ExportError(f"cannot connect to the database at {where}: {exc.args[-1]}") from None
     except (OSError, pymysql.err.MySQLError) as exc:
         raise ExportError(f"cannot connect to the database at {endpoint.host}:{endpoint.port}: {exc}") from None

@@ -195,8 +195,8 @@ def _connect(endpoint: Endpoint, secrets: SecretCache):
     try:
         return connect(endpoint, secrets.get())
     except LoginFailed:
-        # The password may have been rotated since it was cached: read it again, once.
-        log.warning("database login failed; reading the secret again")
+        # A rotated password may still be cached (secret mode): read it again, once.
+        log.warning("database login failed; fetching the credentials again")
         return connect(endpoint, secrets.get(refresh=True))
 
 

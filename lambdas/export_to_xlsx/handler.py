@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from .credentials import SecretCache
+from .credentials import CredentialSource, IamToken, SecretCache
 from .database import Endpoint
 from .errors import ExportError
 from .export import Target, remove_stale_files, run_export
@@ -33,11 +33,16 @@ def secrets_client() -> Any:
     return boto3.client("secretsmanager", config=AWS_CONFIG)
 
 
+def rds_client() -> Any:
+    """Signs IAM database tokens locally (no request is sent), in the function's region."""
+    return boto3.client("rds", config=AWS_CONFIG)
+
+
 @dataclass
 class Runtime:
     settings: Settings
     endpoint: Endpoint
-    secrets: SecretCache
+    secrets: CredentialSource
     s3: Any
     target: Target
 
@@ -50,10 +55,16 @@ def runtime() -> Runtime:
     return Runtime(
         settings=settings,
         endpoint=Endpoint(settings.db_host, settings.db_port, settings.db_name, ca_file),
-        secrets=SecretCache(secrets_client(), settings.secret_arn),
+        secrets=credential_source(settings),
         s3=s3_client(),
         target=Target(settings.source_bucket, settings.key_prefix),
     )
+
+
+def credential_source(settings: Settings) -> CredentialSource:
+    if settings.auth == "iam":
+        return IamToken(rds_client(), host=settings.db_host, port=settings.db_port, user=settings.db_user)
+    return SecretCache(secrets_client(), settings.secret_arn)
 
 
 EVENT_KEYS = ("export", "params")

@@ -18,19 +18,21 @@ from .params import ParameterDefinition, ParameterError, check_definition, check
 
 ENV_SOURCE_BUCKET = "SOURCE_BUCKET"
 ENV_KEY_PREFIX = "KEY_PREFIX"
+ENV_DB_AUTH = "DB_AUTH"
 ENV_DB_SECRET_ARN = "DB_SECRET_ARN"
+ENV_DB_USER = "DB_USER"
 ENV_DB_HOST = "DB_HOST"
 ENV_DB_PORT = "DB_PORT"
 ENV_DB_NAME = "DB_NAME"
 ENV_DB_TLS = "DB_TLS"
 ENV_EXPORTS = "EXPORTS"
 
-#: Every variable the function reads; the stack must set exactly these.
+#: The variables the function reads whatever the auth mode.
 ENV_NAMES = frozenset(
     {
         ENV_SOURCE_BUCKET,
         ENV_KEY_PREFIX,
-        ENV_DB_SECRET_ARN,
+        ENV_DB_AUTH,
         ENV_DB_HOST,
         ENV_DB_PORT,
         ENV_DB_NAME,
@@ -38,6 +40,15 @@ ENV_NAMES = frozenset(
         ENV_EXPORTS,
     }
 )
+
+#: ``iam``: log in as ``DB_USER`` with an RDS IAM token signed by the function's own role.
+#: ``secret``: log in with the user and password of the secret ``DB_SECRET_ARN``.
+AUTH_ENV_NAMES = {"iam": frozenset({ENV_DB_USER}), "secret": frozenset({ENV_DB_SECRET_ARN})}
+
+
+def env_names(auth: str) -> frozenset[str]:
+    """Every variable the function reads in auth mode ``auth``; the stack must set exactly these."""
+    return ENV_NAMES | AUTH_ENV_NAMES[auth]
 
 #: ``verify``: TLS with the server certificate checked against the bundled Amazon RDS CA.
 #: ``off``: plain connection, only for local tests against a server without TLS.
@@ -95,7 +106,9 @@ class ExportDefinition:
 class Settings:
     source_bucket: str
     key_prefix: str
-    secret_arn: str
+    auth: str
+    db_user: str | None  # iam
+    secret_arn: str | None  # secret
     db_host: str
     db_port: int
     db_name: str
@@ -314,7 +327,11 @@ def decode_exports(raw: str, package_dir: Path | None = None) -> dict[str, Expor
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Read and check every variable once; raise one error naming all that are wrong."""
-    missing = sorted(n for n in ENV_NAMES - {ENV_KEY_PREFIX} if not environ.get(n))
+    auth = environ.get(ENV_DB_AUTH, "")
+    if auth and auth not in AUTH_ENV_NAMES:
+        raise ConfigurationError(f"{ENV_DB_AUTH} must be one of {', '.join(AUTH_ENV_NAMES)}, got {auth!r}")
+    names = env_names(auth) if auth else ENV_NAMES
+    missing = sorted(n for n in names - {ENV_KEY_PREFIX} if not environ.get(n))
     if missing:
         raise ConfigurationError(f"missing environment variables: {', '.join(missing)}")
     port_raw = environ[ENV_DB_PORT]
@@ -323,13 +340,18 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     tls = environ[ENV_DB_TLS]
     if tls not in TLS_MODES:
         raise ConfigurationError(f"{ENV_DB_TLS} must be one of {', '.join(TLS_MODES)}, got {tls!r}")
+    if auth == "iam" and tls != "verify":
+        raise ConfigurationError(f"{ENV_DB_AUTH}=iam needs {ENV_DB_TLS}=verify: the token is sent as a clear-text "
+                                 "password and is only ever sent over verified TLS")
     prefix = environ.get(ENV_KEY_PREFIX, "")
     if prefix and not prefix.endswith("/"):
         raise ConfigurationError(f"{ENV_KEY_PREFIX} must be empty or end with '/', got {prefix!r}")
     return Settings(
         source_bucket=environ[ENV_SOURCE_BUCKET],
         key_prefix=prefix,
-        secret_arn=environ[ENV_DB_SECRET_ARN],
+        auth=auth,
+        db_user=environ.get(ENV_DB_USER) if auth == "iam" else None,
+        secret_arn=environ.get(ENV_DB_SECRET_ARN) if auth == "secret" else None,
         db_host=environ[ENV_DB_HOST],
         db_port=int(port_raw),
         db_name=environ[ENV_DB_NAME],

@@ -1,0 +1,101 @@
+"""Lambda entry point of the database bootstrap, called by CDK's custom resource provider framework.
+
+Create and Update bring the database in line (see ``bootstrap.py``); Delete does nothing: the
+user, the tables and their rows stay with the database. The answer holds booleans and a
+checksum only; passwords never leave this function.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pymysql
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .bootstrap import BootstrapError, bootstrap
+from .settings import CA_BUNDLE_FILE, INIT_SQL_FILE, Request, Settings, load_settings, read_request
+
+log = logging.getLogger()
+
+AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
+CONNECT_TIMEOUT = 10
+
+
+def secrets_client() -> Any:
+    return boto3.client("secretsmanager", config=AWS_CONFIG)
+
+
+@functools.cache
+def settings() -> Settings:
+    return load_settings(os.environ)
+
+
+def read_secret(client: Any, arn: str) -> dict:
+    """An RDS-style JSON secret (``username``, ``password``)."""
+    try:
+        data = json.loads(client.get_secret_value(SecretId=arn)["SecretString"])
+        return {"username": str(data["username"]), "password": str(data["password"])}
+    except ClientError as exc:
+        raise BootstrapError(f"cannot read the secret {arn}: {exc.response.get('Error', {}).get('Code')}") from None
+    except BotoCoreError as exc:
+        raise BootstrapError(f"cannot reach Secrets Manager for {arn}: {exc}") from None
+    except (KeyError, TypeError, ValueError):
+        raise BootstrapError(f"the secret {arn} is not JSON with 'username' and 'password'") from None
+
+
+def connect(s: Settings, username: str, password: str) -> pymysql.connections.Connection:
+    """The master user's connection: verified TLS (RDS requires it), autocommit, no default database."""
+    tls: dict = {"ssl_disabled": True}
+    if s.tls == "verify":
+        tls = {"ssl_ca": str(Path(__file__).with_name(CA_BUNDLE_FILE)), "ssl_verify_cert": True,
+               "ssl_verify_identity": True}
+    try:
+        return pymysql.connect(host=s.db_host, port=s.db_port, user=username, password=password, charset="utf8mb4",
+                               connect_timeout=CONNECT_TIMEOUT, autocommit=True, **tls)
+    except (OSError, pymysql.err.MySQLError) as exc:
+        message = str(exc).replace(password, "***") if password else str(exc)
+        raise BootstrapError(f"cannot connect to {s.db_host}:{s.db_port} as {username!r}: {message}") from None
+
+
+def init_sql_text() -> str | None:
+    path = Path(__file__).with_name(INIT_SQL_FILE)
+    return path.read_text(encoding="utf-8") if path.exists() else None
+
+
+def run(request: Request) -> dict:
+    s = settings()
+    client = secrets_client()
+    master = read_secret(client, s.master_secret_arn)
+    password = read_secret(client, request.export_secret_arn)["password"] if request.export_secret_arn else None
+    connection = connect(s, master["username"], master["password"])
+    try:
+        return bootstrap(connection, database=s.db_name, user=request.user, auth=request.auth, password=password,
+                         init_sql=init_sql_text())
+    finally:
+        connection.close()
+
+
+def handler(event: dict, context: Any) -> dict:
+    kind = event.get("RequestType")
+    props = event.get("ResourceProperties", {})
+    physical_id = event.get("PhysicalResourceId") or f"{settings().db_name}/{props.get('ExportUser')}"
+    if kind == "Delete":
+        log.info(json.dumps({"request": kind, "resource": physical_id, "outcome": "kept (nothing is dropped)"}))
+        return {"PhysicalResourceId": physical_id}
+    request = read_request(props)
+    result = run(request)
+    summary = {
+        "UserCreated": str(result["user"]["created"]).lower(),
+        "GrantsChanged": str(result["user"]["grants_changed"]).lower(),
+        "InitSqlApplied": str(result.get("init_sql", {}).get("applied", False)).lower(),
+        "InitSqlStatements": str(result.get("init_sql", {}).get("statements", 0)),
+    }
+    log.info(json.dumps({"request": kind, "resource": f"{settings().db_name}/{request.user}", **summary}))
+    return {"PhysicalResourceId": f"{settings().db_name}/{request.user}", "Data": summary}

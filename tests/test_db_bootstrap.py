@@ -1,0 +1,268 @@
+"""The deploy-time database bootstrap against the real MariaDB/MySQL server (and moto for the secrets).
+
+The user and state schema are named after this checkout's database, so checkouts running the
+tests at once do not collide. The one thing MariaDB cannot run, RDS's AWSAuthenticationPlugin,
+is checked as the SQL text the bootstrap sends.
+"""
+
+from __future__ import annotations
+
+import json
+import pymysql
+import pytest
+
+from db_bootstrap import bootstrap as bs
+from db_bootstrap import handler as bootstrap_handler
+from db_bootstrap import settings as contract
+
+
+@pytest.fixture
+def names(mysql):
+    """Server-wide names (users, schemas) of this checkout, dropped before and after each test."""
+    user, schema = f"{mysql.database}_export"[:32], f"{mysql.database}_bootstrap"
+    tables = ("boot_orders", "boot_customers", "orders", "customers")
+
+    def clean():
+        with mysql.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+            cur.execute(f"DROP DATABASE IF EXISTS `{schema}`")
+            for table in tables:
+                cur.execute(f"DROP TABLE IF EXISTS `{mysql.database}`.`{table}`")
+
+    clean()
+    yield {"user": user, "schema": schema}
+    clean()
+
+
+@pytest.fixture
+def admin(mysql):
+    conn = mysql.connect()
+    yield conn
+    conn.close()
+
+
+def grants(conn, user) -> list[str]:
+    with conn.cursor() as cur:
+        return bs.show_grants(cur, user)
+
+
+def run(admin, mysql, names, *, init_sql=None, password="Export-Pa55%'word", auth="secret"):
+    return bs.bootstrap(admin, database=mysql.database, user=names["user"], auth=auth, password=password,
+                        init_sql=init_sql, schema=names["schema"])
+
+
+def test_the_export_user_gets_select_on_the_one_database_and_nothing_else(admin, mysql, names):
+    # Given a user someone granted too much by hand
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE USER '{names['user']}'@'%' IDENTIFIED BY 'old'")
+        cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{names['user']}'@'%' WITH GRANT OPTION")
+    # When the bootstrap runs
+    first = run(admin, mysql, names)
+    # Then SHOW GRANTS is exactly TLS-required usage plus SELECT on this database
+    select, usage = grants(admin, names["user"])
+    assert select == f"GRANT SELECT ON `{mysql.database}`.* TO `{names['user']}`@`%`"
+    assert usage.startswith(f"GRANT USAGE ON *.* TO `{names['user']}`@`%`") and usage.endswith("REQUIRE SSL")
+    assert first["user"] == {"created": False, "grants_changed": True}
+
+
+def test_require_ssl_refuses_a_plain_connection(admin, mysql, names):
+    run(admin, mysql, names, password="Pa55-word")
+    # The local MariaDB has no TLS, so the export user cannot log in at all: REQUIRE SSL holds.
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        pymysql.connect(host=mysql.host, port=mysql.port, user=names["user"], password="Pa55-word",
+                        ssl_disabled=True)
+    assert err.value.args[0] == 1045
+
+
+def test_a_second_run_changes_nothing(admin, mysql, names):
+    init = "CREATE TABLE IF NOT EXISTS boot_orders (id INT PRIMARY KEY);\nINSERT INTO boot_orders VALUES (1);\n"
+    first = run(admin, mysql, names, init_sql=init)
+    before = grants(admin, names["user"])
+    second = run(admin, mysql, names, init_sql=init)
+    assert first["user"]["created"] is True and first["init_sql"]["applied"] is True
+    assert second == {"user": {"created": False, "grants_changed": False},
+                      "init_sql": {"sha256": first["init_sql"]["sha256"], "applied": False, "statements": 0}}
+    assert grants(admin, names["user"]) == before
+    # The INSERT (not idempotent by itself) ran once: the content was recorded, not re-applied
+    with admin.cursor() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM `{mysql.database}`.boot_orders")
+        assert cur.fetchone() == (1,)
+
+
+def test_init_sql_runs_again_only_when_its_content_changes(admin, mysql, names):
+    v1 = "CREATE TABLE IF NOT EXISTS boot_orders (id INT PRIMARY KEY);\nINSERT IGNORE INTO boot_orders VALUES (1);"
+    v2 = v1 + "\nINSERT IGNORE INTO boot_orders VALUES (2);"
+    assert run(admin, mysql, names, init_sql=v1)["init_sql"]["applied"] is True
+    assert run(admin, mysql, names, init_sql=v1)["init_sql"]["applied"] is False
+    changed = run(admin, mysql, names, init_sql=v2)["init_sql"]
+    assert changed == {"sha256": bs.sha256(v2), "applied": True, "statements": 3}
+    with admin.cursor() as cur:
+        cur.execute(f"SELECT id FROM `{mysql.database}`.boot_orders ORDER BY id")
+        assert cur.fetchall() == ((1,), (2,))
+    # What was applied is recorded, per database, where the export user has no grant
+    assert set(bs.applied_checksums(admin, mysql.database, names["schema"])) == {bs.sha256(v1), bs.sha256(v2)}
+    assert not any(names["schema"] in g for g in grants(admin, names["user"]))
+
+
+def test_a_broken_statement_stops_with_its_line_text_and_mysql_message(admin, mysql, names):
+    script = ("-- seed\nCREATE TABLE IF NOT EXISTS boot_orders (id INT PRIMARY KEY);\n"
+              "INSERT INTO boot_orders VALUES (1);\n\nINSERT INTO no_such_table VALUES (2);\n"
+              "INSERT INTO boot_orders VALUES (3);\n")
+    with pytest.raises(bs.BootstrapError) as err:
+        run(admin, mysql, names, init_sql=script)
+    message = str(err.value)
+    assert "init_sql statement 3 of 4 (line 5) failed: (1146)" in message
+    assert "no_such_table" in message and "statement: INSERT INTO no_such_table VALUES (2)" in message
+    assert "the 2 statement(s) before it were applied, none after it" in message
+    with admin.cursor() as cur:
+        cur.execute(f"SELECT id FROM `{mysql.database}`.boot_orders")
+        assert cur.fetchall() == ((1,),)  # statement 4 never ran
+    # Nothing was recorded: the fixed file runs (from its first statement) on the next deploy
+    assert bs.applied_checksums(admin, mysql.database, names["schema"]) == []
+    # And the export user was set up before the init SQL, so it exists with its SELECT grant
+    assert any(g.startswith("GRANT SELECT ON") for g in grants(admin, names["user"]))
+
+
+def test_a_password_never_appears_in_an_error(admin, mysql, names):
+    # A syntax error makes the server quote the statement, password included; the error must not carry it
+    # (the handler refuses such a user name before this point: this is the last line of defence)
+    with pytest.raises(bs.BootstrapError) as err:
+        bs.ensure_user(admin, user="bad'name", database=mysql.database, auth="secret", password="s3cr3t-Pa55")
+    assert "(1064)" in str(err.value) and "IDENTIFIED BY %s" in str(err.value)
+    assert "s3cr3t-Pa55" not in str(err.value) and "***" in str(err.value)
+
+
+class RecordingConnection:
+    """Records the exact text pymysql would send for each statement (MariaDB lacks RDS's IAM plugin)."""
+
+    def __init__(self, real):
+        self.real, self.sent = real, []
+
+    def cursor(self):
+        outer = self
+
+        class Cursor:
+            def __enter__(self):
+                self._c = outer.real.cursor()
+                return self
+
+            def __exit__(self, *exc):
+                self._c.close()
+
+            def execute(self, sql, params=None):
+                text = self._c.mogrify(sql, params)
+                self.recorded = text.startswith(("CREATE USER", "ALTER USER", "REVOKE", "GRANT", "SHOW GRANTS"))
+                if self.recorded:
+                    outer.sent.append(text)
+                    return 0
+                return self._c.execute(sql, params)
+
+            def fetchall(self):
+                return [] if self.recorded else self._c.fetchall()
+
+            def fetchone(self):
+                return self._c.fetchone()
+
+        return Cursor()
+
+
+def test_iam_user_is_identified_by_rds_iam_plugin_with_tls_and_select_only(admin, mysql, names):
+    """The clause is RDS's, from
+    https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/UsingWithRDS.IAMDBAuth.DBAccounts.html
+    (``IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS'``, and ``REQUIRE SSL`` for TLS)."""
+    recorder = RecordingConnection(admin)
+    bs.ensure_user(recorder, user=names["user"], database="app", auth="iam")
+    assert [s for s in recorder.sent if not s.startswith("SHOW GRANTS")] == [
+        f"CREATE USER IF NOT EXISTS '{names['user']}'@'%' IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS' REQUIRE SSL",
+        f"ALTER USER '{names['user']}'@'%' IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS' REQUIRE SSL",
+        f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM '{names['user']}'@'%'",
+        f"GRANT SELECT ON `app`.* TO '{names['user']}'@'%'",
+    ]
+
+
+def test_split_statements_respects_quotes_and_comments():
+    script = "-- a\nSELECT 1;\n/* b; */ INSERT INTO t VALUES ('x;y', \"50%\");\n-- only a comment\n"
+    assert bs.split_statements(script) == [(2, "SELECT 1"), (3, "INSERT INTO t VALUES ('x;y', \"50%\")")]
+
+
+def test_the_shipped_dev_init_sql_creates_what_the_dev_exports_read(admin, mysql, names):
+    from pipeline_ops.synth import CDK_JSON
+    from stacks.config import load_environment
+
+    dev = load_environment(CDK_JSON["context"], "dev")
+    text = dev.database.init_sql.read_text(encoding="utf-8")
+    run(admin, mysql, names, init_sql=text)
+    run(admin, mysql, names, init_sql=text + "\n-- changed: runs again, must not fail\n")
+    with admin.cursor() as cur:
+        cur.execute(f"USE `{mysql.database}`")
+        cur.execute("SELECT CURRENT_DATE")
+        deploy_day = cur.fetchone()[0]  # 'yesterday' (the 'day' default) for the first scheduled run after deploy
+        for export in dev.exports:
+            for sheet in export.sheets:
+                cur.execute(sheet.sql, {"day": deploy_day} if "%(day)s" in sheet.sql else None)
+                assert cur.fetchall(), f"export {export.name!r}, sheet {sheet.name!r} reads no rows"
+
+
+# --- the handler, as the provider framework calls it ---------------------------------------------
+
+
+@pytest.fixture
+def handler_env(monkeypatch, secrets, mysql, names, tmp_path):
+    master = secrets.create_secret(Name="rds/master", SecretString=mysql.secret_json())["ARN"]
+    export = secrets.create_secret(Name="export/user", SecretString=json.dumps(
+        {"username": names["user"], "password": "Generated-Pa55"}))["ARN"]
+    for name, value in {contract.ENV_MASTER_SECRET_ARN: master, contract.ENV_DB_HOST: mysql.host,
+                        contract.ENV_DB_PORT: str(mysql.port), contract.ENV_DB_NAME: mysql.database,
+                        contract.ENV_DB_TLS: "off"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(bs, "STATE_SCHEMA", names["schema"])
+    monkeypatch.setattr(bootstrap_handler, "bootstrap",
+                        lambda conn, **kw: bs.bootstrap(conn, **kw, schema=names["schema"]))
+    init = tmp_path / contract.INIT_SQL_FILE
+    init.write_text("CREATE TABLE IF NOT EXISTS boot_customers (id INT);\n")
+    monkeypatch.setattr(bootstrap_handler, "init_sql_text", lambda: init.read_text())
+    bootstrap_handler.settings.cache_clear()
+    yield {"master": master, "export": export}
+    bootstrap_handler.settings.cache_clear()
+
+
+def event(kind, names, secret_arn, **extra):
+    return {"RequestType": kind, "ResourceType": "Custom::DatabaseBootstrap", "ResponseURL": "https://example.invalid",
+            "ResourceProperties": {contract.PROP_EXPORT_USER: names["user"], contract.PROP_AUTH: "secret",
+                                   contract.PROP_EXPORT_SECRET_ARN: secret_arn, contract.PROP_INIT_SQL_SHA256: "x",
+                                   contract.PROP_CODE_HASH: "y"}, **extra}
+
+
+def test_handler_create_update_delete(handler_env, admin, mysql, names, caplog):
+    caplog.set_level("INFO")
+    created = bootstrap_handler.handler(event("Create", names, handler_env["export"]), None)
+    assert created == {"PhysicalResourceId": f"{mysql.database}/{names['user']}",
+                       "Data": {"UserCreated": "true", "GrantsChanged": "true", "InitSqlApplied": "true",
+                                "InitSqlStatements": "1"}}
+    again = bootstrap_handler.handler(event("Update", names, handler_env["export"],
+                                             PhysicalResourceId=created["PhysicalResourceId"]), None)
+    assert again["Data"] == {"UserCreated": "false", "GrantsChanged": "false", "InitSqlApplied": "false",
+                             "InitSqlStatements": "0"}
+    deleted = bootstrap_handler.handler(event("Delete", names, handler_env["export"],
+                                               PhysicalResourceId=created["PhysicalResourceId"]), None)
+    assert deleted == {"PhysicalResourceId": created["PhysicalResourceId"]}
+    # Delete dropped nothing
+    assert len(grants(admin, names["user"])) == 2
+    # No password in the answers or the logs
+    text = json.dumps([created, again, deleted]) + "\n".join(r.getMessage() for r in caplog.records)
+    assert "Generated-Pa55" not in text and "Pa55" not in text
+
+
+def test_handler_refuses_bad_properties_before_touching_the_database(handler_env, names):
+    bad = event("Create", names, handler_env["export"])
+    bad["ResourceProperties"][contract.PROP_EXPORT_USER] = "x'; DROP DATABASE mysql; --"
+    with pytest.raises(contract.ConfigurationError, match="is not a MySQL user name"):
+        bootstrap_handler.handler(bad, None)
+
+
+def test_handler_error_names_the_secret_not_its_value(handler_env, names, secrets):
+    secrets.put_secret_value(SecretId=handler_env["master"], SecretString=json.dumps(
+        {"username": "root", "password": "Wrong-Pa55"}))
+    with pytest.raises(bs.BootstrapError) as err:
+        bootstrap_handler.handler(event("Create", names, handler_env["export"]), None)
+    assert "cannot connect to" in str(err.value) and "Wrong-Pa55" not in str(err.value)
