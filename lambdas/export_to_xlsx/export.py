@@ -22,7 +22,7 @@ from .credentials import SecretCache
 from .database import Endpoint, LoginFailed, QueryStream, begin_snapshot, connect, end_snapshot
 from .errors import ExportError
 from .settings import ExportDefinition
-from .xlsx import MAX_DATA_ROWS_PER_SHEET, StorageFullError, XlsxStreamWriter
+from .xlsx import MAX_DATA_ROWS_PER_SHEET, SheetTooLargeError, StorageFullError, XlsxStreamWriter
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def run_export(
                 # S3 user metadata is ASCII: the values as JSON with non-ASCII characters escaped.
                 metadata["params"] = json.dumps(recorded, separators=(",", ":"), ensure_ascii=True)
             _upload(s3, path, target.bucket, key, metadata)
-    except StorageFullError as exc:
+    except (StorageFullError, SheetTooLargeError) as exc:
         raise ExportError(f"export {export.name!r}: {exc}") from None
     except OSError as exc:
         raise ExportError(f"export {export.name!r}: cannot write the temporary file {path}: {exc}") from None

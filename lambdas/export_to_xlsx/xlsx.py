@@ -34,22 +34,40 @@ MAX_EXACT_DIGITS = 15
 #: Characters XML 1.0 cannot hold (as openpyxl's ILLEGAL_CHARACTERS_RE, plus U+FFFE/U+FFFF and surrogates).
 ILLEGAL_XML_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
-#: Excel reads _xHHHH_ in a cell as an escaped character; _x005F_ escapes the underscore.
-EXCEL_ESCAPE_RE = re.compile(r"_(x[0-9A-Fa-f]{4}_)")
+#: Excel reads _xHHHH_ in a cell as an escaped character; _x005F_ escapes the underscore. A lookahead, so
+#: overlapping ones (_x005F_x0041_: two) are all escaped.
+EXCEL_ESCAPE_RE = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")
 
 EXCEL_EPOCH = dt.datetime(1899, 12, 30)
 EXCEL_FIRST_DATE = dt.date(1900, 3, 1)  # before this Excel's serials are skewed by its 1900 leap-year bug
+#: Excel holds date-times to the millisecond up to 9999-12-31 23:59:59.999 (serial 2958465.99999999).
+#: A value that rounds to the millisecond at or past this instant (serial 2958466) does not fit.
+EXCEL_PAST_LAST_INSTANT = dt.datetime(9999, 12, 31, 23, 59, 59, 999_500)
+#: Integers strictly inside this range have at most 15 digits: the fast path of CellEncoder.cell.
+_EXACT_INT_BOUND = 10**MAX_EXACT_DIGITS
+#: Numbers whose decimal exponent leaves this range are text (doubles end near 1.8e308 and 2.2e-308).
+_MIN_MAGNITUDE, _MAX_MAGNITUDE = -300, 300
 
 # Cell styles (indices into cellXfs in styles.xml).
 STYLE_DATE, STYLE_DATETIME, STYLE_TIME, STYLE_HEADER = 1, 2, 3, 4
+# The same with milliseconds, for values that have them: shown rounded to the second, 23:59:59.999
+# would read as the next day (or the year 10000).
+STYLE_DATETIME_MS, STYLE_TIME_MS = 5, 6
 
 FLUSH_ROWS = 512
+#: A zip entry holds this much without ZIP64 (zipfile's limit), and SheetJS reads no ZIP64 at all: a
+#: sheet is written without it and continues on a new sheet before its XML could reach this size.
+SHEET_XML_LIMIT = zipfile.ZIP64_LIMIT
 WIDTH_SAMPLE_ROWS = 1000
 MIN_WIDTH, MAX_WIDTH = 6, 60
 
 
 class StorageFullError(OSError):
     """The temporary file would fill the function's ephemeral storage."""
+
+
+class SheetTooLargeError(ValueError):
+    """Rows too wide for one sheet's XML to stay within a zip entry without ZIP64."""
 
 
 @dataclass
@@ -61,6 +79,7 @@ class SanitizeCounts:
     big_numbers_as_text: int = 0
     non_finite_floats_emptied: int = 0
     early_dates_as_text: int = 0
+    late_dates_as_text: int = 0
     negative_times_as_text: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -77,10 +96,6 @@ def column_letter(index: int) -> str:
     return letters
 
 
-def _significant_digits(n: int) -> int:
-    return len(str(abs(n)).rstrip("0")) or 1
-
-
 class CellEncoder:
     """Turns Python values (as PyMySQL returns them) into cell XML.
 
@@ -88,12 +103,15 @@ class CellEncoder:
       with every digit (Excel would round them);
     - float: a number; NaN and infinities: an empty cell;
     - bool: a boolean; bytes: hex text; None: an empty cell;
-    - date / datetime: an Excel date serial with a date or date-time format; dates before
-      1 March 1900 as ISO text (Excel holds nothing before 1900 and miscounts its first two
-      months, the 1900 leap-year bug); aware datetimes in UTC;
+    - date / datetime: an Excel date serial with a date or date-time format, datetimes rounded
+      to the millisecond (Excel's precision); dates before 1 March 1900 as ISO text (Excel holds
+      nothing before 1900 and miscounts its first two months, the 1900 leap-year bug), and
+      datetimes that round past 9999-12-31 23:59:59.999 (Excel's last instant) as ISO text with
+      every digit; aware datetimes in UTC;
     - timedelta (MySQL TIME): a duration with format [h]:mm:ss (negative ones as text);
     - str: inline text, never a formula; characters XML cannot hold become U+FFFD and
-      text over 32,767 characters is cut with a visible mark.
+      text over 32,767 characters is cut with a visible mark; a carriage return is written as
+      the OOXML escape ``_x000D_`` (readers drop or change a literal or ``&#13;`` one).
     """
 
     def __init__(self, counts: SanitizeCounts):
@@ -103,14 +121,14 @@ class CellEncoder:
         if ILLEGAL_XML_RE.search(value):
             value, n = ILLEGAL_XML_RE.subn(REPLACEMENT, value)
             self.counts.control_characters_replaced += n
-        if len(value) > MAX_CELL_CHARS // 2 and len(value.encode("utf-16-le")) // 2 > MAX_CELL_CHARS:
+        if len(value) > MAX_CELL_CHARS // 2 and _utf16_units(value) > MAX_CELL_CHARS:
             value = _truncate(value)
             self.counts.strings_truncated += 1
         if "_x" in value:
-            value = EXCEL_ESCAPE_RE.sub(r"_x005F_\1", value)
+            value = EXCEL_ESCAPE_RE.sub("_x005F_", value)
         value = escape(value)
         if "\r" in value:
-            value = value.replace("\r", "&#13;")
+            value = value.replace("\r", "_x000D_")
         if value[:1].isspace() or value[-1:].isspace():
             return f'<is><t xml:space="preserve">{value}</t></is>'
         return f"<is><t>{value}</t></is>"
@@ -121,10 +139,9 @@ class CellEncoder:
         if kind is str:
             return f'<c r="{ref}" t="inlineStr">{self.text(value)}</c>' if value else ""
         if kind is int:
-            if _significant_digits(value) > MAX_EXACT_DIGITS:
-                self.counts.big_numbers_as_text += 1
-                return f'<c r="{ref}" t="inlineStr"><is><t>{value}</t></is></c>'
-            return f'<c r="{ref}"><v>{value}</v></c>'
+            if -_EXACT_INT_BOUND < value < _EXACT_INT_BOUND:
+                return f'<c r="{ref}"><v>{value}</v></c>'
+            return self._decimal(ref, Decimal(value))  # exact, whatever the size
         if value is None:
             return ""
         if kind is Decimal:
@@ -138,13 +155,18 @@ class CellEncoder:
             return self._datetime(ref, value)
         if kind is dt.date:
             if value < EXCEL_FIRST_DATE:
-                return self._early(ref, value)
+                return self._outside(ref, value)
             return f'<c r="{ref}" s="{STYLE_DATE}"><v>{(value - EXCEL_EPOCH.date()).days}</v></c>'
         if kind is dt.timedelta:
             if value < dt.timedelta(0):
                 self.counts.negative_times_as_text += 1
                 return f'<c r="{ref}" t="inlineStr"><is><t>{_format_timedelta(value)}</t></is></c>'
-            return f'<c r="{ref}" s="{STYLE_TIME}"><v>{value / dt.timedelta(days=1)!r}</v></c>'
+            us = value.microseconds
+            if not us:
+                return f'<c r="{ref}" s="{STYLE_TIME}"><v>{value / dt.timedelta(days=1)!r}</v></c>'
+            value += dt.timedelta(microseconds=(us + 500) // 1000 * 1000 - us)  # to the millisecond
+            style = STYLE_TIME_MS if value.microseconds else STYLE_TIME
+            return f'<c r="{ref}" s="{style}"><v>{value / dt.timedelta(days=1)!r}</v></c>'
         if kind is bool:
             return f'<c r="{ref}" t="b"><v>{int(value)}</v></c>'
         if kind is bytes or kind is bytearray:
@@ -160,23 +182,44 @@ class CellEncoder:
         if not value.is_finite():
             self.counts.non_finite_floats_emptied += 1
             return ""
-        sign, digits, exponent = value.normalize().as_tuple()
-        if len(digits) > MAX_EXACT_DIGITS or not -300 < exponent + len(digits) < 300:
+        # Count digits on the exact tuple: normalize() would round to the context's 28 digits first.
+        digits = value.as_tuple().digits
+        significant = len(digits)
+        while significant > 1 and digits[significant - 1] == 0:
+            significant -= 1
+        if not any(digits):
+            return f'<c r="{ref}"><v>0</v></c>'
+        if significant > MAX_EXACT_DIGITS or not _MIN_MAGNITUDE < value.adjusted() < _MAX_MAGNITUDE:
             self.counts.big_numbers_as_text += 1
-            return f'<c r="{ref}" t="inlineStr"><is><t>{format(value, "f")}</t></is></c>'
-        return f'<c r="{ref}"><v>{value.normalize()}</v></c>'
+            return f'<c r="{ref}" t="inlineStr">{self.text(format(value, "f"))}</c>'
+        # At most 15 significant digits survive a double exactly: repr gives them back, shortest form.
+        return f'<c r="{ref}"><v>{float(value)!r}</v></c>'
 
     def _datetime(self, ref: str, value: dt.datetime) -> str:
         if value.tzinfo is not None:
-            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            try:
+                value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            except OverflowError:  # past 9999-12-31 in UTC
+                return self._outside(ref, value)
         if value.date() < EXCEL_FIRST_DATE:
-            return self._early(ref, value)
-        serial = (value - EXCEL_EPOCH) / dt.timedelta(days=1)
-        return f'<c r="{ref}" s="{STYLE_DATETIME}"><v>{serial!r}</v></c>'
+            return self._outside(ref, value)
+        us = value.microsecond
+        if not us:
+            return f'<c r="{ref}" s="{STYLE_DATETIME}"><v>{(value - EXCEL_EPOCH) / dt.timedelta(days=1)!r}</v></c>'
+        if value >= EXCEL_PAST_LAST_INSTANT:
+            return self._outside(ref, value)
+        value += dt.timedelta(microseconds=(us + 500) // 1000 * 1000 - us)  # to the millisecond
+        style = STYLE_DATETIME_MS if value.microsecond else STYLE_DATETIME
+        return f'<c r="{ref}" s="{style}"><v>{(value - EXCEL_EPOCH) / dt.timedelta(days=1)!r}</v></c>'
 
-    def _early(self, ref: str, value: dt.date) -> str:
-        self.counts.early_dates_as_text += 1
-        return f'<c r="{ref}" t="inlineStr"><is><t>{value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value.isoformat()}</t></is></c>'
+    def _outside(self, ref: str, value: dt.date) -> str:
+        """A date Excel cannot hold, as ISO text with every digit, counted."""
+        if value.year > 1900:
+            self.counts.late_dates_as_text += 1
+        else:
+            self.counts.early_dates_as_text += 1
+        text = value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value.isoformat()
+        return f'<c r="{ref}" t="inlineStr"><is><t>{text}</t></is></c>'
 
 
 def _base(value: object) -> object:
@@ -186,13 +229,21 @@ def _base(value: object) -> object:
     return value
 
 
+def _utf16_units(value: str) -> int:
+    """Length as Excel counts it: characters outside the BMP take two UTF-16 units."""
+    if len(value) > MAX_CELL_CHARS:  # every character is at least one unit
+        return len(value)
+    return len(value.encode("utf-16-le")) // 2
+
+
 def _truncate(value: str) -> str:
+    """``value`` cut to fit MAX_CELL_CHARS UTF-16 units with the mark, never inside a surrogate pair.
+
+    ``value`` holds no lone surrogates (text() replaced them); one pass, whatever the characters."""
     keep = MAX_CELL_CHARS - len(TRUNCATION_MARK)
-    cut = value[:keep]
-    while len(cut.encode("utf-16-le")) // 2 > keep:
-        cut = cut[: keep - (len(cut.encode("utf-16-le")) // 2 - keep)]
-    if cut and "\ud800" <= cut[-1] <= "\udbff":
-        cut = cut[:-1]
+    # The first ``keep`` characters hold at least ``keep`` units; cutting their UTF-16 bytes at ``keep``
+    # units may split the last pair, whose dangling half the decoder drops.
+    cut = value[:keep].encode("utf-16-le")[: 2 * keep].decode("utf-16-le", "ignore")
     return cut + TRUNCATION_MARK
 
 
@@ -233,8 +284,9 @@ def sheet_names(base: str) -> Callable[[int], str]:
 _NUMBER_CELL_RE = re.compile(r'^<c r="([A-Z]+[0-9]+)"(?: s="[0-9]+")?><v>')
 #: Custom number formats are numbered from here (the built-in ones use 0-163).
 FIRST_CUSTOM_FORMAT_ID = 164
-_BUILTIN_FORMATS = ("yyyy\\-mm\\-dd", "yyyy\\-mm\\-dd\\ hh:mm:ss", "[h]:mm:ss")  # styles 1-3
-_BASE_XFS = 5  # cellXfs 0-4: default, date, datetime, time, header
+_BUILTIN_FORMATS = ("yyyy\\-mm\\-dd", "yyyy\\-mm\\-dd\\ hh:mm:ss", "[h]:mm:ss",  # styles 1-3
+                    "yyyy\\-mm\\-dd\\ hh:mm:ss.000", "[h]:mm:ss.000")  # styles 5-6 (numFmt 167, 168)
+_BASE_XFS = 7  # cellXfs 0-6: default, date, datetime, time, header, datetime and time with milliseconds
 
 
 @dataclass
@@ -273,6 +325,8 @@ class XlsxStreamWriter:
     Memory stays flat whatever the number of sheets or rows: one sheet is open at a time and
     only its last ``FLUSH_ROWS`` rows are held.
 
+    Rows also continue on a new sheet once a sheet's XML nears SHEET_XML_LIMIT (very wide rows), so
+    no zip entry needs ZIP64.
     ``min_free_bytes`` is kept free on the file's filesystem: when the next flush
     would eat into it, :class:`StorageFullError` is raised instead of filling the disk.
     ``check`` is called every flush (a deadline check can raise from it).
@@ -310,6 +364,9 @@ class XlsxStreamWriter:
         self._logical: list[_Logical] = []
         self._current: _Logical | None = None
         self._out: list[str] = []  # XML not yet written
+        self._sheet_bytes = 0  # uncompressed XML written to the open sheet
+        self._largest_flush = 0
+        self._sheet_full = False  # the next row starts a new sheet
         self.rows = 0
         if sheet_name is not None or columns is not None:
             if sheet_name is None or columns is None:
@@ -420,7 +477,8 @@ class XlsxStreamWriter:
         name = self._part_name(sheet)
         self._used.add(name.casefold())
         self._sheets.append((name, 0, sheet.letters[-1]))
-        self._sheet = self._zip.open(f"xl/worksheets/sheet{number}.xml", "w", force_zip64=True)
+        # No ZIP64: SheetJS cannot read it. _write_sheet keeps the entry under SHEET_XML_LIMIT instead.
+        self._sheet = self._zip.open(f"xl/worksheets/sheet{number}.xml", "w")
         cols = "".join(
             f'<col min="{i + 1}" max="{i + 1}" width="{w}" customWidth="1"/>' for i, w in enumerate(sheet.widths)
         )
@@ -428,7 +486,8 @@ class XlsxStreamWriter:
             f'<c r="{letter}1" s="{STYLE_HEADER}" t="inlineStr">{self._encoder.text(name or " ")}</c>'
             for letter, name in zip(sheet.letters, sheet.columns)
         )
-        self._sheet.write(
+        self._sheet_bytes, self._sheet_full = 0, False
+        self._write_sheet(
             (
                 '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
                 '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
@@ -446,7 +505,7 @@ class XlsxStreamWriter:
     def _finish_part(self, sheet: _Logical) -> None:
         self._flush()
         name, rows, last_col = self._sheets[-1]
-        self._sheet.write(f'</sheetData><autoFilter ref="A1:{last_col}{rows + 1}"/></worksheet>'.encode())
+        self._write_sheet(f'</sheetData><autoFilter ref="A1:{last_col}{rows + 1}"/></worksheet>'.encode())
         self._sheet.close()
         self._sheet = None
 
@@ -458,7 +517,7 @@ class XlsxStreamWriter:
         styles = sheet.styles
         for row in rows:
             name, in_sheet, last_col = self._sheets[-1]
-            if in_sheet == self.max_rows:
+            if in_sheet == self.max_rows or self._sheet_full:
                 self._finish_part(sheet)
                 self._open_part(sheet)
                 name, in_sheet, last_col = self._sheets[-1]
@@ -496,9 +555,23 @@ class XlsxStreamWriter:
                 f"only {free // 2**20} MiB left in {self.path.parent} after {self.rows} rows "
                 f"({self.path.stat().st_size // 2**20} MiB written); raise the function's ephemeral storage"
             )
-        self._sheet.write(data)
+        self._write_sheet(data)
+        # Room left for two flushes as large as the largest so far, and the sheet's end? Else a new sheet.
+        self._largest_flush = max(self._largest_flush, len(data))
+        self._sheet_full = self._sheet_bytes + 2 * self._largest_flush + 2**20 > SHEET_XML_LIMIT
         if self.check is not None:
             self.check()
+
+    def _write_sheet(self, data: bytes) -> None:
+        if self._sheet_bytes + len(data) > SHEET_XML_LIMIT:
+            name, rows, _ = self._sheets[-1]
+            raise SheetTooLargeError(
+                f"sheet {name!r}: {len(data) // 2**20} MiB of XML for the rows after row {rows + 1} would pass "
+                f"the {SHEET_XML_LIMIT // 2**20} MiB a sheet holds without ZIP64, which SheetJS cannot read; "
+                "select fewer or shorter columns"
+            )
+        self._sheet.write(data)
+        self._sheet_bytes += len(data)
 
     # -- package ----------------------------------------------------------------------
 
@@ -577,8 +650,8 @@ def _quote_sheet(name: str) -> str:
 
 
 def styles_xml(custom_formats: Sequence[str] = ()) -> str:
-    """styles.xml: the default, date, datetime, time and header styles, then one style per custom
-    number format (cellXfs index 5, 6, ... in the order given)."""
+    """styles.xml: the default, date, datetime, time and header styles, datetime and time with
+    milliseconds, then one style per custom number format (cellXfs index 7, 8, ... in the order given)."""
     codes = list(_BUILTIN_FORMATS) + list(custom_formats)
     num_fmts = "".join(
         f'<numFmt numFmtId="{FIRST_CUSTOM_FORMAT_ID + i}" formatCode="{escape(code, {chr(34): "&quot;"})}"/>'
@@ -605,6 +678,8 @@ def styles_xml(custom_formats: Sequence[str] = ()) -> str:
         '<xf numFmtId="165" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
         '<xf numFmtId="166" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
         '<xf numFmtId="0" fontId="1" fillId="0" borderId="0" xfId="0" applyFont="1"/>'
+        '<xf numFmtId="167" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
+        '<xf numFmtId="168" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
         f"{custom_xfs}</cellXfs>"
         '<cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/></cellStyles>'
         "</styleSheet>"
