@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline_ops.aws import INVOKE_CONFIG, Deployment, Invocation, OperatorError, SessionFactory, connect, invoke
+from pipeline_ops.aws import (INVOKE_CONFIG, Deployment, Invocation, OperatorError, SessionFactory, calling, connect,
+                              invoke)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -46,7 +47,8 @@ def aws_command(fn: Callable) -> Callable:
         tools = ctx.find_object(Tools) or Tools()
         try:
             deployment = connect(env, profile=profile, region=region, session_factory=tools.session_factory)
-            code = fn(deployment, **kwargs)
+            with calling(f"{ctx.info_name} in {env}"):  # any AWS error a step did not word itself
+                code = fn(deployment, **kwargs)
         except OperatorError as exc:
             err.print(f"error: {exc}", markup=False, soft_wrap=True)
             ctx.exit(1)
