@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from stacks.bundling import EXPORT_BUNDLE, REPLICATOR_BUNDLE, BundlingError, bundle, rds_ca_bundle
+from stacks.db_bootstrap import bootstrap_bundle
 
 
 @pytest.fixture
@@ -116,7 +117,11 @@ def lambda_like_path(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("spec", [EXPORT_BUNDLE, REPLICATOR_BUNDLE], ids=lambda s: s.package)
+DEV_INIT_SQL = Path(__file__).resolve().parent.parent / "sql" / "dev-init.sql"
+BOOTSTRAP_BUNDLE = bootstrap_bundle(DEV_INIT_SQL)
+
+
+@pytest.mark.parametrize("spec", [EXPORT_BUNDLE, REPLICATOR_BUNDLE, BOOTSTRAP_BUNDLE], ids=lambda s: s.package)
 def test_each_handler_imports_from_its_bundled_asset_alone(spec, tmp_path, lambda_like_path):
     # Given the asset bundled for this machine's platform and Python (the same pip path as for Lambda)
     host = dataclasses.replace(spec, python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
@@ -129,7 +134,7 @@ def test_each_handler_imports_from_its_bundled_asset_alone(spec, tmp_path, lambd
         f"sys.path[:0] = [{str(asset)!r}, {str(lambda_like_path)!r}];"
         f"m = importlib.import_module('{spec.package}.handler');"
         "assert callable(m.handler);"
-        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('pymysql', 'boto3')))"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('pymysql', 'boto3', 'sqlparse')))"
     )
     result = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True)
     # Then the handler imports: nothing it needs is missing from the asset
@@ -137,6 +142,19 @@ def test_each_handler_imports_from_its_bundled_asset_alone(spec, tmp_path, lambd
     if spec is EXPORT_BUNDLE:
         assert "pymysql" in result.stdout
         assert (asset / "export_to_xlsx" / "rds-ca-bundle.pem").is_file()
+    if spec is BOOTSTRAP_BUNDLE:
+        assert "'pymysql'" in result.stdout and "'sqlparse'" in result.stdout
+        assert (asset / "db_bootstrap" / "rds-ca-bundle.pem").read_bytes() == rds_ca_bundle()
+        assert (asset / "db_bootstrap" / "init.sql").read_bytes() == DEV_INIT_SQL.read_bytes()
+
+
+def test_a_changed_init_sql_changes_the_bootstrap_asset(tmp_path):
+    # The custom resource runs again when its properties change; the asset must change with the file too
+    changed = tmp_path / "init.sql"
+    changed.write_bytes(DEV_INIT_SQL.read_bytes() + b"\n-- one more line\n")
+    assert bootstrap_bundle(changed).asset_hash() != BOOTSTRAP_BUNDLE.asset_hash()
+    assert bootstrap_bundle(DEV_INIT_SQL).asset_hash() == BOOTSTRAP_BUNDLE.asset_hash()
+    assert bootstrap_bundle(None).asset_hash() != BOOTSTRAP_BUNDLE.asset_hash()
 
 
 def test_sql_files_are_written_into_the_package(lambdas_copy, tmp_path):
