@@ -3,7 +3,8 @@
 The token is checked against an independent implementation of AWS Signature Version 4 query
 signing written from AWS's documentation, then presented to a real (TLS) MariaDB whose user has
 that token as its password: only the right token for the right host, port, user and region lets
-the export in.
+the export in. The same server (real accounts, TLS) shows that the user the bootstrap creates reads
+and cannot write.
 """
 
 from __future__ import annotations
@@ -180,4 +181,50 @@ def test_a_user_whose_password_is_the_token_lets_the_export_in_over_tls(
                                  temp_dir=tmp_path)
     assert "X-Amz" not in str(err.value)
     export_handler.runtime.cache_clear()
+    admin.close()
+
+
+def test_the_bootstrapped_user_reads_the_dev_tables_over_tls_and_can_write_nothing(tls_server_with_grants):
+    """The whole create-mode path on a server with real accounts: the bootstrap, as the master user,
+    creates the export user and applies dev's init SQL; the export's own connection code then logs in
+    as that user over verified TLS and reads every dev export's rows, and the server refuses it any write."""
+    import pymysql
+
+    from db_bootstrap.bootstrap import bootstrap
+    from export_to_xlsx.credentials import Credentials
+    from export_to_xlsx.database import connect
+    from pipeline_ops.synth import CDK_JSON
+    from stacks.config import load_environment
+
+    server = tls_server_with_grants
+    dev = load_environment(CDK_JSON["context"], "dev")
+    admin = pymysql.connect(host=server.host, port=server.port, user="root", password="", autocommit=True,
+                            ssl={"ca": str(server.ca_file)})
+    with admin.cursor() as cur:
+        cur.execute("DROP DATABASE IF EXISTS dev_app")
+        cur.execute("CREATE DATABASE dev_app")
+    bootstrap(admin, database="dev_app", user="xlsx_export", auth="secret", password="Boot-Pa55-word",
+              init_sql=dev.database.init_sql.read_text(encoding="utf-8"))
+    export_user = Credentials("xlsx_export", "Boot-Pa55-word")
+    conn = connect(Endpoint(server.host, server.port, "dev_app", server.ca_file), export_user)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT CURRENT_DATE")
+            (deploy_day,) = cur.fetchone()
+            for export in dev.exports:
+                for sheet in export.sheets:
+                    cur.execute(sheet.sql, {"day": deploy_day} if "%(day)s" in sheet.sql else None)
+                    assert cur.fetchall(), f"{export.name}/{sheet.name} read no rows"
+            for write in ("INSERT INTO orders (id, customer, amount, ordered_at) VALUES (99, 'x', 1, NOW())",
+                          "CREATE TABLE intruder (id INT)", "DROP TABLE orders", "SELECT * FROM mysql.user"):
+                with pytest.raises(pymysql.err.MySQLError) as err:
+                    cur.execute(write)
+                assert err.value.args[0] in (1142, 1044), (write, err.value.args)  # command/access denied
+    finally:
+        conn.close()
+    # And without TLS the same user cannot log in at all (REQUIRE SSL)
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        pymysql.connect(host=server.host, port=server.port, user="xlsx_export", password="Boot-Pa55-word",
+                        ssl_disabled=True)
+    assert err.value.args[0] == 1045
     admin.close()
