@@ -10,6 +10,9 @@ the size of the file written. Prints a table and the ratios against the naive pa
 fetch-only floor measured in the same run:
 
 - export:   this project's path (unbuffered cursor -> streaming .xlsx writer), to a local file
+- sheets:   the same rows as a 3-sheet report: three queries (each a third of the ids) read in
+            one consistent snapshot into three named sheets, with number formats, as the
+            export function runs a multi-sheet export
 - openpyxl: unbuffered cursor -> openpyxl write-only workbook (with lxml), for reference
 - naive:    pandas.read_sql -> DataFrame.to_excel(engine="openpyxl"), as many tutorials do
 - fetch:    unbuffered cursor, rows read and dropped (the floor for any export)
@@ -30,8 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "lambdas")]
 
 TABLE = "bench_orders"
-PATHS = ("export", "openpyxl", "naive", "fetch")
-TARGETS = "at 1M rows: export >= 2x naive throughput, export RSS <= 1/50 naive RSS; every N: export RSS <= 1.3x fetch RSS"
+PATHS = ("export", "sheets", "openpyxl", "naive", "fetch")
+TARGETS = ("at 1M rows: export >= 2x naive throughput, export RSS <= 1/50 naive RSS; every N: export and sheets "
+           "RSS <= 1.3x fetch RSS; sheets RSS flat in total rows (largest N <= 1.15x smallest N)")
+SHEETS = 3
 
 
 def dsn() -> dict:
@@ -121,6 +126,10 @@ def run_path(path: str, rows: int, out: Path) -> None:
         while batch := cur.fetchmany(2000):
             writer.write_rows(batch)
         writer.close()
+    elif path == "sheets":
+        cur.close()
+        conn.close()
+        run_sheets(rows, out)
     elif path == "openpyxl":
         from openpyxl import Workbook
 
@@ -133,6 +142,29 @@ def run_path(path: str, rows: int, out: Path) -> None:
         wb.save(out)
     else:
         raise SystemExit(f"unknown path {path}")
+
+
+def run_sheets(rows: int, out: Path) -> None:
+    """A 3-sheet report through the function's own code: one snapshot, one stream per sheet."""
+    import pymysql
+
+    from export_to_xlsx.database import QueryStream, begin_snapshot, end_snapshot
+    from export_to_xlsx.xlsx import XlsxStreamWriter
+
+    conn = pymysql.connect(**dsn(), charset="utf8mb4", autocommit=False)
+    begin_snapshot(conn, export="bench")
+    writer = XlsxStreamWriter(out, formats={"amount": "#,##0.00", "tax": "0.0000"})
+    step = -(-rows // SHEETS)
+    for n in range(SHEETS):
+        sql = f"SELECT * FROM {TABLE} WHERE id > {n * step} AND id <= {min(rows, (n + 1) * step)} ORDER BY id"
+        stream = QueryStream(conn, sql, export="bench", sheet=f"part {n + 1}")
+        writer.start_sheet(f"part {n + 1}", stream.columns)
+        for batch in stream.batches():
+            writer.write_rows(batch)
+        stream.close()
+    end_snapshot(conn)
+    writer.close()
+    conn.close()
 
 
 def measure(path: str, rows: int, workdir: Path) -> dict:
@@ -193,7 +225,19 @@ def main() -> None:
             floor = e["peak_rss_mb"] / f["peak_rss_mb"]
             line += f" export/fetch peak RSS {floor:.2f}x, export/fetch time {e['seconds'] / f['seconds']:.2f}x"
             verdicts.append((f"RSS within 1.3x fetch at {rows}", floor <= 1.3))
+        m = by.get(("sheets", rows))
+        if m and f:
+            line += f"; sheets/fetch peak RSS {m['peak_rss_mb'] / f['peak_rss_mb']:.2f}x, sheets/export time " \
+                    f"{m['seconds'] / e['seconds']:.2f}x" if e else ""
+            verdicts.append((f"3-sheet RSS within 1.3x fetch at {rows}", m["peak_rss_mb"] / f["peak_rss_mb"] <= 1.3))
         print(line)
+    sheet_runs = [by[("sheets", n)] for n in counts if ("sheets", n) in by]
+    if len(sheet_runs) > 1:
+        low, high = sheet_runs[0], sheet_runs[-1]
+        growth = high["peak_rss_mb"] / low["peak_rss_mb"]
+        print(f"3-sheet peak RSS: {low['peak_rss_mb']} MB at {low['rows']} rows, {high['peak_rss_mb']} MB at "
+              f"{high['rows']} rows ({growth:.2f}x for {high['rows'] / low['rows']:.0f}x the rows)")
+        verdicts.append(("3-sheet RSS flat in total rows (<= 1.15x)", growth <= 1.15))
     for name, ok in verdicts:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
     if args.json:

@@ -5,7 +5,8 @@ MySQL, START TRANSACTION: "The WITH CONSISTENT SNAPSHOT modifier starts a consis
 isolation level that permits a consistent read is REPEATABLE READ. For all other isolation levels, the
 WITH CONSISTENT SNAPSHOT clause is ignored." (https://dev.mysql.com/doc/refman/8.0/en/commit.html);
 MariaDB accepts the same ``START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY``
-(https://mariadb.com/kb/en/start-transaction/).
+(https://mariadb.com/docs/server/ha-and-performance/standard-replication/enhancements-for-start-transaction-with-consistent-snapshot),
+where a plain START TRANSACTION takes its read view lazily, at the first read.
 """
 
 from __future__ import annotations
