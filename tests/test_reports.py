@@ -184,6 +184,13 @@ def test_sql_files_are_read_from_the_package_at_cold_start(env, s3, orders, monk
     wb = workbook(s3, result["key"])
     assert values(wb["Filed"]) == [("id", "label")] + [(i, label) for i, _, _, label in ROWS]
     assert values(wb["Inline"]) == [("one",), (1,)]
+    # And a file that is not the SQL synth checked (its digest differs) stops the cold start, naming it
+    monkeypatch.setenv(contract.ENV_EXPORTS, json.dumps(
+        {"filed": {"sheets": [{"name": "Filed", "file": "sql/big.sql", "sha256": "0" * 16}]}}))
+    export_handler.runtime.cache_clear()
+    with pytest.raises(contract.ConfigurationError, match=r"sheets\[0\]: sql/big.sql in the package is not the SQL "
+                                                          "synth checked"):
+        export_handler.handler({"export": "filed"}, Context())
     # And a file missing from the package stops the cold start, naming it
     (tmp_path / "sql" / "big.sql").unlink()
     export_handler.runtime.cache_clear()

@@ -714,9 +714,11 @@ def test_export_construct_refuses_bad_props(change, message):
 def test_a_report_travels_as_sheet_files_parameters_and_formats(dev):
     # The dev config's daily_sales report: its SQL stays in the asset, the environment names the files
     raw = json.loads(function_env(dev, dev.stack.export)[export_contract.ENV_EXPORTS])
+    (daily,) = [e for e in dev.config.exports if e.name == "daily_sales"]
+    digests = [export_contract.sql_digest(s.sql) for s in daily.sheets]  # a changed .sql shows in the template
     assert raw["daily_sales"] == {
-        "sheets": [{"name": "Orders", "file": "sql/daily_sales_orders.sql"},
-                   {"name": "Totals", "file": "sql/daily_sales_totals.sql"}],
+        "sheets": [{"name": "Orders", "file": "sql/daily_sales_orders.sql", "sha256": digests[0]},
+                   {"name": "Totals", "file": "sql/daily_sales_totals.sql", "sha256": digests[1]}],
         "params": [{"name": "day", "type": "date", "default": "yesterday"}],
         "tz": "Europe/Berlin", "formats": {"amount": "#,##0.00", "share_of_all": "0.0%"}, "on_empty": "skip",
     }

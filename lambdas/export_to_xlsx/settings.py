@@ -8,6 +8,7 @@ stack imports it at synth time and the function at cold start.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -236,15 +237,17 @@ def check_export(export: ExportDefinition) -> ExportDefinition:
 def encode_exports(exports: list[ExportDefinition]) -> str:
     """The value of ``EXPORTS``: a compact JSON object keyed by export name.
 
-    A sheet whose SQL comes from a file carries only the file's path in the package: the
-    function reads it at cold start, so long reports do not count against Lambda's 4 KB
-    environment. Defaults (UTC, upload when empty, no parameters or formats) are left out.
+    A sheet whose SQL comes from a file carries only the file's path in the package and a
+    digest of its SQL: the function reads it at cold start (so long reports do not count against
+    Lambda's 4 KB environment) and checks it is the SQL synth checked; the digest also makes any
+    change to a .sql file visible in the template. Defaults (UTC, upload when empty, no
+    parameters or formats) are left out.
     """
     out: dict[str, Any] = {}
     for e in exports:
         body: dict[str, Any] = {
-            "sheets": [{"name": s.name, "file": s.file} if s.file else {"name": s.name, "sql": s.sql}
-                       for s in e.sheets]
+            "sheets": [{"name": s.name, "file": s.file, "sha256": sql_digest(s.sql)} if s.file
+                       else {"name": s.name, "sql": s.sql} for s in e.sheets]
         }
         if e.parameters:
             body["params"] = [p.to_json() for p in e.parameters]
@@ -256,6 +259,11 @@ def encode_exports(exports: list[ExportDefinition]) -> str:
             body["on_empty"] = e.on_empty
         out[e.name] = body
     return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+
+
+def sql_digest(sql: str) -> str:
+    """The first 16 hex digits of the SHA-256 of a sheet's SQL (as checked)."""
+    return hashlib.sha256(sql.encode()).hexdigest()[:16]
 
 
 def _read_sql_file(package_dir: Path, relative: object, where: str) -> str:
@@ -282,9 +290,13 @@ def _decode_sheets(name: str, body: dict, package_dir: Path) -> tuple[SheetDefin
         file = item.get("file")
         sql = _read_sql_file(package_dir, file, where) if file is not None else item.get("sql")
         try:
-            sheets.append(SheetDefinition(check_sheet_name(item.get("name")), check_sql(sql), file))
+            sheet = SheetDefinition(check_sheet_name(item.get("name")), check_sql(sql), file)
         except ConfigurationError as exc:
             raise ConfigurationError(f"{where}{' (' + file + ')' if file else ''}: {exc}") from None
+        if file is not None and item.get("sha256") not in (None, sql_digest(sheet.sql)):
+            raise ConfigurationError(f"{where}: {file} in the package is not the SQL synth checked "
+                                     "(its digest differs); deploy the asset built with this configuration")
+        sheets.append(sheet)
     return tuple(sheets)
 
 
