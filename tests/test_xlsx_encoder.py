@@ -9,12 +9,14 @@ time budget so a pathological value can never stall an export.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import signal
 import struct
 import zipfile
 from contextlib import contextmanager
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -82,6 +84,14 @@ def assert_round_trips(value: object) -> str:
     read = read_cell(xml)
     assert matches(expect(value), read), f"wrote {value!r:.200} as {xml:.300}, expected {expect(value)!s:.200}"
     return xml
+
+
+#: Every property-based test: a fixed time budget per example, deterministic in CI.
+BUDGET = settings(deadline=dt.timedelta(milliseconds=500), max_examples=150,
+                  derandomize=os.environ.get("CI") == "true",
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+TRICKY = st.sampled_from(["😀", "a", "\ud83d", "\x00", "\r", "_x0041_", "é", "\U0010FFFF", " ", "&"])
+ANY_CHAR = st.characters(exclude_categories=())  # surrogates and control characters included
 
 
 @contextmanager
@@ -265,6 +275,20 @@ def test_datetimes_are_rounded_to_the_millisecond_and_stay_below_serial_2958466(
     assert ('s="5"' in xml) == bool(shown.microsecond)
 
 
+@BUDGET
+@given(st.datetimes(dt.datetime(1900, 3, 1), dt.datetime(9999, 12, 31, 23, 59, 59, 999_000)))
+@example(dt.datetime(1970, 1, 1, 0, 0, 1))
+@example(dt.datetime(1972, 3, 27, 0, 58, 9))
+def test_serials_are_never_below_the_instant_they_stand_for(value):
+    # LibreOffice cuts seconds when it shows a date-time: a serial a hair below 00:00:01 shows 00:00:00.
+    value = value.replace(microsecond=value.microsecond // 1000 * 1000)
+    xml, _ = encode(value)
+    serial = float(etree.fromstring(xml).findtext("v"))
+    exact = Fraction((value - EXCEL_EPOCH) // dt.timedelta(microseconds=1), 86_400_000_000)
+    nearest = float(exact)
+    assert serial == (nearest if Fraction(nearest) >= exact else math.nextafter(nearest, math.inf))
+
+
 # --- defect 5: a carriage return written as &#13; was dropped or changed by readers -----------------
 
 
@@ -282,12 +306,6 @@ def test_literal_escape_sequences_are_kept_as_typed(text):
 
 
 # --- properties: every value MySQL can return, each under a fixed time budget -----------------------
-
-BUDGET = settings(deadline=dt.timedelta(milliseconds=500), max_examples=150,
-                  derandomize=os.environ.get("CI") == "true",
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-ANY_CHAR = st.characters(exclude_categories=())  # surrogates and control characters included
-TRICKY = st.sampled_from(["😀", "a", "\ud83d", "\x00", "\r", "_x0041_", "é", "\U0010FFFF", " ", "&"])
 
 
 @BUDGET

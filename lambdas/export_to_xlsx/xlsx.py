@@ -163,17 +163,17 @@ class CellEncoder:
                 return f'<c r="{ref}" t="inlineStr"><is><t>{_format_timedelta(value)}</t></is></c>'
             us = value.microseconds
             if not us:
-                return f'<c r="{ref}" s="{STYLE_TIME}"><v>{value / dt.timedelta(days=1)!r}</v></c>'
+                return f'<c r="{ref}" s="{STYLE_TIME}"><v>{_days(value)!r}</v></c>'
             value += dt.timedelta(microseconds=(us + 500) // 1000 * 1000 - us)  # to the millisecond
             style = STYLE_TIME_MS if value.microseconds else STYLE_TIME
-            return f'<c r="{ref}" s="{style}"><v>{value / dt.timedelta(days=1)!r}</v></c>'
+            return f'<c r="{ref}" s="{style}"><v>{_days(value)!r}</v></c>'
         if kind is bool:
             return f'<c r="{ref}" t="b"><v>{int(value)}</v></c>'
         if kind is bytes or kind is bytearray:
             return f'<c r="{ref}" t="inlineStr"><is><t>{value.hex()}</t></is></c>' if value else ""
         if kind is dt.time:
-            seconds = value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
-            return f'<c r="{ref}" s="{STYLE_TIME}"><v>{seconds / 86400!r}</v></c>'
+            since_midnight = dt.datetime.combine(EXCEL_EPOCH, value) - EXCEL_EPOCH
+            return f'<c r="{ref}" s="{STYLE_TIME}"><v>{_days(since_midnight)!r}</v></c>'
         if isinstance(value, (int, float, str, dt.date, Decimal)):  # subclasses
             return self.cell(ref, _base(value))
         return f'<c r="{ref}" t="inlineStr">{self.text(str(value))}</c>'
@@ -205,12 +205,12 @@ class CellEncoder:
             return self._outside(ref, value)
         us = value.microsecond
         if not us:
-            return f'<c r="{ref}" s="{STYLE_DATETIME}"><v>{(value - EXCEL_EPOCH) / dt.timedelta(days=1)!r}</v></c>'
+            return f'<c r="{ref}" s="{STYLE_DATETIME}"><v>{_days(value - EXCEL_EPOCH)!r}</v></c>'
         if value >= EXCEL_PAST_LAST_INSTANT:
             return self._outside(ref, value)
         value += dt.timedelta(microseconds=(us + 500) // 1000 * 1000 - us)  # to the millisecond
         style = STYLE_DATETIME_MS if value.microsecond else STYLE_DATETIME
-        return f'<c r="{ref}" s="{style}"><v>{(value - EXCEL_EPOCH) / dt.timedelta(days=1)!r}</v></c>'
+        return f'<c r="{ref}" s="{style}"><v>{_days(value - EXCEL_EPOCH)!r}</v></c>'
 
     def _outside(self, ref: str, value: dt.date) -> str:
         """A date Excel cannot hold, as ISO text with every digit, counted."""
@@ -227,6 +227,24 @@ def _base(value: object) -> object:
         if isinstance(value, kind):
             return kind(value) if kind not in (dt.datetime, dt.date) else value
     return value
+
+
+_US_PER_DAY = 86_400_000_000
+_ONE_US = dt.timedelta(microseconds=1)
+
+
+def _days(delta: dt.timedelta) -> float:
+    """``delta`` in days (a serial or a duration): the nearest double that is not below the exact value.
+
+    LibreOffice shows seconds by cutting, not rounding: the nearest double to 1970-01-01 00:00:01 is a
+    hair below it and shows as 00:00:00. One step up (at most 40 microseconds in year 9999) is still
+    the same millisecond for every reader."""
+    us = delta // _ONE_US
+    days = us / _US_PER_DAY  # correctly rounded
+    numerator, denominator = days.as_integer_ratio()
+    if numerator * _US_PER_DAY < us * denominator:
+        return math.nextafter(days, math.inf)
+    return days
 
 
 def _utf16_units(value: str) -> int:
