@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 
 from pipeline_ops.xlsx_expect import EXCEL_EPOCH, Expected, ReaderLimit, accepts
@@ -56,7 +57,8 @@ def read_node(paths: list[Path]) -> dict[Path, dict[str, Sheets | dict]]:
         env={**os.environ, "TZ": "UTC"},
     )
     if done.returncode:
-        raise RuntimeError(f"node {script.name} failed: {done.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"node {script.name} failed (SheetJS and ExcelJS come from `npm ci`, which `make test` "
+                           f"runs): {done.stderr.strip()[-2000:]}")
     answer = json.loads(done.stdout)
     return {Path(p): readers for p, readers in answer.items()}
 
@@ -76,13 +78,23 @@ def read_libreoffice(paths: list[Path], out_dir: Path) -> dict[Path, Sheets]:
     result: dict[Path, Sheets] = {}
     for path in paths:
         sheets = {}
-        for csv_file in sorted(out_dir.glob(f"{path.stem}-*.csv")):
+        for name in sheet_names(path):  # FILE-SheetName.csv says nothing of the order
+            csv_file = out_dir / f"{path.stem}-{name}.csv"
+            if not csv_file.exists():
+                raise RuntimeError(f"LibreOffice wrote no {csv_file.name}: {done.stdout} {done.stderr}")
             with csv_file.open(newline="", encoding="utf-8") as f:
-                sheets[csv_file.stem[len(path.stem) + 1:]] = list(csv.reader(f))
-        if not sheets:
-            raise RuntimeError(f"LibreOffice wrote no CSV for {path.name}: {done.stdout} {done.stderr}")
+                sheets[name] = list(csv.reader(f))
         result[path] = sheets
     return result
+
+
+def sheet_names(path: Path) -> list[str]:
+    """The sheet names of a workbook, in order, from its xl/workbook.xml."""
+    from lxml import etree
+
+    with zipfile.ZipFile(path) as z:
+        book = etree.fromstring(z.read("xl/workbook.xml"))
+    return [s.get("name") for s in book.iterfind("{*}sheets/{*}sheet")]
 
 
 # --- their values as Python values -----------------------------------------------------------------
@@ -92,10 +104,12 @@ def from_openpyxl(value: object) -> object:
     return value
 
 
-def from_calamine(value: object) -> object:
+def from_calamine(value: object, expected: Expected) -> object:
     if isinstance(value, dt.time):  # a duration under a day
         return dt.timedelta(hours=value.hour, minutes=value.minute, seconds=value.second,
                             microseconds=value.microsecond)
+    if type(value) is dt.date and expected.kind == "datetime":
+        return dt.datetime.combine(value, dt.time())  # calamine gives a date-time at midnight as a date
     return value
 
 
@@ -118,7 +132,7 @@ def from_libreoffice(text: str, expected: Expected) -> object:
     kind = expected.kind
     try:
         if kind == "number":
-            return float(text)
+            return float(text.replace(",", ""))  # a column's number format may group thousands: 1,234.50
         if kind == "bool":
             return {"TRUE": True, "FALSE": False}[text]
         if kind == "date":
@@ -138,7 +152,7 @@ def as_python(reader: str, value: object, expected: Expected) -> object:
     if reader == "openpyxl":
         return from_openpyxl(value)
     if reader == "calamine":
-        return from_calamine(value)
+        return from_calamine(value, expected)
     if reader in ("sheetjs", "exceljs"):
         return from_node(value, expected)
     if reader == "libreoffice":
