@@ -414,3 +414,24 @@ def test_skip_uploads_when_any_sheet_has_rows(env, s3, orders):
                     on_empty="skip")
     result = run(export)
     assert result["outcome"] == "uploaded" and result["rows"] == 1
+
+
+def test_libreoffice_shows_every_sheet_with_its_number_formats(env, s3, orders, tmp_path):
+    """An independent reader renders the workbook: LibreOffice headless converts each sheet to CSV as shown on
+    screen, so the number formats must be real Excel formats it applies, and every sheet must be there."""
+    from tests.xlsx_readers import LIBREOFFICE_INSTALL, read_libreoffice, soffice
+
+    if soffice() is None:
+        pytest.fail(f"LibreOffice is needed to read the workbook independently: {LIBREOFFICE_INSTALL}", pytrace=False)
+    export = report(("Orders", f"SELECT id, amount, amount / 1000 AS share, day FROM {TABLE} ORDER BY id"),
+                    ("Totals", f"SELECT SUM(amount) AS amount FROM {TABLE}"),
+                    formats={"amount": "#,##0.00", "share": "0.0%", "day": "dd.mm.yyyy"})
+    result = run(export, max_rows_per_sheet=3)
+    path = tmp_path / "report.xlsx"
+    path.write_bytes(s3.get_object(Bucket=BUCKET, Key=result["key"])["Body"].read())
+    shown = read_libreoffice([path], tmp_path)[path]
+    assert sorted(shown) == ["Orders", "Orders (2)", "Totals"]
+    assert shown["Orders"] == [["id", "amount", "share", "day"], ["1", "10.50", "1.1%", "19.11.2026"],
+                               ["2", "1,234.25", "123.4%", "20.11.2026"], ["3", "0.25", "0.0%", "20.11.2026"]]
+    assert shown["Orders (2)"] == [["id", "amount", "share", "day"], ["4", "99.00", "9.9%", "21.11.2026"]]
+    assert shown["Totals"] == [["amount"], ["1,344.00"]]
