@@ -112,6 +112,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         log.info(json.dumps(result, ensure_ascii=False))
         results.append(result)
     if failures:
-        done = f" ({len(results)} other export(s) uploaded)" if results else ""
+        uploaded = sum(r["outcome"] == "uploaded" for r in results)
+        skipped = f", {len(results) - uploaded} skipped as empty" if len(results) > uploaded else ""
+        done = f" ({uploaded} other export(s) uploaded{skipped})" if results else ""
         raise ExportError("; ".join(failures) + done)
     return {"exports": results}
