@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import subprocess
 import sys
@@ -165,3 +166,36 @@ def test_sql_files_are_written_into_the_package(lambdas_copy, tmp_path):
     # When it is bundled, the file sits at that path inside the package, where the function reads it
     bundle(spec, tmp_path / "out")
     assert (tmp_path / "out" / spec.package / "sql" / "reports" / "a.sql").read_bytes() == b"SELECT 1\n"
+
+
+def test_the_export_asset_reads_its_sql_files_and_time_zones_on_its_own(dev, tmp_path, lambda_like_path):
+    """Lambda's Amazon Linux 2023 runtimes are minimal images that have shipped without the system time zone
+    database (github.com/aws/aws-lambda-dotnet/issues/1620): the asset brings tzdata, which zoneinfo falls back to."""
+    from stacks.export_to_xlsx import export_bundle
+
+    # Given the export asset built from the dev config (its .sql files included), for this machine
+    spec = export_bundle(dev.config.exports)
+    host = dataclasses.replace(spec, python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
+                               platform=f"manylinux2014_{sysconfig.get_platform().split('-')[-1]}")
+    asset = tmp_path / "asset"
+    bundle(host, asset)
+    (function,) = [r for r in dev.template["Resources"].values() if r["Type"] == "AWS::Lambda::Function"
+                   and r["Properties"].get("Handler") == "export_to_xlsx.handler.handler"]
+    exports = function["Properties"]["Environment"]["Variables"]["EXPORTS"]
+    # When a Python with no system tz database decodes the template's EXPORTS as the cold start does
+    probe = (
+        "import sys, json, zoneinfo, datetime as dt;"
+        f"sys.path[:0] = [{str(asset)!r}, {str(lambda_like_path)!r}];"
+        "zoneinfo.reset_tzpath(to=[]);"
+        "from export_to_xlsx import settings, params;"
+        f"e = settings.decode_exports({exports!r})['daily_sales'];"
+        "v = params.resolve(e.parameters, {}, dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.timezone.utc), e.time_zone, "
+        "export=e.name);"
+        "print(json.dumps([[s.file for s in e.sheets], e.sheets[0].sql.count('%(day)s'), str(v['day'])]))"
+    )
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True)
+    # Then the SQL comes from the package, and Berlin's calendar is known without the system database
+    assert result.returncode == 0, result.stderr
+    files, placeholders, day = json.loads(result.stdout)
+    assert files == ["sql/daily_sales_orders.sql", "sql/daily_sales_totals.sql"] and placeholders == 2
+    assert day == "2026-02-28"  # 00:30 UTC on 1 March is 01:30 in Berlin: 'yesterday' is 28 February
