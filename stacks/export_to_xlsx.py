@@ -120,6 +120,7 @@ class ExportToXlsx(Construct):
             raise ValueError(f"export names must be unique, got {names}")
         for export in exports:
             contract.check_export_name(export.name)
+            contract.check_export(export.definition())  # sheets, placeholders, time zone, formats, on_empty
         if key_prefix and not key_prefix.endswith("/"):
             raise ValueError(f"key_prefix must be empty or end with '/', got {key_prefix!r}")
         if not 1 <= database_port <= 65535:

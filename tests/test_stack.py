@@ -15,7 +15,7 @@ from aws_cdk.assertions import Match, Template
 from lambdas.bucket_replicator import settings as replicator_contract
 from lambdas.export_to_xlsx import settings as export_contract
 from stacks.bucket_replicator import BucketReplicator
-from stacks.config import PROJECT_ROOT as ROOT, ExportConfig
+from stacks.config import PROJECT_ROOT as ROOT, ExportConfig, SheetConfig
 from stacks.database import IamDatabaseAuth, SecretDatabaseAuth
 from stacks.export_to_xlsx import ExportToXlsx
 from stacks.secure_bucket import SecureBucket
@@ -678,6 +678,10 @@ def test_secure_bucket_refuses_bad_props():
     ({"exports": []}, "exports must name at least one export"),
     ({"exports": [ExportConfig.single("a", "SELECT 1"), ExportConfig.single("a", "SELECT 2")]}, "must be unique"),
     ({"exports": [ExportConfig.single("Bad Name", "SELECT 1")]}, "export name 'Bad Name' must be"),
+    ({"exports": [ExportConfig.single("a", "SELECT %(day)s")]}, r"uses %\(day\)s but the export declares no"),
+    ({"exports": [ExportConfig(name="a", sheets=(SheetConfig("A", "SELECT 1"), SheetConfig("a", "SELECT 2")))]},
+     "sheet names 'A' and 'a' are the same to Excel"),
+    ({"exports": [ExportConfig.single("a", "SELECT 1", on_empty="never")]}, "on_empty 'never' is not one of"),
     ({"key_prefix": "exports"}, "key_prefix must be empty or end with '/'"),
     ({"database_port": 0}, "database_port must be a TCP port"),
     ({"ephemeral_storage_mb": 100}, "ephemeral_storage_mb must be 512..10240, got 100"),
