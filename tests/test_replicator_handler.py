@@ -60,6 +60,23 @@ def env(monkeypatch, buckets):
     replicator.runtime.cache_clear()
 
 
+#: Multipart copies from 5 MiB, so a test object of about 11 MiB is copied in parts.
+SMALL_PARTS = TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20)
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    monkeypatch.setattr(replicate_module, "TRANSFER", SMALL_PARTS)
+
+
+def recorded_runtime() -> CallRecorder:
+    """The function's runtime built again (its environment read anew), with every S3 call recorded."""
+    replicator.runtime.cache_clear()
+    recorder = CallRecorder()
+    recorder.attach(replicator.runtime().s3)
+    return recorder
+
+
 def put(s3, key: str, body: bytes = b"PK\x03\x04 workbook", **extra) -> str:
     return s3.put_object(Bucket=SOURCE, Key=key, Body=body, ContentType=XLSX, **extra)["VersionId"]
 
@@ -159,15 +176,12 @@ def test_a_destination_prefix_is_put_before_the_key(env, buckets, monkeypatch):
     assert destination_keys(buckets) == ["incoming/exports/orders/p.xlsx"]
 
 
-def test_a_large_object_is_copied_in_parts_server_side(env, buckets, monkeypatch):
+def test_a_large_object_is_copied_in_parts_server_side(env, buckets, small_parts):
     # Given a multipart threshold lowered to 5 MiB and a 12 MiB object with metadata
-    monkeypatch.setattr(replicate_module, "TRANSFER",
-                        TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20))
     data = bytes(range(256)) * (12 * 2**20 // 256)
     key = "exports/orders/large.xlsx"
     version = put(buckets, key, data, Metadata={"rows": "1000000"})
-    recorder = CallRecorder()
-    recorder.attach(replicator.runtime().s3)
+    recorder = recorded_runtime()
     # When it is replicated
     replicator.handler(event_for((key, version)), None)
     # Then parts were copied server-side, never downloaded or uploaded
@@ -277,7 +291,8 @@ def test_a_destination_equal_to_the_source_is_refused_at_cold_start(monkeypatch,
 # --- the role the stack gives the function allows exactly these calls ---------------------------
 
 
-def test_the_role_in_the_template_allows_exactly_the_calls_the_code_makes(env, buckets, dev, monkeypatch):
+def test_the_role_in_the_template_allows_exactly_the_calls_the_code_makes(env, buckets, dev, monkeypatch,
+                                                                          small_parts):
     # Given the replicator role as synthesized, with bucket logical IDs standing for the local buckets
     names = {
         f"{dev.logical_id(dev.stack.source.bucket)}.Arn": f"arn:aws:s3:::{SOURCE}",
@@ -288,13 +303,10 @@ def test_the_role_in_the_template_allows_exactly_the_calls_the_code_makes(env, b
     statements = role_statements(dev.template, dev.logical_id(dev.stack.replicator.role), names)
     prefix = dev.config.destination.prefix
     monkeypatch.setenv(contract.ENV_DESTINATION_PREFIX, prefix)
-    replicator.runtime.cache_clear()
-    recorder = CallRecorder()
-    s3 = recorder.attach(replicator.runtime().s3)
+    recorder = recorded_runtime()
+    s3 = replicator.runtime().s3
     source_prefix = dev.config.key_prefix
     # When the handler copies small and multipart objects, skips a repeat, and aborts a failed multipart copy
-    monkeypatch.setattr(replicate_module, "TRANSFER",
-                        TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20))
     small, large = f"{source_prefix}orders/s.xlsx", f"{source_prefix}orders/l.xlsx"
     event = event_for((small, put(buckets, small)), (large, put(buckets, large, b"z" * 11 * 2**20)))
     replicator.handler(event, None)
@@ -344,7 +356,8 @@ def test_only_keys_the_filter_delivers_are_copied(env, buckets, monkeypatch, sou
 
 
 @pytest.mark.parametrize("size", [100, 11 * 2**20], ids=["copy", "multipart-copy"])
-def test_copies_give_the_destination_owner_full_control_and_use_its_key(env, buckets, monkeypatch, size):
+def test_copies_give_the_destination_owner_full_control_and_use_its_key(env, buckets, monkeypatch, small_parts,
+                                                                        size):
     """bucket-owner-full-control makes the destination bucket's owner own the copy where its Object Ownership is
     "bucket owner preferred", and is the one ACL a bucket with ACLs disabled accepts
     (https://docs.aws.amazon.com/AmazonS3/latest/API/API_OwnershipControlsRule.html); with a KMS key configured,
@@ -353,11 +366,7 @@ def test_copies_give_the_destination_owner_full_control_and_use_its_key(env, buc
 
     key_arn = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["Arn"]
     monkeypatch.setenv(contract.ENV_DESTINATION_KMS_KEY_ARN, key_arn)
-    monkeypatch.setattr(replicate_module, "TRANSFER",
-                        TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20))
-    replicator.runtime.cache_clear()
-    recorder = CallRecorder()
-    recorder.attach(replicator.runtime().s3)
+    recorder = recorded_runtime()
     key = "exports/orders/owned.xlsx"
     replicator.handler(event_for((key, put(buckets, key, b"k" * size))), None)
     writes = [p for name, p in recorder.calls if name in ("s3.CopyObject", "s3.CreateMultipartUpload")]
@@ -369,7 +378,8 @@ def test_copies_give_the_destination_owner_full_control_and_use_its_key(env, buc
     assert body(buckets, DESTINATION, key) == b"k" * size
 
 
-def test_prods_role_allows_the_calls_of_a_copy_into_a_partners_kms_bucket(env, buckets, prod, monkeypatch):
+def test_prods_role_allows_the_calls_of_a_copy_into_a_partners_kms_bucket(env, buckets, prod, monkeypatch,
+                                                                          small_parts):
     # Given prod's replicator role (the partner bucket and key from its config stand for the local ones)
     key_arn = prod.config.destination.kms_key_arn
     partner, prefix = prod.config.destination.bucket_name, prod.config.destination.prefix
@@ -383,11 +393,7 @@ def test_prods_role_allows_the_calls_of_a_copy_into_a_partners_kms_bucket(env, b
     monkeypatch.setenv(contract.ENV_DESTINATION_BUCKET, partner)
     monkeypatch.setenv(contract.ENV_DESTINATION_PREFIX, prefix)
     monkeypatch.setenv(contract.ENV_DESTINATION_KMS_KEY_ARN, key_arn)
-    monkeypatch.setattr(replicate_module, "TRANSFER",
-                        TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20))
-    replicator.runtime.cache_clear()
-    recorder = CallRecorder()
-    recorder.attach(replicator.runtime().s3)
+    recorder = recorded_runtime()
     # When it copies a small and a multipart object there
     small, large = "s.xlsx", "folder/l.XLSX"
     replicator.handler(event_for((small, put(buckets, small)), (large, put(buckets, large, b"z" * 11 * 2**20))), None)
