@@ -22,8 +22,10 @@ class Synthesized:
         return {k: v for k, v in self.template["Resources"].items() if v["Type"] == type_}
 
     def logical_id(self, construct) -> str:
-        cfn = construct.node.default_child or construct
-        return self.stack.resolve(self.stack.get_logical_id(cfn))
+        cfn = construct
+        while not hasattr(cfn, "logical_id") and cfn.node.default_child is not None:
+            cfn = cfn.node.default_child  # down to the CloudFormation element (an L2 may wrap another)
+        return self.stack.resolve(cfn.logical_id)  # overridden ids included
 
 
 def synthesize(env_name: str, *, environments: dict | None = None, nag: bool = True) -> Synthesized:

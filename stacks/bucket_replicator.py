@@ -114,6 +114,8 @@ class BucketReplicator(Construct):
         self.function, self.role = built.function, built.role
         self.log_group, self.errors_alarm = built.log_group, built.errors_alarm
 
+        # The key is used by S3 on the role's behalf only, never called directly.
+        through_s3 = {"StringEquals": {"kms:ViaService": f"s3.{Stack.of(self).region}.amazonaws.com"}}
         source_objects = [source_bucket.arn_for_objects(f"{source_prefix}*{suffix}") for suffix in contract.SUFFIXES]
         destination_objects = destination_bucket.arn_for_objects(f"{destination_prefix}*")
         self.role.add_to_policy(iam.PolicyStatement(actions=list(SOURCE_READ_ACTIONS), resources=source_objects))
@@ -121,7 +123,7 @@ class BucketReplicator(Construct):
         if destination_kms_key_arn:
             self.role.add_to_policy(iam.PolicyStatement(
                 actions=list(DESTINATION_KMS_ACTIONS), resources=[destination_kms_key_arn],
-                conditions={"StringEquals": {"kms:ViaService": f"s3.{Stack.of(self).region}.amazonaws.com"}},
+                conditions=through_s3,
             ))
 
         self.default_bus_arn = Stack.of(self).format_arn(
@@ -163,7 +165,7 @@ class BucketReplicator(Construct):
             },
             "key": {
                 "Sid": "AllowXlsxReplicatorEncryption", "Effect": "Allow", "Principal": principal,
-                "Action": list(DESTINATION_KMS_ACTIONS), "Resource": "*",
+                "Action": list(DESTINATION_KMS_ACTIONS), "Resource": "*", "Condition": through_s3,
             },
         }
 

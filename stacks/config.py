@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, TypeVar, Union
 
 from lambdas.export_to_xlsx import params as export_params
+from lambdas.db_bootstrap.settings import AUTH_MODES
 from lambdas.export_to_xlsx import settings as export_contract
 from stacks.rds_ca import CaBundleError, ca_bundle
 
@@ -49,8 +50,7 @@ _DB_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
 #: The DbiResourceId of an instance (``db-...``) or an Aurora cluster (``cluster-...``), as RDS shows it.
 _RESOURCE_ID_RE = re.compile(r"^(db|cluster)-[A-Z0-9]{1,255}$")
 
-#: How the export logs in to the database: an RDS IAM token, or a user/password secret.
-AUTH_MODES = ("iam", "secret")
+#: The export's MySQL user unless config names another (how it logs in: AUTH_MODES, an RDS IAM token or a secret).
 DEFAULT_EXPORT_USER = "xlsx_export"
 
 
@@ -473,7 +473,7 @@ def _read_database(env: _Reader, retain: bool, root: Path) -> DatabaseConfig:
             availability_zones=azs,
             subnet_ids=subnets,
             route_table_ids=tables,
-            security_group_id=r.str("security_group_id", required=True, check=re.compile(r"^sg-[0-9a-f]+$").match,
+            security_group_id=r.str("security_group_id", required=True, check=_SG_RE.match,
                                     expect="a security group id"),
             host=r.str("host", required=True, check=re.compile(r"^[A-Za-z0-9.-]{1,253}$").match, expect="a host name"),
             port=r.int("port", 3306, 1, 65535),
@@ -547,6 +547,15 @@ def _read_existing_auth(r: _Reader) -> dict[str, Any]:
 _BUCKET_ARN_RE = re.compile(r"^arn:aws[a-z-]*:s3:::([^/]+)$")
 
 
+#: Prefixes end up in IAM resource ARNs, where '*' and '?' are wildcards, and in S3 notification filters,
+#: where they are literal: refusing them keeps the grant exactly what the filter delivers.
+PLAIN_PREFIX = "a key prefix not starting with '/' and without '*' or '?'"
+
+
+def _plain_prefix(value: str) -> bool:
+    return not value.startswith("/") and len(value) < 512 and not set("*?") & set(value)
+
+
 def _engine_version(r: _Reader) -> str:
     version = r.str("engine_version", "8.4")
     if version not in ENGINE_VERSIONS:
@@ -610,8 +619,8 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
         reserved_concurrency=fn.int("reserved_concurrency", None, 1, MAX_RESERVED_CONCURRENCY),
     )
     fn.done()
-    key_prefix = env.str("key_prefix", "", check=lambda v: v == "" or re.match(r"^[A-Za-z0-9!_.*'()/-]+/$", v) is not None
-                         and not v.startswith("/"), expect="empty or a key prefix ending in '/'")
+    key_prefix = env.str("key_prefix", "", check=lambda v: v == "" or re.match(r"^[A-Za-z0-9!_.'()/-]+/$", v) is not None
+                         and not v.startswith("/"), expect="empty or a key prefix ending in '/' (no '*' or '?')")
     exports = _read_exports(env, root)
     database = _read_database(env, retain=removal == "retain", root=root)
     if account and isinstance(database, CreateDatabaseConfig) and not database.availability_zones:
@@ -620,13 +629,11 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
     dest = env.obj("destination")
     destination = DestinationConfig(
         bucket_name=_destination_name(dest),
-        prefix=dest.str("prefix", "", check=lambda v: not v.startswith("/") and len(v) < 512,
-                        expect="a key prefix not starting with '/'"),
+        prefix=dest.str("prefix", "", check=_plain_prefix, expect=PLAIN_PREFIX),
         kms_key_arn=dest.str("kms_key_arn", check=_KMS_KEY_ARN_RE.match,
                              expect="a full KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID); aliases resolve in the "
                                     "caller's account, so another account's key needs its ARN"),
-        source_prefix=dest.str("source_prefix", "", check=lambda v: not v.startswith("/") and len(v) < 512,
-                               expect="a key prefix not starting with '/'"),
+        source_prefix=dest.str("source_prefix", "", check=_plain_prefix, expect=PLAIN_PREFIX),
     )
     dest.done()
     source_name = env.str("source_bucket_name", check=_BUCKET_RE.match, expect="an S3 bucket name")

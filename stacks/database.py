@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import Fn, RemovalPolicy
+from aws_cdk import ArnFormat, Fn, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
 from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from stacks.nag import acknowledge
+from stacks.pipeline_function import LOG_RETENTION
 from stacks.config import CreateDatabaseConfig, DatabaseConfig, ExistingDatabaseConfig
 
 MYSQL_PORT = 3306
+#: The Secrets Manager endpoint's logical id in the first released template (see _create).
+LEGACY_SECRETS_ENDPOINT_ID = "ExportToXlsxSecretsManagerEndpoint3A4F0D9C"
 #: Logs RDS publishes to CloudWatch Logs (in log groups RDS names and creates itself).
 EXPORTED_LOGS = ("error", "slowquery")
 #: The slow query log is written (to a file RDS publishes) for statements slower than this.
@@ -78,7 +83,7 @@ class Database(Construct):
         *,
         config: DatabaseConfig,
         removal_policy: RemovalPolicy,
-        log_retention: logs.RetentionDays,
+        log_retention_days: int,
     ) -> None:
         super().__init__(scope, construct_id)
         self.instance: rds.CfnDBInstance | None = None
@@ -86,15 +91,16 @@ class Database(Construct):
         self.secrets_endpoint: ec2.InterfaceVpcEndpoint | None = None
         self.secrets_endpoint_security_group: ec2.SecurityGroup | None = None
         if isinstance(config, CreateDatabaseConfig):
-            self._create(config, removal_policy, log_retention)
+            self._create(config, removal_policy, log_retention_days)
         elif isinstance(config, ExistingDatabaseConfig):
             self._import(config)
         else:
             raise ValueError(f"unsupported database config {config!r}")
 
     def _create(self, config: CreateDatabaseConfig, removal_policy: RemovalPolicy,
-                log_retention: logs.RetentionDays) -> None:
-        flow_log_group = logs.LogGroup(self, "FlowLogs", retention=log_retention, removal_policy=removal_policy)
+                log_retention_days: int) -> None:
+        flow_log_group = logs.LogGroup(self, "FlowLogs", retention=LOG_RETENTION[log_retention_days],
+                                       removal_policy=removal_policy)
         self.vpc = ec2.Vpc(
             self,
             "Vpc",
@@ -165,14 +171,7 @@ class Database(Construct):
         self.instance.apply_removal_policy(
             RemovalPolicy.SNAPSHOT if removal_policy == RemovalPolicy.RETAIN else RemovalPolicy.DESTROY
         )
-        # RDS creates these log groups itself, with no retention: set it (creating them if still missing).
-        for log in EXPORTED_LOGS:
-            logs.LogRetention(
-                self, f"{log.capitalize()}LogRetention",
-                log_group_name=Fn.join("", ["/aws/rds/instance/", self.instance.ref, f"/{log}"]),
-                retention=log_retention,
-                removal_policy=removal_policy,
-            )
+        self._keep_rds_logs(log_retention_days, removal_policy)
         self.host = self.instance.attr_endpoint_address
         self.port = MYSQL_PORT
         self.database_name = config.database_name
@@ -205,7 +204,47 @@ class Database(Construct):
             self, "SecretsManagerEndpoint", vpc=self.vpc, service=ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
             subnets=self.endpoint_subnets, private_dns_enabled=True, open=False, security_groups=[endpoint_sg],
         )
+        # A VPC holds one private-DNS endpoint per service, and CloudFormation creates a resource under a new
+        # logical id before it deletes the old one: keep the id the endpoint had when the export construct
+        # owned it, so an update of an existing create-mode stack moves the endpoint instead of failing.
+        self.secrets_endpoint.node.default_child.override_logical_id(LEGACY_SECRETS_ENDPOINT_ID)
         self.secrets_endpoint_security_group = endpoint_sg
+
+    def _keep_rds_logs(self, days: int, removal_policy: RemovalPolicy) -> None:
+        """RDS creates /aws/rds/instance/<id>/<log> itself, with no retention (log data never expires by
+        default): at deploy, create each group if RDS has not yet, then set its retention. The calls may touch
+        only this instance's log groups."""
+        prefix = Fn.join("", ["/aws/rds/instance/", self.instance.ref, "/"])
+        self.log_groups_arn = Stack.of(self).format_arn(
+            service="logs", resource="log-group", resource_name=Fn.join("", [prefix, "*"]),
+            arn_format=ArnFormat.COLON_RESOURCE_NAME)
+        policy = cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
+            actions=["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:DeleteLogGroup"],
+            resources=[self.log_groups_arn])])
+        self.log_group_policies = []
+        for log in EXPORTED_LOGS:
+            name = Fn.join("", [prefix, log])
+            group = cr.AwsCustomResource(
+                self, f"{log.capitalize()}LogGroup", policy=policy, install_latest_aws_sdk=False,
+                on_create=cr.AwsSdkCall(
+                    service="CloudWatchLogs", action="createLogGroup", parameters={"logGroupName": name},
+                    physical_resource_id=cr.PhysicalResourceId.of(name),
+                    ignore_error_codes_matching="ResourceAlreadyExistsException"),
+                # a throw-away environment takes its logs with it; a retained one keeps them
+                on_delete=cr.AwsSdkCall(
+                    service="CloudWatchLogs", action="deleteLogGroup", parameters={"logGroupName": name},
+                    ignore_error_codes_matching="ResourceNotFoundException")
+                if removal_policy == RemovalPolicy.DESTROY else None,
+            )
+            set_retention = cr.AwsSdkCall(
+                service="CloudWatchLogs", action="putRetentionPolicy",
+                parameters={"logGroupName": name, "retentionInDays": days},
+                physical_resource_id=cr.PhysicalResourceId.of(name))
+            retention = cr.AwsCustomResource(
+                self, f"{log.capitalize()}LogRetention", policy=policy, install_latest_aws_sdk=False,
+                on_create=set_retention, on_update=set_retention)
+            retention.node.add_dependency(group)
+            self.log_group_policies += [r.node.find_child("CustomResourcePolicy") for r in (group, retention)]
 
     def _import(self, config: ExistingDatabaseConfig) -> None:
         self.vpc = ec2.Vpc.from_vpc_attributes(

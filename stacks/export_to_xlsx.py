@@ -18,7 +18,7 @@ from constructs import Construct
 
 from lambdas.export_to_xlsx import settings as contract
 from stacks.bundling import EXPORT_BUNDLE, BundleSpec
-from stacks.config import ExportConfig
+from stacks.config import ENDPOINT_NAMES as ENDPOINTS, ExportConfig
 from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
 from stacks.nag import acknowledge, objects_finding
 from stacks.pipeline_function import failure_queue, pipeline_function
@@ -34,8 +34,6 @@ VPC_ENI_ACTIONS = (
     "ec2:AssignPrivateIpAddresses",
     "ec2:UnassignPrivateIpAddresses",
 )
-#: Endpoints the construct can add to the VPC.
-ENDPOINTS = ("s3", "secretsmanager")
 HTTPS = 443
 
 

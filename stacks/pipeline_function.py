@@ -25,6 +25,17 @@ from constructs import Construct
 from stacks.bundling import ARCHITECTURE, RUNTIME, BundleSpec, function_code
 from stacks.nag import acknowledge
 
+_R = logs.RetentionDays
+#: CloudWatch Logs' retention for each number of days config accepts (config.LOG_RETENTION_DAYS).
+LOG_RETENTION = {
+    1: _R.ONE_DAY, 3: _R.THREE_DAYS, 5: _R.FIVE_DAYS, 7: _R.ONE_WEEK, 14: _R.TWO_WEEKS, 30: _R.ONE_MONTH,
+    60: _R.TWO_MONTHS, 90: _R.THREE_MONTHS, 120: _R.FOUR_MONTHS, 150: _R.FIVE_MONTHS, 180: _R.SIX_MONTHS,
+    365: _R.ONE_YEAR, 400: _R.THIRTEEN_MONTHS, 545: _R.EIGHTEEN_MONTHS, 731: _R.TWO_YEARS, 1096: _R.THREE_YEARS,
+    1827: _R.FIVE_YEARS, 2192: _R.SIX_YEARS, 2557: _R.SEVEN_YEARS, 2922: _R.EIGHT_YEARS, 3288: _R.NINE_YEARS,
+    3653: _R.TEN_YEARS,
+}
+
+
 #: How long a failed event waits in a failure queue for someone to replay it.
 FAILURE_RETENTION = Duration.days(14)
 

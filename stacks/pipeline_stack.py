@@ -20,21 +20,13 @@ from stacks.database import EXPORTED_LOGS, Database
 from stacks.db_bootstrap import DatabaseBootstrap
 from stacks.export_to_xlsx import ExportToXlsx
 from stacks.nag import acknowledge, acknowledge_cdk_helper, nag_text
+from stacks.pipeline_function import LOG_RETENTION
 from stacks.secure_bucket import SecureBucket
 
 
 #: The ids CDK gives its singleton helper functions in the stack.
 AWS_CUSTOM_RESOURCE_ID = "AWS679f53fac002430cb0da5b7982bd2287"
-LOG_RETENTION_ID = "LogRetentionaae0aa3c5b4d4f87b02d85b201efdd8a"
 
-_R = logs.RetentionDays
-RETENTION = {
-    1: _R.ONE_DAY, 3: _R.THREE_DAYS, 5: _R.FIVE_DAYS, 7: _R.ONE_WEEK, 14: _R.TWO_WEEKS, 30: _R.ONE_MONTH,
-    60: _R.TWO_MONTHS, 90: _R.THREE_MONTHS, 120: _R.FOUR_MONTHS, 150: _R.FIVE_MONTHS, 180: _R.SIX_MONTHS,
-    365: _R.ONE_YEAR, 400: _R.THIRTEEN_MONTHS, 545: _R.EIGHTEEN_MONTHS, 731: _R.TWO_YEARS, 1096: _R.THREE_YEARS,
-    1827: _R.FIVE_YEARS, 2192: _R.SIX_YEARS, 2557: _R.SEVEN_YEARS, 2922: _R.EIGHT_YEARS, 3288: _R.NINE_YEARS,
-    3653: _R.TEN_YEARS,
-}
 
 
 class PipelineStack(Stack):
@@ -43,7 +35,7 @@ class PipelineStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
         removal = RemovalPolicy.DESTROY if config.removal_policy == "destroy" else RemovalPolicy.RETAIN
-        retention = RETENTION[config.log_retention_days]
+        retention = LOG_RETENTION[config.log_retention_days]
 
         self.access_logs = SecureBucket(
             self, "AccessLogs", removal_policy=removal, expire_objects_days=max(config.log_retention_days, 90),
@@ -67,7 +59,7 @@ class PipelineStack(Stack):
             self.alarm_topic.add_subscription(subscriptions.EmailSubscription(config.alarm_email))
 
         self.database = Database(self, "Database", config=config.database, removal_policy=removal,
-                                 log_retention=retention)
+                                 log_retention_days=config.log_retention_days)
         db = config.database
         existing = isinstance(db, ExistingDatabaseConfig)
         secrets_endpoint_group = None
@@ -182,16 +174,15 @@ class PipelineStack(Stack):
         lookup = self.node.try_find_child(AWS_CUSTOM_RESOURCE_ID)
         if lookup is not None:  # CDK's singleton behind the export's S3 prefix-list lookup
             acknowledge_cdk_helper(lookup, "CDK's AwsCustomResource helper runs at deploy time with the basic "
-                                           "execution policy; its own policy allows only DescribeManagedPrefixLists.")
+                                           "execution policy; each call it makes has its own narrow policy (S3 prefix-list lookup, RDS log groups).")
         instance = self.database.instance
-        retention = self.node.try_find_child(LOG_RETENTION_ID)
-        if retention is not None and instance is not None:  # CDK's singleton that sets the RDS log groups' retention
-            arn = f"arn:{nag_text(self, Aws.PARTITION)}:logs:{nag_text(self, Aws.REGION)}:" \
-                  f"{nag_text(self, Aws.ACCOUNT_ID)}:log-group:/aws/rds/instance/{nag_text(self, instance.ref)}"
-            acknowledge_cdk_helper(
-                retention, "CDK's log-retention helper sets the retention of the log groups RDS creates itself; "
-                           "PutRetentionPolicy/DeleteRetentionPolicy take no narrower resource than the group.",
-                wildcard_findings=["Resource::*"] + [f"Resource::{arn}/{log}:*" for log in EXPORTED_LOGS])
+        if instance is not None:
+            for policy in self.database.log_group_policies:
+                acknowledge(
+                    policy, "IAM5",
+                    "RDS names its log groups after the instance (/aws/rds/instance/<id>/<log>); the deploy-time "
+                    "calls may create, delete and set the retention of this instance's groups, nothing else.",
+                    findings=[f"Resource::{nag_text(self, self.database.log_groups_arn)}"])
         if instance is not None:
             Validations.of(instance).acknowledge(Acknowledgment(
                 id="CloudFormation-Validate::E9006",

@@ -85,8 +85,12 @@ def ca_bundle() -> CaBundle:
     missing = [p for p in paths.values() if not Path(p).exists()]
     if missing:
         raise CaBundleError(f"{missing[0]} is missing: run `npm ci` in {PROJECT_ROOT} to install the RDS CA bundle")
-    result = subprocess.run(["node", "-e", _SCRIPT, json.dumps(paths), str(PACKAGE_DIR / "package.json")],
-                            capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(["node", "-e", _SCRIPT, json.dumps(paths), str(PACKAGE_DIR / "package.json")],
+                                capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise CaBundleError(f"cannot run Node.js to read the RDS CA bundle ({exc}): install Node.js 20 or newer") \
+            from None
     if result.returncode != 0:
         raise CaBundleError(f"could not read the RDS CA bundle from {PACKAGE_DIR}: {result.stderr.strip()}")
     data = json.loads(result.stdout)

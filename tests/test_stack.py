@@ -124,6 +124,7 @@ def test_the_partner_gets_the_exact_statements_to_add(prod):
     assert sorted(bucket["Action"]) == granted["Action"] and bucket["Resource"] == granted["Resource"]
     key = statement("PartnerKeyPolicyStatement")
     assert key["Principal"] == {"AWS": "ROLE"} and sorted(key["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
+    assert key["Condition"] == {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}
 
 
 # --- notification ------------------------------------------------------------------------
@@ -324,8 +325,7 @@ def test_no_data_action_on_every_resource_and_no_wildcard_actions(synth):
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
             for action in actions:
                 assert not action.endswith("*"), f"{logical_id} grants {action}"
-            # Our functions' roles and helpers; CDK's own log-retention singleton is acknowledged in cdk-nag.
-            if st["Resource"] == "*" and logical_id.startswith(("ExportToXlsx", "BucketReplicator")):
+            if st["Resource"] == "*":
                 assert set(actions) <= RESOURCELESS_ACTIONS, f"{logical_id}: {actions} on '*'"
 
 
@@ -549,9 +549,18 @@ def test_rds_logs_are_written_and_kept_for_the_configured_retention(dev):
         {"slow_query_log": "1", "log_output": "FILE", "long_query_time": "10"})})
     instance = dev.logical_id(dev.stack.database.instance)
     for log in ("error", "slowquery"):
-        t.has_resource_properties("Custom::LogRetention", {
-            "LogGroupName": {"Fn::Join": ["", ["/aws/rds/instance/", {"Ref": instance}, f"/{log}"]]},
-            "RetentionInDays": dev.config.log_retention_days})
+        create = json.dumps(props(dev, dev.stack.database.node.find_child(f"{log.capitalize()}LogGroup"))["Create"])
+        assert '"action\\":\\"createLogGroup' in create and "ResourceAlreadyExistsException" in create
+        retention = props(dev, dev.stack.database.node.find_child(f"{log.capitalize()}LogRetention"))
+        for call in ("Create", "Update"):
+            text = json.dumps(retention[call])
+            assert "putRetentionPolicy" in text and f'retentionInDays\\":{dev.config.log_retention_days}' in text
+            assert {"Ref": instance} in retention[call]["Fn::Join"][1] and f'/{log}\\"' in text
+    # and the deploy-time calls may touch only this instance's log groups
+    for policy in dev.stack.database.log_group_policies:
+        (statement,) = props(dev, policy)["PolicyDocument"]["Statement"]
+        assert statement["Action"] == ["logs:CreateLogGroup", "logs:DeleteLogGroup", "logs:PutRetentionPolicy"]
+        assert statement["Resource"]["Fn::Join"][1][-2:] == [{"Ref": instance}, "/*"]
 
 
 def test_an_environment_agnostic_stack_refuses_regions_the_ca_bundle_does_not_cover(dev, prod):
