@@ -17,6 +17,7 @@ from typing import Any, Callable
 import boto3
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -113,8 +114,8 @@ def run(deployment: Deployment, export: str, params: dict[str, str]) -> int:
         table.add_column(style="bold")
         table.add_column(overflow="fold")
         for field in ("export", "outcome", "bucket", "key", "rows", "sheets", "bytes", "seconds"):
-            table.add_row(field, str(upload.get(field, "")))
-        table.add_row("params", _params_text(upload.get("params", event.get("params"))))
+            table.add_row(field, escape(str(upload.get(field, ""))))
+        table.add_row("params", escape(_params_text(upload.get("params", event.get("params")))))
         out.print(table)
     return 0
 
@@ -163,7 +164,10 @@ def backfill(deployment: Deployment, export: str, params: tuple[str, list[str], 
         task = progress.add_task(f"{export} {name}", total=len(days))
         for day in days:
             progress.update(task, description=f"{export} {name}={day}")
-            results[day] = run_export(deployment, export_event(deployment, export, {**fixed, name: day}))
+            try:
+                results[day] = run_export(deployment, export_event(deployment, export, {**fixed, name: day}))
+            except OperatorError as exc:  # throttled, timed out, denied: this day failed, the table still prints
+                results[day] = Invocation(ok=False, answer=None, error=str(exc))
             progress.advance(task)
             if not results[day].ok and not continue_on_error:
                 break
@@ -175,10 +179,10 @@ def backfill(deployment: Deployment, export: str, params: tuple[str, list[str], 
         if result is None:
             table.add_row(day, "not run", "", "", "")
         elif not result.ok:
-            table.add_row(day, "[red]failed[/red]", result.error, "", "")
+            table.add_row(day, "[red]failed[/red]", escape(result.error or ""), "", "")
         else:
             for upload in _uploads(result.answer) or [{}]:
-                table.add_row(day, upload.get("outcome", "uploaded"), upload.get("key", ""),
+                table.add_row(day, escape(str(upload.get("outcome", "uploaded"))), escape(str(upload.get("key", ""))),
                               str(upload.get("rows", "")), str(upload.get("seconds", "")))
     out.print(table)
     failed = sum(1 for r in results.values() if not r.ok)
@@ -204,7 +208,9 @@ def replay(deployment: Deployment, dry_run: bool) -> int:
         outcomes = replay_all(deployment, dry_run=dry_run)
     for o in outcomes:
         style = "green" if o.result == "replayed" else "red" if not o.ok else ""
-        table.add_row(o.queue, o.subject, o.reason, f"[{style}]{o.result}[/{style}]" if style else o.result)
+        result = escape(o.result)
+        table.add_row(escape(o.queue), escape(o.subject), escape(o.reason),
+                      f"[{style}]{result}[/{style}]" if style else result)
     if outcomes:
         out.print(table)
     counts = {k: sum(1 for o in outcomes if pick(o)) for k, pick in (
@@ -231,13 +237,14 @@ def status(deployment: Deployment, grace_minutes: int) -> int:
         table.add_column(column, overflow="fold")
     for e in exports:
         written = e.modified.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if e.modified else ""
-        table.add_row(e.export, e.key or "-", written, e.rows or "", _state(e.delivered, with_detail=True))
+        table.add_row(escape(e.export), escape(e.key or "-"), written, escape(str(e.rows or "")),
+                      _state(e.delivered, with_detail=True))
     out.print(table)
     table = Table(title="failure queues and alarms")
     for column in ("what", "state", "detail"):
         table.add_column(column, overflow="fold")
     for c in checks:
-        table.add_row(c.what, _state(c), c.detail)
+        table.add_row(escape(c.what), _state(c), escape(c.detail))
     out.print(table)
     attention = [e.export for e in exports if e.delivered.attention] + [c.what for c in checks if c.attention]
     if attention:
@@ -248,7 +255,7 @@ def status(deployment: Deployment, grace_minutes: int) -> int:
 
 
 def _state(check: Any, *, with_detail: bool = False) -> str:
-    text = check.state + (f" ({check.detail})" if with_detail and check.detail else "")
+    text = escape(check.state + (f" ({check.detail})" if with_detail and check.detail else ""))
     return f"[red]{text}[/red]" if check.attention else text
 
 

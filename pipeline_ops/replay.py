@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import unquote_plus
 
-from pipeline_ops.aws import INVOKE_CONFIG, OPTIONAL_OUTPUTS, Deployment, calling, invoke
+from pipeline_ops.aws import INVOKE_CONFIG, OPTIONAL_OUTPUTS, Deployment, OperatorError, calling, invoke
 
 BATCH = 10
 #: Long enough for every message of a batch to be replayed (each invoke waits up to 16 minutes)
@@ -145,9 +145,15 @@ def _replay_one(sqs: Any, lambda_client: Any, url: str, function_name: str, queu
         return Outcome(queue.label, waiting.subject, waiting.reason, "left")
     if dry_run:
         return Outcome(queue.label, waiting.subject, waiting.reason, "would replay")
-    answer = invoke(lambda_client, function_name, waiting.event)
+    try:
+        answer = invoke(lambda_client, function_name, waiting.event)
+    except OperatorError as exc:  # throttled, timed out, denied: this message stays, the others go on
+        return Outcome(queue.label, waiting.subject, waiting.reason, f"failed: {exc}")
     if not answer.ok:
         return Outcome(queue.label, waiting.subject, waiting.reason, f"failed: {answer.error}")
-    with calling(f"deleting a replayed message from the {queue.label} queue"):
-        sqs.delete_message(QueueUrl=url, ReceiptHandle=waiting.receipt_handle)
+    try:
+        with calling(f"deleting a replayed message from the {queue.label} queue"):
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=waiting.receipt_handle)
+    except OperatorError as exc:  # replayed but still waiting: a copy replayed again is skipped, an export reruns
+        return Outcome(queue.label, waiting.subject, waiting.reason, f"failed: replayed, not deleted: {exc}")
     return Outcome(queue.label, waiting.subject, waiting.reason, "replayed")

@@ -496,3 +496,20 @@ def test_a_failed_publish_is_logged_and_counted_and_the_copy_stands(env, buckets
     # And a redelivery of the notification does not copy again
     assert replicator.handler(event_for((key, version)), None)["already_copied"] == 1
     leftover = delivered_queue(); assert leftover == [], leftover[0]["detail"] if leftover else None
+
+
+def test_metadata_near_s3s_2kb_limit_still_copies_without_the_redundant_source_key(env, buckets):
+    """S3 keeps 2 KB of user metadata per object (https://docs.aws.amazon.com/AmazonS3/latest/userguide/
+    UsingMetadata.html); moto does not enforce it, so the size is asserted here. The copy's key already
+    says which source key it came from, so that field goes first when the recorded source would not fit."""
+    key = "exports/orders/" + "long-name-" * 60 + ".xlsx"
+    version = put(buckets, key, Metadata={"params": "x" * 1300})
+    replicator.handler(event_for((key, version)), None)
+    copied = buckets.head_object(Bucket=DESTINATION, Key=key)["Metadata"]
+    assert replicate_module.metadata_bytes(copied) <= replicate_module.MAX_METADATA_BYTES
+    assert replicate_module.META_SOURCE_KEY not in copied
+    assert copied["params"] == "x" * 1300 and copied[replicate_module.META_SOURCE_VERSION] == version
+    # an ordinary object keeps every field
+    small = "exports/orders/short.xlsx"
+    replicator.handler(event_for((small, put(buckets, small))), None)
+    assert buckets.head_object(Bucket=DESTINATION, Key=small)["Metadata"][replicate_module.META_SOURCE_KEY] == small

@@ -261,6 +261,9 @@ def test_hostile_values_are_bound_never_spliced_into_the_sql(env, s3, orders, ho
     ({"x": "NaN"}, r"parameter 'x': value 'NaN' is not a finite decimal"),
     ({"s": ["a"]}, r"parameter 's': value \['a'\] is not text"),
     ({"s": "x" * 201}, r"parameter 's': value is longer than 200 characters"),
+    ({"t": "0001-01-01T00:00:00+05:00"}, r"parameter 't': value .* is not a datetime that exists in the export's"),
+    ({"s": "\U0001F600" * 200}, r"export 'typed': the parameter values take \d+ bytes in the workbook's metadata, "
+                                 r"more than 1024 \(S3 keeps 2 KB"),
     ({"kind": "refunded"}, r"parameter 'kind': value 'refunded' is not one of 'all', 'paid'"),
     ("day=1", r"export 'typed': \"params\" must be an object"),
 ])

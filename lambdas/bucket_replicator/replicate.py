@@ -22,6 +22,15 @@ META_SOURCE_VERSION = "source-version-id"
 META_SOURCE_ETAG = "source-etag"
 
 
+#: S3 keeps at most 2 KB of user-defined metadata per object, names and values in UTF-8
+#: (https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingMetadata.html).
+MAX_METADATA_BYTES = 2048
+
+
+def metadata_bytes(metadata: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
+
+
 class CopyFailed(Exception):
     def __init__(self, key: str, reason: str):
         super().__init__(f"{key}: {reason}")
@@ -71,6 +80,12 @@ def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: Tr
     })
     if version:
         metadata[META_SOURCE_VERSION] = version
+    if metadata_bytes(metadata) > MAX_METADATA_BYTES:
+        # The copy's key is the destination prefix plus this key: the only field that can be left out.
+        del metadata[META_SOURCE_KEY]
+    if metadata_bytes(metadata) > MAX_METADATA_BYTES:
+        raise CopyFailed(request.key, f"the object's user metadata with the source recorded takes "
+                                      f"{metadata_bytes(metadata)} bytes, more than S3's {MAX_METADATA_BYTES}")
     extra = {"MetadataDirective": "REPLACE", "Metadata": metadata, "ACL": DESTINATION_ACL}
     if settings.destination_kms_key_arn:
         extra.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=settings.destination_kms_key_arn)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlparse
+from pymysql.converters import escape_string
 
 from .settings import sha256
 
@@ -59,13 +60,21 @@ def user_statements(user: str, database: str, auth: str, password: str | None = 
     ]
 
 
+#: MySQL's executable comments (``/*!40101 SET NAMES utf8mb4 */``, MariaDB's ``/*M!...*/``), as mysqldump
+#: writes them: statements to run, not comments to drop.
+EXECUTABLE_COMMENTS = ("/*!", "/*M!")
+
+
 def _code(exc: Exception) -> object:
     return exc.args[0] if exc.args else "?"
 
 
 def _message(exc: Exception, secret: str | None) -> str:
     text = str(exc.args[-1]) if exc.args else str(exc)
-    return text.replace(secret, "***") if secret else text
+    if secret:  # the server quotes the statement with the password as it was sent: escaped
+        for form in sorted({secret, escape_string(secret)}, key=len, reverse=True):
+            text = text.replace(form, "***")
+    return text
 
 
 def show_grants(cursor: Any, user: str) -> list[str]:
@@ -108,7 +117,8 @@ def split_statements(text: str) -> list[tuple[int, str]]:
         position = start + len(raw)
         lead = 0
         for token in sqlparse.parse(raw)[0].flatten():
-            if not (token.is_whitespace or token.ttype in sqlparse.tokens.Comment):
+            executable = str(token).startswith(EXECUTABLE_COMMENTS)  # MySQL runs /*!... */ as code
+            if not (token.is_whitespace or (token.ttype in sqlparse.tokens.Comment and not executable)):
                 break
             lead += len(str(token))
         sql = raw[lead:].strip().rstrip(";").strip()

@@ -2,7 +2,7 @@
 
 Create and Update bring the database in line (see ``bootstrap.py``); Delete does nothing: the
 user, the tables and their rows stay with the database. The answer holds booleans and a
-checksum only; passwords never leave this function.
+statement count only; passwords never leave this function.
 """
 
 from __future__ import annotations

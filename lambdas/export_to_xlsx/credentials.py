@@ -71,9 +71,6 @@ class SecretCache:
             self._read_at = self._clock()
         return self._value
 
-    def invalidate(self) -> None:
-        self._value = None
-
     def _read(self) -> Credentials:
         try:
             raw = self._client.get_secret_value(SecretId=self._arn)["SecretString"]

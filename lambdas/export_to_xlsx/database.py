@@ -100,8 +100,12 @@ def begin_snapshot(connection: pymysql.connections.Connection, *, export: str) -
 
 
 def end_snapshot(connection: pymysql.connections.Connection) -> None:
-    """End the read-only transaction (nothing was written, so rolling back only releases the snapshot)."""
-    connection.rollback()
+    """End the read-only transaction (nothing was written, so rolling back only releases the snapshot).
+    Every row is read by now: a connection lost at this point loses nothing, so it is not an error."""
+    try:
+        connection.rollback()
+    except (pymysql.err.MySQLError, OSError):
+        pass
 
 
 class QueryStream:
@@ -113,7 +117,6 @@ class QueryStream:
     def __init__(self, connection: pymysql.connections.Connection, sql: str, *, export: str,
                  params: dict | None = None, batch_rows: int | None = None, sheet: str | None = None):
         self._connection = connection
-        self._export = export
         self._where = f"export {export!r}" + (f", sheet {sheet!r}" if sheet else "")
         self._batch_rows = batch_rows or BATCH_ROWS
         self.rows_read = 0

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 TEMP_PREFIX = "xlsx-export-"
+#: The parameter values recorded in a workbook's metadata; the rest of the 2 KB S3 allows per object is
+#: the export's own fields and what the replicator adds to the copy.
+MAX_PARAMS_METADATA_BYTES = 1024
 #: Stop writing when less than this is left before the function's timeout, so the
 #: invocation fails cleanly (temporary file removed, nothing uploaded) instead of being killed.
 DEADLINE_RESERVE_SECONDS = 30
@@ -101,8 +104,18 @@ def run_export(
     run_at = now()
     values = resolve_parameters(export, params, run_at)
     recorded = {name: params_module.as_text(v) for name, v in values.items()}
+    # S3 user metadata is ASCII and at most 2 KB per object, copies included: the values as JSON with
+    # non-ASCII characters escaped, checked before any row is read.
+    recorded_json = json.dumps(recorded, separators=(",", ":"), ensure_ascii=True) if recorded else None
+    if recorded_json and len(recorded_json) > MAX_PARAMS_METADATA_BYTES:
+        raise ExportError(
+            f"export {export.name!r}: the parameter values take {len(recorded_json)} bytes in the workbook's "
+            f"metadata, more than {MAX_PARAMS_METADATA_BYTES} (S3 keeps 2 KB of metadata per object); shorten them")
     temp_dir = Path(temp_dir or tempfile.gettempdir())
-    fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{export.name}-", suffix=".xlsx", dir=temp_dir)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{export.name}-", suffix=".xlsx", dir=temp_dir)
+    except OSError as exc:
+        raise ExportError(f"export {export.name!r}: cannot create a temporary file in {temp_dir}: {exc}") from None
     os.close(fd)
     path = Path(name)
     key = object_key(target.key_prefix, export.name, run_at, key_day(export, values))
@@ -152,9 +165,8 @@ def run_export(
                 "sheets": str(workbook.sheets),
                 "sql-sha256": sql_digest(export),
             }
-            if recorded:
-                # S3 user metadata is ASCII: the values as JSON with non-ASCII characters escaped.
-                metadata["params"] = json.dumps(recorded, separators=(",", ":"), ensure_ascii=True)
+            if recorded_json:
+                metadata["params"] = recorded_json
             _upload(s3, path, target.bucket, key, metadata)
     except (StorageFullError, SheetTooLargeError) as exc:
         raise ExportError(f"export {export.name!r}: {exc}") from None

@@ -133,7 +133,10 @@ def parse_value(p: ParameterDefinition, raw: Any, now: dt.datetime, zone: ZoneIn
             raise bad(f"a {p.type} (ISO 8601 like '2026-11-20{'T05:00:00' if p.type == 'datetime' else ''}' "
                       f"or one of {words})") from None
         if value.tzinfo is not None:  # an explicit offset: the same instant in the export's zone
-            value = value.astimezone(zone).replace(tzinfo=None)
+            try:
+                value = value.astimezone(zone).replace(tzinfo=None)
+            except (OverflowError, ValueError):
+                raise bad(f"a {p.type} that exists in the export's time zone (years 1 to 9999)") from None
         return value
     if p.type == "int":
         if isinstance(raw, bool) or not isinstance(raw, (int, str)):
@@ -198,7 +201,6 @@ def as_text(value: Any) -> str:
 
 def check_placeholders(sql: str, declared: Sequence[str]) -> None:
     """Raise ParameterError when the SQL's placeholders do not fit the declared parameters."""
-    used = set()
     for match in PLACEHOLDER_RE.finditer(sql):
         if match.group(1) is None:
             if not declared:
@@ -212,4 +214,3 @@ def check_placeholders(sql: str, declared: Sequence[str]) -> None:
             if not declared:
                 raise ParameterError(f"uses %({name})s but the export declares no parameters")
             raise ParameterError(f"uses %({name})s, which is not a declared parameter ({', '.join(declared)})")
-        used.add(name)
