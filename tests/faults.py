@@ -33,3 +33,10 @@ def query_error(status: int, code: str, message: str) -> AWSResponse:
     xml = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
            "<RequestId>0</RequestId></ErrorResponse>").encode()
     return AWSResponse("https://aws.amazon.com/", status, {"Content-Type": "text/xml"}, _Raw(xml))
+
+
+def rest_json_error(status: int, code: str, message: str) -> AWSResponse:
+    """An error answer of a REST-JSON service such as Lambda (the error type in ``x-amzn-ErrorType``)."""
+    body = json.dumps({"Type": "User", "message": message}).encode()
+    return AWSResponse("https://lambda.amazonaws.com/", status,
+                       {"Content-Type": "application/json", "x-amzn-ErrorType": code}, _Raw(body))

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from pipeline_ops.aws import OPTIONAL_OUTPUTS, OUTPUTS
 from pipeline_ops.cli import Tools, cli
-from tests.faults import lambda_answer, query_error, s3_error
+from tests.faults import lambda_answer, query_error, rest_json_error, s3_error
 
 STACK = "MysqlXlsxPipeline-dev"
 
@@ -463,6 +463,36 @@ def test_backfill_continue_on_error_runs_every_day(deployed):
     assert result.exit_code == 1
     assert [p["params"]["day"] for p in deployed.fake.payloads(fn)] == ["2026-11-01", "2026-11-02", "2026-11-03"]
     assert "2 succeeded, 1 failed, 0 not run of 3 day(s)" in result.stdout
+
+
+def test_a_throttled_day_is_one_failure_and_the_other_days_still_run(deployed):
+    # Given a function that answers one day with Lambda's own throttling error (HTTP 429), as it does when a
+    # reserved concurrency of 1 is busy (https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html)
+    fn = export_failing_on(deployed, "never")
+
+    def throttle_one_day(session):
+        def answer(request, **_):
+            if json.loads(request.body)["params"]["day"] == "2026-11-02":
+                return rest_json_error(429, "TooManyRequestsException", "Rate Exceeded.")
+        session.events.register_first("before-send.lambda.Invoke", answer)
+
+    # When the backfill goes on after errors
+    result = deployed.cli("backfill", "orders", "--param", "day=2026-11-01..2026-11-03", "--continue-on-error",
+                          extra_session_hooks=throttle_one_day)
+    # Then that day is a failure with the reason, the table is printed, and every day was tried
+    assert result.exit_code == 1
+    assert [p["params"]["day"] for p in deployed.fake.payloads(fn)][-1] == "2026-11-03"
+    assert any("2026-11-02" in line and "failed" in line and "TooManyRequests" in line
+               for line in result.stdout.splitlines())
+    assert "2 succeeded, 1 failed, 0 not run of 3 day(s)" in result.stdout
+
+
+def test_keys_with_brackets_are_printed_as_they_are(deployed):
+    fn = deployed.outputs["ExportFunctionName"]
+    deployed.fake.answers[fn] = lambda event: ({"exports": [upload("orders", key="exports/orders/Q3 [draft] [/x].xlsx")]},
+                                               None)
+    result = deployed.cli("run", "orders")
+    assert result.exit_code == 0 and "exports/orders/Q3 [draft] [/x].xlsx" in result.stdout
 
 
 @pytest.mark.parametrize("param, message", [
