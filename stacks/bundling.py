@@ -31,7 +31,6 @@ from stacks.rds_ca import CaBundleError, ca_bundle
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LAMBDAS_DIR = PROJECT_ROOT / "lambdas"
-NODE_MODULES = PROJECT_ROOT / "node_modules"
 
 #: Runtime of both functions; the bundler installs wheels for the same Python.
 RUNTIME = lambda_.Runtime.PYTHON_3_14

@@ -18,7 +18,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import params as params_module
-from .credentials import SecretCache
+from .credentials import CredentialSource
 from .database import Endpoint, LoginFailed, QueryStream, begin_snapshot, connect, end_snapshot
 from .errors import ExportError
 from .settings import ExportDefinition
@@ -87,7 +87,7 @@ def run_export(
     export: ExportDefinition,
     *,
     endpoint: Endpoint,
-    secrets: SecretCache,
+    secrets: CredentialSource,
     s3: Any,
     target: Target,
     params: Any = None,
@@ -203,7 +203,7 @@ def run_export(
     return result
 
 
-def _connect(endpoint: Endpoint, secrets: SecretCache):
+def _connect(endpoint: Endpoint, secrets: CredentialSource):
     try:
         return connect(endpoint, secrets.get())
     except LoginFailed:
