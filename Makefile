@@ -4,15 +4,26 @@ PY := $(VENV)/bin/python
 ENV ?= dev
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
+# The venv uses the Python minor version of the functions' Lambda runtime (stacks/bundling.py), so the
+# tests run on the Python that runs the code: python3.13 on PATH, else pyenv's 3.13.x, else python3 with a warning.
+LAMBDA_PYTHON := $(shell sed -n 's/^LAMBDA_PYTHON_VERSION = "\(.*\)"/\1/p' stacks/bundling.py)
+PYENV_ROOT ?= $(HOME)/.pyenv
+FOUND_PYTHON := $(firstword $(wildcard $(PYENV_ROOT)/versions/$(LAMBDA_PYTHON).*/bin/python$(LAMBDA_PYTHON)) \
+                $(shell command -v python$(LAMBDA_PYTHON) 2>/dev/null))
+BASE_PYTHON := $(or $(FOUND_PYTHON),python3)
+VENV_STAMP := $(VENV)/.python-$(LAMBDA_PYTHON)$(if $(FOUND_PYTHON),,-fallback)
+
 .PHONY: synth test e2e bench clean
 
-$(VENV)/.synth: requirements.txt pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+$(VENV_STAMP):
+	@[ -n "$(FOUND_PYTHON)" ] || echo "warning: Python $(LAMBDA_PYTHON) (the functions' Lambda runtime) not found; the venv uses $$(python3 --version) instead"
+	rm -rf $(VENV) && $(BASE_PYTHON) -m venv $(VENV) && touch $@
+
+$(VENV)/.synth: requirements.txt pyproject.toml | $(VENV_STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+$(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml | $(VENV_STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@ $(VENV)/.synth
 

@@ -39,7 +39,6 @@ from urllib.parse import quote_plus, unquote, unquote_plus, urlparse
 
 from pipeline_ops import ROOT
 
-sys.path.insert(0, str(ROOT / "lambdas"))  # each handler's package sits at the root of its asset, as in Lambda
 
 from pipeline_ops.iam import CallRecorder, denied, resolve, role_statements  # noqa: E402
 
@@ -211,8 +210,8 @@ class LocalPipeline:
         self.template = template
         self.mysql = mysql
         self.say = say
-        self.export_fn = find_function(template, "export_to_xlsx.handler.handler")
-        self.replicator_fn = find_function(template, "bucket_replicator.handler.handler")
+        self.export_fn = find_function(template, "lambdas.export_to_xlsx.handler.handler")
+        self.replicator_fn = find_function(template, "lambdas.bucket_replicator.handler.handler")
         self.failed_events: list[dict] = []  # what the on-failure destination received
         self._created: list[tuple[str, str]] = []
         self.export_calls = CallRecorder()
@@ -286,9 +285,9 @@ class LocalPipeline:
         self.export_env.update(DB_AUTH="secret", DB_SECRET_ARN=self.secret_arn)
         self.replicator_env = self._resolve_env(self.replicator_fn, {})
 
-        import export_to_xlsx.handler as export_handler
-        import export_to_xlsx.settings as export_settings
-        import bucket_replicator.handler as replicator_handler
+        import lambdas.export_to_xlsx.handler as export_handler
+        import lambdas.export_to_xlsx.settings as export_settings
+        import lambdas.bucket_replicator.handler as replicator_handler
 
         # The .sql files sit at the same paths (sql/...) in the project as in the function's package.
         saved_dir, export_settings.PACKAGE_DIR = export_settings.PACKAGE_DIR, ROOT
@@ -319,7 +318,7 @@ class LocalPipeline:
         """A rule on the default bus, as the README shows, sending "Workbook Delivered" events to a queue."""
         import boto3
 
-        from bucket_replicator.settings import DELIVERED_DETAIL_TYPE, DELIVERED_SOURCE
+        from lambdas.bucket_replicator.settings import DELIVERED_DETAIL_TYPE, DELIVERED_SOURCE
 
         with environment(self.aws_env):
             self.events = boto3.client("events")
@@ -491,7 +490,7 @@ class LocalPipeline:
         import pymysql
 
         from pipeline_ops.xlsx_expect import assert_rows_match, query
-        from export_to_xlsx import params as export_params
+        from lambdas.export_to_xlsx import params as export_params
 
         export = self.export_handler.runtime().settings.exports[result["export"]]
         values = export_params.resolve(export.parameters, result.get("params", {}),

@@ -11,6 +11,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from lambdas import contract as shared
 from lambdas.bucket_replicator import settings as contract
 from stacks.bundling import REPLICATOR_BUNDLE
 from stacks.nag import acknowledge, objects_finding
@@ -116,7 +117,7 @@ class BucketReplicator(Construct):
 
         # The key is used by S3 on the role's behalf only, never called directly.
         through_s3 = {"StringEquals": {"kms:ViaService": f"s3.{Stack.of(self).region}.amazonaws.com"}}
-        source_objects = [source_bucket.arn_for_objects(f"{source_prefix}*{suffix}") for suffix in contract.SUFFIXES]
+        source_objects = [source_bucket.arn_for_objects(f"{source_prefix}*{suffix}") for suffix in shared.SUFFIXES]
         destination_objects = destination_bucket.arn_for_objects(f"{destination_prefix}*")
         self.role.add_to_policy(iam.PolicyStatement(actions=list(SOURCE_READ_ACTIONS), resources=source_objects))
         self.role.add_to_policy(iam.PolicyStatement(actions=list(DESTINATION_ACTIONS), resources=[destination_objects]))
@@ -150,7 +151,7 @@ class BucketReplicator(Construct):
             ),
         )
 
-        for suffix in contract.SUFFIXES:
+        for suffix in shared.SUFFIXES:
             source_bucket.add_event_notification(
                 s3.EventType.OBJECT_CREATED, s3n.LambdaDestination(self.function),
                 s3.NotificationKeyFilter(suffix=suffix, prefix=source_prefix or None),
@@ -174,7 +175,7 @@ class BucketReplicator(Construct):
             "The function copies whichever new .xlsx object triggered it, so it reads any key ending in "
             ".xlsx/.XLSX under the source prefix and writes the same key under the destination prefix; "
             "actions are listed one by one.",
-            findings=[objects_finding(source_bucket, f"{source_prefix}*{suffix}") for suffix in contract.SUFFIXES]
+            findings=[objects_finding(source_bucket, f"{source_prefix}*{suffix}") for suffix in shared.SUFFIXES]
             + [objects_finding(destination_bucket, f"{destination_prefix}*")],
         )
         acknowledge(

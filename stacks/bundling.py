@@ -1,7 +1,8 @@
 """Bundle a function's code and its dependencies without Docker.
 
 The function folder ``lambdas/<name>/`` is copied into the asset as the package
-``<name>`` and its ``requirements.txt`` is installed next to it with pip for the
+``lambdas.<name>``, beside ``lambdas/contract.py`` (the facts every function shares), so code is
+imported the same way in the project, the tests and Lambda; its ``requirements.txt`` is installed next to it with pip for the
 Lambda platform (``--platform ... --only-binary=:all:``), so no compiler and no
 Docker engine is needed. Files a function needs beside its code (the Amazon RDS CA
 bundle) are written in by ``extra_files``.
@@ -26,19 +27,21 @@ import aws_cdk as cdk
 import jsii
 from aws_cdk import aws_lambda as lambda_
 
-from lambdas.export_to_xlsx import settings as export_contract
+from lambdas import contract
 from stacks.rds_ca import CaBundleError, ca_bundle
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LAMBDAS_DIR = PROJECT_ROOT / "lambdas"
 
 #: Runtime of both functions; the bundler installs wheels for the same Python.
-RUNTIME = lambda_.Runtime.PYTHON_3_14
+RUNTIME = lambda_.Runtime.PYTHON_3_13
 ARCHITECTURE = lambda_.Architecture.ARM_64
-LAMBDA_PYTHON_VERSION = "3.14"
+LAMBDA_PYTHON_VERSION = "3.13"
 LAMBDA_PLATFORM = "manylinux2014_aarch64"
 
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "requirements.txt")
+#: Files of ``lambdas/`` every function's package holds beside its own folder.
+SHARED_FILES = ("__init__.py", "contract.py")
 
 
 class BundlingError(RuntimeError):
@@ -60,6 +63,11 @@ class BundleSpec:
         return self.root / self.package
 
     @property
+    def handler(self) -> str:
+        """The function's handler: its package's ``handler.handler``, under ``lambdas``."""
+        return f"{self.root.name}.{self.package}.handler.handler"
+
+    @property
     def requirements(self) -> list[str]:
         path = self.source_dir / "requirements.txt"
         if not path.exists():
@@ -68,10 +76,9 @@ class BundleSpec:
         return [line for line in lines if line]
 
     def source_files(self) -> list[Path]:
-        return sorted(
-            p for p in self.source_dir.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
-        )
+        own = (p for p in self.source_dir.rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+        return sorted([*own, *(self.root / name for name in SHARED_FILES)])
 
     def asset_hash(self) -> str:
         digest = hashlib.sha256()
@@ -83,7 +90,7 @@ class BundleSpec:
         }
         digest.update(json.dumps(settings, sort_keys=True).encode())
         for path in self.source_files():
-            digest.update(str(path.relative_to(self.source_dir)).encode() + b"\0")
+            digest.update(str(path.relative_to(self.root)).encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")
         for name in sorted(self.extra_files):
             digest.update(name.encode() + b"\0" + self.extra_files[name]() + b"\0")
@@ -106,9 +113,12 @@ def bundle(spec: BundleSpec, output_dir: Path) -> None:
     """Write the function's package, its dependencies and extra files into ``output_dir``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(spec.source_dir, output_dir / spec.package, ignore=_IGNORED, dirs_exist_ok=True)
+    package_dir = output_dir / spec.root.name / spec.package
+    shutil.copytree(spec.source_dir, package_dir, ignore=_IGNORED, dirs_exist_ok=True)
+    for name in SHARED_FILES:
+        shutil.copy2(spec.root / name, package_dir.parent / name)
     for name, produce in spec.extra_files.items():
-        target = output_dir / spec.package / name
+        target = package_dir / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(produce())
     if not spec.requirements:
@@ -160,5 +170,5 @@ def rds_ca_bundle() -> bytes:
         raise BundlingError(str(exc)) from None
 
 
-EXPORT_BUNDLE = BundleSpec(package="export_to_xlsx", extra_files={export_contract.CA_BUNDLE_FILE: rds_ca_bundle})
+EXPORT_BUNDLE = BundleSpec(package="export_to_xlsx", extra_files={contract.CA_BUNDLE_FILE: rds_ca_bundle})
 REPLICATOR_BUNDLE = BundleSpec(package="bucket_replicator")

@@ -12,11 +12,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, TypeVar, Union
+from typing import Any, Literal, Mapping, Union
 
-from lambdas.export_to_xlsx import params as export_params
-from lambdas.db_bootstrap.settings import AUTH_MODES
+from lambdas.db_bootstrap.settings import AUTH_MODES, DATABASE_RE, USER_RE
 from lambdas.export_to_xlsx import settings as export_contract
+from lambdas.export_to_xlsx.definition import (
+    DefinitionError, ExportDefinition, Reader, encode_exports, read_exports, read_project_file,
+)
 from stacks.rds_ca import CaBundleError, ca_bundle
 
 CONTEXT_KEY = "environments"
@@ -26,8 +28,6 @@ DEFAULT_ENVIRONMENT = "dev"
 
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
 
-_RATE_RE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
-_CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*?,/\-#L W]+$")
 _BUCKET_RE = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _ACCOUNT_RE = re.compile(r"^\d{12}$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
@@ -45,8 +45,6 @@ ENGINE_VERSIONS = ("8.0", "8.4")
 MAX_RESERVED_CONCURRENCY = 1000
 #: VPC endpoints the stack can add to an existing VPC.
 ENDPOINT_NAMES = ("s3", "secretsmanager")
-#: A MySQL account name the export logs in as (MySQL allows 32 characters; IAM matches it case-sensitively).
-_DB_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
 #: The DbiResourceId of an instance (``db-...``) or an Aurora cluster (``cluster-...``), as RDS shows it.
 _RESOURCE_ID_RE = re.compile(r"^(db|cluster)-[A-Z0-9]{1,255}$")
 
@@ -54,49 +52,8 @@ _RESOURCE_ID_RE = re.compile(r"^(db|cluster)-[A-Z0-9]{1,255}$")
 DEFAULT_EXPORT_USER = "xlsx_export"
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing or wrong; the message names the field."""
-
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SheetConfig:
-    name: str
-    sql: str
-    #: The .sql file in the project (under ``sql/``) the SQL was read from; None: written inline.
-    sql_file: str | None = None
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    name: str
-    sheets: tuple[SheetConfig, ...]
-    schedule: str | None = None
-    parameters: tuple[export_params.ParameterDefinition, ...] = ()
-    time_zone: str = "UTC"
-    formats: Mapping[str, str] = field(default_factory=dict)
-    on_empty: Literal["upload", "skip"] = "upload"
-
-    @classmethod
-    def single(cls, name: str, sql: str, sheet_name: str | None = None, **kwargs: Any) -> "ExportConfig":
-        return cls(name=name, sheets=(SheetConfig(sheet_name or name, sql),), **kwargs)
-
-    def definition(self) -> export_contract.ExportDefinition:
-        """The function's view: SQL files become paths in its package (read there at cold start)."""
-        return export_contract.ExportDefinition(
-            name=self.name,
-            sheets=tuple(export_contract.SheetDefinition(s.name, s.sql, s.sql_file) for s in self.sheets),
-            parameters=self.parameters,
-            time_zone=self.time_zone,
-            formats=dict(self.formats),
-            on_empty=self.on_empty,
-        )
-
-    def sql_files(self) -> dict[str, bytes]:
-        """Package path -> contents of every SQL file this export reads (bundled into the asset)."""
-        return {s.sql_file: s.sql.encode() for s in self.sheets if s.sql_file}
+#: A configuration value is missing or wrong; each line of the message names one field.
+ConfigError = DefinitionError
 
 
 @dataclass(frozen=True)
@@ -179,7 +136,7 @@ class EnvironmentConfig:
     alarm_email: str | None
     export_function: LambdaConfig
     key_prefix: str
-    exports: tuple[ExportConfig, ...]
+    exports: tuple[ExportDefinition, ...]
     database: DatabaseConfig
     destination: DestinationConfig = field(default_factory=DestinationConfig)
     source_bucket_name: str | None = None
@@ -189,261 +146,26 @@ class EnvironmentConfig:
         return f"MysqlXlsxPipeline-{self.name}"
 
 
-# --- small typed readers; each error names the path of the field -------------------
-
-
-class _Reader:
-    def __init__(self, data: Any, path: str):
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{path}: expected an object, got {type(data).__name__}")
-        self.data = data
-        self.path = path
-        self.used: set[str] = set()
-
-    def _get(self, key: str, required: bool) -> Any:
-        self.used.add(key)
-        if key not in self.data or self.data[key] is None:
-            if required:
-                raise ConfigError(f"{self.path}.{key}: required field is missing")
-            return None
-        return self.data[key]
-
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.path}.{key}: {message}")
-
-    def str(self, key: str, default: str | None = None, *, required: bool = False,
-            check: Callable[[str], bool] | None = None, expect: str = "") -> str | None:
-        value = self._get(key, required)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            raise self.fail(key, f"expected a string, got {value!r}")
-        if check is not None and not check(value):
-            raise self.fail(key, f"{value!r} is not {expect}")
-        return value
-
-    def int(self, key: str, default: int, low: int, high: int) -> int:
-        value = self._get(key, False)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"expected a whole number, got {value!r}")
-        if not low <= value <= high:
-            raise self.fail(key, f"{value} is outside {low}..{high}")
-        return value
-
-    def bool(self, key: str, default: bool) -> bool:
-        value = self._get(key, False)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {value!r}")
-        return value
-
-    def str_list(self, key: str, *, required: bool, check: Callable[[str], bool], expect: str) -> tuple[str, ...]:
-        value = self._get(key, required)
-        if value is None:
-            return ()
-        if not isinstance(value, list) or not value:
-            raise self.fail(key, "expected a non-empty list of strings")
-        for i, item in enumerate(value):
-            if not isinstance(item, str) or not check(item):
-                raise ConfigError(f"{self.path}.{key}[{i}]: {item!r} is not {expect}")
-        if len(set(value)) != len(value):
-            raise self.fail(key, "holds duplicates")
-        return tuple(value)
-
-    def obj(self, key: str) -> "_Reader":
-        value = self._get(key, False)
-        return _Reader({} if value is None else value, f"{self.path}.{key}")
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise ConfigError(f"{self.path}: unknown field(s) {', '.join(unknown)}")
-
-
-def validate_schedule(expr: str) -> str | None:
-    """Return a problem with an EventBridge schedule expression, or None if it is valid."""
-    rate = _RATE_RE.match(expr)
-    if rate:
-        n, unit = int(rate.group(1)), rate.group(2)
-        if n < 1:
-            return "a rate must be at least 1"
-        if (n == 1) != (not unit.endswith("s")):
-            return f"use '{unit.rstrip('s')}' for 1 and '{unit.rstrip('s')}s' otherwise"
-        return None
-    if expr.startswith("cron(") and expr.endswith(")"):
-        fields = expr[5:-1].split()
-        if len(fields) != 6:
-            return "cron() takes 6 fields: minutes hours day-of-month month day-of-week year"
-        if not all(_CRON_FIELD_RE.match(f) for f in fields):
-            return "a cron field holds a character EventBridge does not accept"
-        if (fields[2] == "?") == (fields[4] == "?"):
-            return "exactly one of day-of-month and day-of-week must be '?'"
-        return None
-    return "expected 'rate(N unit)' or 'cron(min hour day month weekday year)'"
-
-
-def _contract(fn: Callable[[Any], T], value: Any, path: str) -> T:
-    try:
-        return fn(value)
-    except export_contract.ConfigurationError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
-_SQL_DIR = export_contract.SQL_DIR
-
-
-def _project_sql(value: str, path: str, root: Path) -> tuple[Path, str]:
-    """A project .sql file under ``sql/`` and its text, checked to exist and not be empty; errors name the file."""
-    relative = Path(value)
-    if relative.is_absolute() or ".." in relative.parts or relative.parts[:1] != (_SQL_DIR,) \
-            or relative.suffix != ".sql" or "\\" in value:
-        raise ConfigError(f"{path}: {value!r} must be a .sql file under the project's {_SQL_DIR}/ folder, "
-                          f"like '{_SQL_DIR}/orders.sql'")
-    file = root / relative
-    if not file.is_file():
-        raise ConfigError(f"{path}: SQL file {value} does not exist (looked for {file})")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read SQL file {value}: {exc}") from None
-    if not text.strip():
-        raise ConfigError(f"{path}: SQL file {value} is empty")
-    return file, text
-
-
-def _read_sql_file(value: str, path: str, root: Path) -> str:
-    """The contents of a project .sql file, checked to be one SELECT; errors name the file."""
-    _, text = _project_sql(value, path, root)
-    try:
-        return export_contract.check_sql(text)
-    except export_contract.ConfigurationError as exc:
-        raise ConfigError(f"{path}: SQL file {value}: {exc}") from None
-
-
-def _read_sheet(r: _Reader, root: Path, default_name: str | None, name_key: str) -> SheetConfig:
-    sheet = _contract(export_contract.check_sheet_name, r.str(name_key, default_name, required=default_name is None),
-                      f"{r.path}.{name_key}")
-    sql, sql_file = r.str("sql"), r.str("sql_file")
-    if sql is None and sql_file is None:
-        raise ConfigError(f"{r.path}.sql: required field is missing (give sql or sql_file)")
-    if sql is not None and sql_file is not None:
-        raise ConfigError(f"{r.path}.sql_file: give sql or sql_file, not both")
-    if sql_file is not None:
-        return SheetConfig(sheet, _read_sql_file(sql_file, f"{r.path}.sql_file", root), sql_file)
-    return SheetConfig(sheet, _contract(export_contract.check_sql, sql, f"{r.path}.sql"))
-
-
-def _read_parameters(r: _Reader) -> tuple[export_params.ParameterDefinition, ...]:
-    raw = r._get("parameters", False)
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not raw:
-        raise r.fail("parameters", "expected a non-empty list of parameters")
-    out = []
-    for i, item in enumerate(raw):
-        try:
-            out.append(export_params.check_definition(item))
-        except export_params.ParameterError as exc:
-            raise ConfigError(f"{r.path}.parameters[{i}]: {exc}") from None
-    names = [p.name for p in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise r.fail("parameters", f"duplicate parameter name(s): {', '.join(dupes)}")
-    return tuple(out)
-
-
-def _read_formats(r: _Reader) -> dict[str, str]:
-    raw = r._get("formats", False)
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping) or not raw:
-        raise r.fail("formats", 'expected an object of column name -> Excel number format, like {"amount": "#,##0.00"}')
-    for column, code in raw.items():
-        _contract(lambda pair: export_contract.check_format(*pair), (column, code), f"{r.path}.formats.{column}")
-    return dict(raw)
-
-
-def _is_time_zone(name: str) -> bool:
-    try:
-        export_params.time_zone(name)
-    except export_params.ParameterError:
-        return False
-    return True
-
-
-def _read_export(r: _Reader, root: Path) -> ExportConfig:
-    name = _contract(export_contract.check_export_name, r.str("name", required=True), f"{r.path}.name")
-    if r.data.get("sheets") is not None:
-        for key in ("sql", "sql_file", "sheet_name"):
-            if r.data.get(key) is not None:
-                raise r.fail(key, "give either sheets or the one-sheet form (sql or sql_file, sheet_name), not both")
-        raw = r._get("sheets", True)
-        if not isinstance(raw, list) or not raw:
-            raise r.fail("sheets", "expected a non-empty list of {name, sql | sql_file}")
-        sheets = []
-        for i, item in enumerate(raw):
-            sr = _Reader(item, f"{r.path}.sheets[{i}]")
-            sheets.append(_read_sheet(sr, root, None, "name"))
-            sr.done()
-        sheets = tuple(sheets)
-    else:
-        sheets = (_read_sheet(r, root, name, "sheet_name"),)
-    schedule = r.str("schedule")
-    if schedule is not None:
-        problem = validate_schedule(schedule)
-        if problem:
-            raise r.fail("schedule", f"{schedule!r}: {problem}")
-    export = ExportConfig(
-        name=name,
-        sheets=sheets,
-        schedule=schedule,
-        parameters=_read_parameters(r),
-        time_zone=r.str("time_zone", "UTC", check=_is_time_zone, expect="an IANA time zone name like 'Europe/Berlin'"),
-        formats=_read_formats(r),
-        on_empty=r.str("on_empty", "upload", check=lambda v: v in export_contract.ON_EMPTY,
-                       expect=f"one of {', '.join(export_contract.ON_EMPTY)}"),
-    )
-    r.done()
-    if schedule is not None:
-        required = [p.name for p in export.parameters if p.default is None]
-        if required:
-            raise r.fail("parameters", f"a scheduled export needs a default for every parameter; "
-                                       f"{', '.join(required)} has none")
-    _contract(export_contract.check_export, export.definition(), r.path)
-    return export
-
-
-def _read_exports(env: _Reader, root: Path) -> tuple[ExportConfig, ...]:
-    raw = env._get("exports", True)
-    if not isinstance(raw, list) or not raw:
-        raise env.fail("exports", "expected a non-empty list of exports")
-    exports = [_read_export(_Reader(item, f"{env.path}.exports[{i}]"), root) for i, item in enumerate(raw)]
-    names = [e.name for e in exports]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise env.fail("exports", f"duplicate export name(s): {', '.join(dupes)}")
-    encoded = export_contract.encode_exports([e.definition() for e in exports])
-    size = len(encoded.encode())
+def _read_exports(env: Reader, root: Path) -> tuple[ExportDefinition, ...]:
+    exports = read_exports(env, "exports", root)
+    size = len(encode_exports(exports).encode())
     if size > export_contract.MAX_EXPORTS_JSON_BYTES:
-        raise env.fail(
+        env.problem(
             "exports",
             f"the export definitions take {size} bytes, more than the {export_contract.MAX_EXPORTS_JSON_BYTES} "
             "that fit in the function's environment (Lambda allows 4 KB in all); move long SQL into .sql files "
             "(sql_file)",
         )
-    return tuple(exports)
+    return exports
 
 
-def _read_database(env: _Reader, retain: bool, root: Path) -> DatabaseConfig:
+def _read_database(env: Reader, retain: bool, root: Path) -> DatabaseConfig:
     r = env.obj("database")
     mode = r.str("mode", "create")
     az_check = dict(check=_AZ_RE.match, expect="an availability zone name like 'eu-west-1a'")
     if mode == "create":
         cfg = CreateDatabaseConfig(
-            database_name=r.str("database_name", "app", check=re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$").match,
+            database_name=r.str("database_name", "app", check=DATABASE_RE.match,
                                 expect="a MySQL database name"),
             engine_version=_engine_version(r),
             instance_type=r.str("instance_type", "t4g.micro", check=_INSTANCE_TYPE_RE.match,
@@ -465,8 +187,8 @@ def _read_database(env: _Reader, retain: bool, root: Path) -> DatabaseConfig:
                              expect="a subnet id")
         tables = r.str_list("route_table_ids", required=True, check=re.compile(r"^rtb-[0-9a-f]+$").match,
                             expect="a route table id")
-        if not len(azs) == len(subnets) == len(tables):
-            raise ConfigError(f"{r.path}: availability_zones, subnet_ids and route_table_ids must have one entry per "
+        if azs and subnets and tables and not len(azs) == len(subnets) == len(tables):
+            raise r.fail(None, "availability_zones, subnet_ids and route_table_ids must have one entry per "
                               f"subnet ({len(azs)}, {len(subnets)} and {len(tables)} given)")
         cfg = ExistingDatabaseConfig(
             vpc_id=r.str("vpc_id", required=True, check=re.compile(r"^vpc-[0-9a-f]+$").match, expect="a VPC id"),
@@ -503,21 +225,23 @@ def _read_database(env: _Reader, retain: bool, root: Path) -> DatabaseConfig:
     return cfg
 
 
-def _read_auth(r: _Reader, default: str) -> str:
+def _read_auth(r: Reader, default: str) -> str:
     return r.str("auth", default, check=lambda v: v in AUTH_MODES, expect="one of 'iam', 'secret'")
 
 
-def _read_export_user(r: _Reader) -> str:
-    return r.str("export_user", DEFAULT_EXPORT_USER, check=_DB_USER_RE.match,
+def _read_export_user(r: Reader) -> str:
+    return r.str("export_user", DEFAULT_EXPORT_USER, check=USER_RE.match,
                  expect="a MySQL user name (letters, digits and '_', at most 32, not starting with a digit)")
 
 
-def _read_init_sql(r: _Reader, root: Path) -> Path | None:
+def _read_init_sql(r: Reader, root: Path) -> Path | None:
     raw = r.str("init_sql")
-    return None if raw is None else _project_sql(raw, f"{r.path}.init_sql", root)[0]
+    if raw is None or r.attempt(lambda: read_project_file(root, raw), None, "init_sql") is None:
+        return None
+    return root / raw
 
 
-def _read_existing_auth(r: _Reader) -> dict[str, Any]:
+def _read_existing_auth(r: Reader) -> dict[str, Any]:
     """``auth`` and what it needs: ``secret_arn`` for secret, ``resource_id`` (and the user) for iam."""
     auth = _read_auth(r, "secret")
     user = _read_export_user(r)
@@ -556,7 +280,7 @@ def _plain_prefix(value: str) -> bool:
     return not value.startswith("/") and len(value) < 512 and not set("*?") & set(value)
 
 
-def _engine_version(r: _Reader) -> str:
+def _engine_version(r: Reader) -> str:
     version = r.str("engine_version", "8.4")
     if version not in ENGINE_VERSIONS:
         hint = ""
@@ -567,8 +291,8 @@ def _engine_version(r: _Reader) -> str:
     return version
 
 
-def _endpoints(r: _Reader) -> tuple[str, ...]:
-    value = r._get("create_endpoints", False)
+def _endpoints(r: Reader) -> tuple[str, ...]:
+    value = r.raw("create_endpoints")
     if value is None:
         return ()
     if not isinstance(value, list) or any(v not in ENDPOINT_NAMES for v in value) or len(set(value)) != len(value):
@@ -577,38 +301,39 @@ def _endpoints(r: _Reader) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _check_region(env: _Reader, region: str | None) -> None:
+def _check_region(env: Reader, region: str | None) -> None:
     if region is None:
         return  # environment-agnostic: the template's SupportedRegion rule checks at deploy time
     try:
         bundle = ca_bundle()
     except CaBundleError as exc:
-        raise ConfigError(f"{env.path}.region: {exc}") from None
+        env.problem("region", str(exc))
+        return
     if region not in bundle.regions:
-        raise env.fail("region", bundle.uncovered_region_message(region))
+        env.problem("region", bundle.uncovered_region_message(region))
 
 
-def _destination_name(dest: _Reader) -> str | None:
+def _destination_name(dest: Reader) -> str | None:
     name = dest.str("bucket_name", check=_BUCKET_RE.match, expect="an S3 bucket name")
     arn = dest.str("bucket_arn", check=lambda v: bool(_BUCKET_ARN_RE.match(v) and _BUCKET_RE.match(v.rsplit(":", 1)[1])),
                    expect="an S3 bucket ARN like 'arn:aws:s3:::bucket-name'")
     if name and arn:
-        raise dest.fail("bucket_arn", "give bucket_name or bucket_arn, not both")
+        dest.problem("bucket_arn", "give bucket_name or bucket_arn, not both")
     return name or (arn.rsplit(":", 1)[1] if arn else None)
 
 
 def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
-    env = _Reader(raw, f"{CONTEXT_KEY}.{name}")
+    env = Reader(raw, f"{CONTEXT_KEY}.{name}")
     account = env.str("account", check=_ACCOUNT_RE.match, expect="a 12-digit account id")
     region = env.str("region", check=_REGION_RE.match, expect="a region name like 'eu-west-1'")
     if (account is None) != (region is None):
-        raise ConfigError(f"{env.path}: give both account and region, or neither (environment-agnostic stack)")
+        env.problem(None, "give both account and region, or neither (environment-agnostic stack)")
     _check_region(env, region)
     removal = env.str("removal_policy", "retain", check=lambda v: v in ("destroy", "retain"),
                       expect="one of 'destroy', 'retain'")
     retention = env.int("log_retention_days", 30, 1, 3653)
     if retention not in LOG_RETENTION_DAYS:
-        raise env.fail("log_retention_days", f"{retention} is not a CloudWatch Logs retention; pick one of "
+        env.problem("log_retention_days", f"{retention} is not a CloudWatch Logs retention; pick one of "
                                              f"{', '.join(map(str, LOG_RETENTION_DAYS))}")
     email = env.str("alarm_email", check=_EMAIL_RE.match, expect="an e-mail address")
     fn = env.obj("export_function")
@@ -622,10 +347,10 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
     key_prefix = env.str("key_prefix", "", check=lambda v: v == "" or re.match(r"^[A-Za-z0-9!_.'()/-]+/$", v) is not None
                          and not v.startswith("/"), expect="empty or a key prefix ending in '/' (no '*' or '?')")
     exports = _read_exports(env, root)
-    database = _read_database(env, retain=removal == "retain", root=root)
+    database = env.attempt(lambda: _read_database(env, retain=removal == "retain", root=root), None)
     if account and isinstance(database, CreateDatabaseConfig) and not database.availability_zones:
-        raise ConfigError(f"{env.path}.database.availability_zones: required when account and region are set "
-                          "(synth must not look them up)")
+        env.problem("database.availability_zones", "required when account and region are set "
+                                                   "(synth must not look them up)")
     dest = env.obj("destination")
     destination = DestinationConfig(
         bucket_name=_destination_name(dest),
@@ -638,9 +363,10 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
     dest.done()
     source_name = env.str("source_bucket_name", check=_BUCKET_RE.match, expect="an S3 bucket name")
     if source_name and source_name == destination.bucket_name:
-        raise ConfigError(f"{env.path}.destination.bucket_name: {source_name!r} is the source bucket; "
-                          "the replicator would copy the bucket onto itself")
+        env.problem("destination.bucket_name", f"{source_name!r} is the source bucket; "
+                                               "the replicator would copy the bucket onto itself")
     env.done()
+    env.raise_problems()
     return EnvironmentConfig(
         name=name,
         account=account,
@@ -660,7 +386,8 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
 def load_environment(context: Mapping[str, Any], name: str | None, *, root: Path = PROJECT_ROOT) -> EnvironmentConfig:
     """Pick environment ``name`` (``dev`` when None) from the app context and validate it.
 
-    ``sql_file`` paths are read from ``root`` (the project folder)."""
+    ``sql_file`` paths are read from ``root`` (the project folder). Every problem of the environment is
+    raised together, one line each."""
     environments = context.get(CONTEXT_KEY)
     if isinstance(environments, str):  # `-c environments=...` on the command line arrives as text
         environments = json.loads(environments)

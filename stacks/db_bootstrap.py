@@ -13,6 +13,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from lambdas.contract import CA_BUNDLE_FILE
 from lambdas.db_bootstrap import settings as contract
 from stacks.bundling import BundleSpec, rds_ca_bundle
 from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
@@ -25,7 +26,7 @@ RESOURCE_TYPE = "Custom::DatabaseBootstrap"
 
 def bootstrap_bundle(init_sql: Path | None) -> BundleSpec:
     """The bootstrap's asset: its code, the RDS CA bundle and, when configured, the init SQL file."""
-    extra = {contract.CA_BUNDLE_FILE: rds_ca_bundle}
+    extra = {CA_BUNDLE_FILE: rds_ca_bundle}
     if init_sql is not None:
         extra[contract.INIT_SQL_FILE] = init_sql.read_bytes
     return BundleSpec(package="db_bootstrap", extra_files=extra)

@@ -16,9 +16,11 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from lambdas import contract as shared
 from lambdas.export_to_xlsx import settings as contract
+from lambdas.export_to_xlsx.definition import ExportDefinition, encode_exports
 from stacks.bundling import EXPORT_BUNDLE, BundleSpec
-from stacks.config import ENDPOINT_NAMES as ENDPOINTS, ExportConfig
+from stacks.config import ENDPOINT_NAMES as ENDPOINTS
 from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
 from stacks.nag import acknowledge, objects_finding
 from stacks.pipeline_function import failure_queue, pipeline_function
@@ -37,7 +39,7 @@ VPC_ENI_ACTIONS = (
 HTTPS = 443
 
 
-def export_bundle(exports: Sequence[ExportConfig]) -> BundleSpec:
+def export_bundle(exports: Sequence[ExportDefinition]) -> BundleSpec:
     """The function's asset: its code, the RDS CA bundle and every .sql file the exports read
     (at the same path, ``sql/...``, inside the package), so a changed .sql changes the asset hash."""
     files = {path: body for e in exports for path, body in e.sql_files().items()}
@@ -90,7 +92,7 @@ class ExportToXlsx(Construct):
         *,
         source_bucket: s3.IBucket,
         key_prefix: str,
-        exports: Sequence[ExportConfig],
+        exports: Sequence[ExportDefinition],
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         database_security_group: ec2.ISecurityGroup,
@@ -116,9 +118,6 @@ class ExportToXlsx(Construct):
         names = [e.name for e in exports]
         if len(set(names)) != len(names):
             raise ValueError(f"export names must be unique, got {names}")
-        for export in exports:
-            contract.check_export_name(export.name)
-            contract.check_export(export.definition())  # sheets, placeholders, time zone, formats, on_empty
         if key_prefix and not key_prefix.endswith("/"):
             raise ValueError(f"key_prefix must be empty or end with '/', got {key_prefix!r}")
         if not 1 <= database_port <= 65535:
@@ -180,7 +179,7 @@ class ExportToXlsx(Construct):
                 contract.ENV_DB_PORT: str(database_port),
                 contract.ENV_DB_NAME: database_name,
                 contract.ENV_DB_TLS: "verify",
-                contract.ENV_EXPORTS: contract.encode_exports([e.definition() for e in exports]),
+                contract.ENV_EXPORTS: encode_exports(exports),
             },
             alarm_topic=alarm_topic,
             log_retention=log_retention,
@@ -199,7 +198,7 @@ class ExportToXlsx(Construct):
         self.function, self.role = built.function, built.role
         self.log_group, self.errors_alarm = built.log_group, built.errors_alarm
 
-        object_arns = [source_bucket.arn_for_objects(f"{key_prefix}{name}/*") for name in names]
+        object_arns = [source_bucket.arn_for_objects(shared.export_prefix(key_prefix, name) + "*") for name in names]
         self.role.add_to_policy(iam.PolicyStatement(actions=list(EXPORT_S3_ACTIONS), resources=object_arns))
         if isinstance(auth, IamDatabaseAuth):
             self.role.add_to_policy(iam.PolicyStatement(actions=["rds-db:connect"], resources=[db_user_arn(self, auth)]))
@@ -263,7 +262,7 @@ class ExportToXlsx(Construct):
                 targets=[
                     targets.LambdaFunction(
                         self.function,
-                        event=events.RuleTargetInput.from_object({"export": export.name}),
+                        event=events.RuleTargetInput.from_object({shared.EVENT_EXPORT: export.name}),
                         retry_attempts=2,
                         max_event_age=Duration.hours(2),
                         dead_letter_queue=self.failure_queue,
@@ -275,7 +274,7 @@ class ExportToXlsx(Construct):
             self.role.node.find_child("DefaultPolicy"), "IAM5",
             "Each export writes new keys under its own prefix (<export>/YYYY/MM/DD/...), so the grant is "
             "the prefix; the actions are only PutObject and AbortMultipartUpload.",
-            findings=[objects_finding(source_bucket, f"{key_prefix}{name}/*") for name in names],
+            findings=[objects_finding(source_bucket, shared.export_prefix(key_prefix, name) + "*") for name in names],
         )
         acknowledge(
             self.role.node.find_child("DefaultPolicy"), "IAM5",

@@ -150,7 +150,7 @@ def pipeline_function(
         description=description,
         runtime=RUNTIME,
         architecture=ARCHITECTURE,
-        handler=f"{bundle.package}.handler.handler",
+        handler=bundle.handler,
         code=function_code(bundle),
         role=role,
         vpc=vpc,

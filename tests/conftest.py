@@ -12,8 +12,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Import each handler as Lambda does: its package sits at the root of the asset.
-sys.path.insert(0, str(ROOT / "lambdas"))
+# The project root: every package is imported one way, `lambdas.<function>`, as in the bundled asset.
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 

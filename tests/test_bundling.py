@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stacks.bundling import EXPORT_BUNDLE, REPLICATOR_BUNDLE, BundlingError, bundle, rds_ca_bundle
+from stacks.bundling import EXPORT_BUNDLE, REPLICATOR_BUNDLE, SHARED_FILES, BundlingError, bundle, rds_ca_bundle
 from stacks.db_bootstrap import bootstrap_bundle
 
 
@@ -21,6 +21,8 @@ def lambdas_copy(tmp_path) -> Path:
     root = tmp_path / "lambdas"
     shutil.copytree(EXPORT_BUNDLE.source_dir, root / EXPORT_BUNDLE.package,
                     ignore=shutil.ignore_patterns("__pycache__"))
+    for name in SHARED_FILES:
+        shutil.copy2(EXPORT_BUNDLE.root / name, root / name)
     return root
 
 
@@ -38,6 +40,7 @@ def test_unchanged_code_gives_the_same_hash(lambdas_copy):
         (root / spec.package / "handler.py").read_text() + "\n# changed\n"),
     lambda root, spec: (root / spec.package / "requirements.txt").write_text("PyMySQL==1.1.1\n"),
     lambda root, spec: (root / spec.package / "new_module.py").write_text("X = 1\n"),
+    lambda root, spec: (root / "contract.py").write_text((root / "contract.py").read_text() + "\n# changed\n"),
 ])
 def test_a_change_to_code_or_requirements_changes_the_hash(lambdas_copy, change):
     spec = dataclasses.replace(EXPORT_BUNDLE, root=lambdas_copy)
@@ -133,7 +136,7 @@ def test_each_handler_imports_from_its_bundled_asset_alone(spec, tmp_path, lambd
     probe = (
         "import sys, importlib;"
         f"sys.path[:0] = [{str(asset)!r}, {str(lambda_like_path)!r}];"
-        f"m = importlib.import_module('{spec.package}.handler');"
+        f"m = importlib.import_module('lambdas.{spec.package}.handler');"
         "assert callable(m.handler);"
         "print(sorted(n for n in sys.modules if n.split('.')[0] in ('pymysql', 'boto3', 'sqlparse')))"
     )
@@ -142,11 +145,11 @@ def test_each_handler_imports_from_its_bundled_asset_alone(spec, tmp_path, lambd
     assert result.returncode == 0, result.stderr
     if spec is EXPORT_BUNDLE:
         assert "pymysql" in result.stdout
-        assert (asset / "export_to_xlsx" / "rds-ca-bundle.pem").is_file()
+        assert (asset / "lambdas" / "export_to_xlsx" / "rds-ca-bundle.pem").is_file()
     if spec is BOOTSTRAP_BUNDLE:
         assert "'pymysql'" in result.stdout and "'sqlparse'" in result.stdout
-        assert (asset / "db_bootstrap" / "rds-ca-bundle.pem").read_bytes() == rds_ca_bundle()
-        assert (asset / "db_bootstrap" / "init.sql").read_bytes() == DEV_INIT_SQL.read_bytes()
+        assert (asset / "lambdas" / "db_bootstrap" / "rds-ca-bundle.pem").read_bytes() == rds_ca_bundle()
+        assert (asset / "lambdas" / "db_bootstrap" / "init.sql").read_bytes() == DEV_INIT_SQL.read_bytes()
 
 
 def test_a_changed_init_sql_changes_the_bootstrap_asset(tmp_path):
@@ -165,7 +168,7 @@ def test_sql_files_are_written_into_the_package(lambdas_copy, tmp_path):
     (lambdas_copy / spec.package / "requirements.txt").write_text("")
     # When it is bundled, the file sits at that path inside the package, where the function reads it
     bundle(spec, tmp_path / "out")
-    assert (tmp_path / "out" / spec.package / "sql" / "reports" / "a.sql").read_bytes() == b"SELECT 1\n"
+    assert (tmp_path / "out" / "lambdas" / spec.package / "sql" / "reports" / "a.sql").read_bytes() == b"SELECT 1\n"
 
 
 def test_the_export_asset_reads_its_sql_files_and_time_zones_on_its_own(dev, tmp_path, lambda_like_path):
@@ -180,18 +183,18 @@ def test_the_export_asset_reads_its_sql_files_and_time_zones_on_its_own(dev, tmp
     asset = tmp_path / "asset"
     bundle(host, asset)
     (function,) = [r for r in dev.template["Resources"].values() if r["Type"] == "AWS::Lambda::Function"
-                   and r["Properties"].get("Handler") == "export_to_xlsx.handler.handler"]
+                   and r["Properties"].get("Handler") == "lambdas.export_to_xlsx.handler.handler"]
     exports = function["Properties"]["Environment"]["Variables"]["EXPORTS"]
     # When a Python with no system tz database decodes the template's EXPORTS as the cold start does
     probe = (
         "import sys, json, zoneinfo, datetime as dt;"
         f"sys.path[:0] = [{str(asset)!r}, {str(lambda_like_path)!r}];"
         "zoneinfo.reset_tzpath(to=[]);"
-        "from export_to_xlsx import settings, params;"
-        f"e = settings.decode_exports({exports!r})['daily_sales'];"
+        "from lambdas.export_to_xlsx import definition, settings, params;"
+        f"e = definition.decode_exports({exports!r}, settings.PACKAGE_DIR)['daily_sales'];"
         "v = params.resolve(e.parameters, {}, dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.timezone.utc), e.time_zone, "
         "export=e.name);"
-        "print(json.dumps([[s.file for s in e.sheets], e.sheets[0].sql.count('%(day)s'), str(v['day'])]))"
+        "print(json.dumps([[s.sql_file for s in e.sheets], e.sheets[0].sql.count('%(day)s'), str(v['day'])]))"
     )
     result = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True)
     # Then the SQL comes from the package, and Berlin's calendar is known without the system database

@@ -6,14 +6,24 @@ import copy
 
 import pytest
 
-from stacks.config import ConfigError, CreateDatabaseConfig, ExistingDatabaseConfig, load_environment, validate_schedule
+from lambdas.export_to_xlsx.definition import check_sql, validate_schedule
+from stacks.config import ConfigError, CreateDatabaseConfig, ExistingDatabaseConfig, load_environment
 from pipeline_ops.synth import CDK_JSON
 
 ENVIRONMENTS = CDK_JSON["context"]["environments"]
 
 
+#: The exports these tests change: their own, so no test depends on which exports an environment lists.
+OWN_EXPORTS = [
+    {"name": "orders", "sql": "SELECT id, amount FROM orders", "schedule": "rate(1 day)"},
+    {"name": "customers", "sql": "SELECT id, name FROM customers"},
+]
+
+
 def with_change(env: str, change) -> dict:
+    """The shipped environments, ``env`` with the tests' own exports and then ``change`` applied."""
     environments = copy.deepcopy(ENVIRONMENTS)
+    environments[env]["exports"] = copy.deepcopy(OWN_EXPORTS)
     change(environments[env])
     return {"environments": environments}
 
@@ -25,8 +35,11 @@ def test_the_shipped_environments_parse():
     assert prod.name == "prod" and isinstance(prod.database, ExistingDatabaseConfig)
     assert dev.removal_policy == "destroy" and prod.removal_policy == "retain"
     assert prod.database.port == 3306 and prod.destination.bucket_name == "partner-team-xlsx-inbox"
-    assert [e.name for e in dev.exports] == ["orders", "customers", "daily_sales"]
-    assert dev.exports[1].sheets[0].name == "customers"  # defaults to the export name
+    for config, env in ((dev, "dev"), (prod, "prod")):
+        assert [e.name for e in config.exports] == [e["name"] for e in ENVIRONMENTS[env]["exports"]]
+        for export, raw in zip(config.exports, ENVIRONMENTS[env]["exports"]):
+            if "sql" in raw or "sql_file" in raw:  # the one-sheet form: the sheet is named after the export
+                assert [s.name for s in export.sheets] == [raw.get("sheet_name", raw["name"])]
 
 
 def test_unknown_environment_lists_the_configured_ones():
@@ -57,8 +70,8 @@ _DELETE = object()
     ("dev", ["exports", 0, "schedule"], "rate(1 days)", r"use 'day' for 1"),
     ("dev", ["exports", 0, "schedule"], "cron(0 5 * * MON *)", "exactly one of day-of-month and day-of-week"),
     ("dev", ["exports", 0, "sql"], _DELETE, r"environments.dev.exports\[0\].sql: required field is missing"),
-    ("dev", ["exports", 0, "sql"], "DELETE FROM orders", r"exports\[0\].sql: sql must be a single SELECT"),
-    ("dev", ["exports", 1, "name"], "Orders!", r"exports\[1\].name: export name 'Orders!' must be"),
+    ("dev", ["exports", 0, "sql"], "DELETE FROM orders", r"exports\[0\].sql: export 'orders', sheet 'orders': sql must be a single SELECT"),
+    ("dev", ["exports", 1, "name"], "Orders!", r"exports\[1\].name: 'Orders!' is not an export name: 1-63 characters"),
     ("dev", ["exports", 1, "name"], "orders", "duplicate export name\\(s\\): orders"),
     ("dev", ["exports", 0, "sheet_name"], "a/b", r"sheet_name: sheet name 'a/b' may not contain '/'"),
     ("dev", ["exports"], [], "environments.dev.exports: expected a non-empty list"),
@@ -231,27 +244,95 @@ def load_report(tmp_path=None, **fields):
     return load_environment(with_change("dev", change), "dev", **kwargs).exports[0]
 
 
-def test_the_shipped_multi_sheet_export_reads_its_sql_files():
-    (daily,) = [e for e in load_environment({"environments": ENVIRONMENTS}, "dev").exports if e.name == "daily_sales"]
-    assert [s.name for s in daily.sheets] == ["Orders", "Totals"]
-    assert [s.sql_file for s in daily.sheets] == ["sql/daily_sales_orders.sql", "sql/daily_sales_totals.sql"]
-    assert "%(day)s" in daily.sheets[0].sql
-    assert daily.time_zone == "Europe/Berlin" and daily.on_empty == "skip"
-    assert [(p.name, p.type, p.default) for p in daily.parameters] == [("day", "date", "yesterday")]
-    assert daily.sql_files() == {s.sql_file: s.sql.encode() for s in daily.sheets}
+@pytest.mark.parametrize("env", sorted(ENVIRONMENTS))
+def test_every_shipped_sheet_holds_the_sql_its_config_names(env):
+    """Whatever exports an environment lists: each sheet's SQL is its inline SQL or its file's, checked."""
+    from stacks.config import PROJECT_ROOT
+
+    config = load_environment({"environments": ENVIRONMENTS}, env)
+    for export, raw in zip(config.exports, ENVIRONMENTS[env]["exports"]):
+        for sheet, raw_sheet in zip(export.sheets, raw.get("sheets", [raw])):
+            if "sql_file" in raw_sheet:
+                assert sheet.sql_file == raw_sheet["sql_file"]
+                assert sheet.sql == check_sql((PROJECT_ROOT / sheet.sql_file).read_text())
+            else:
+                assert sheet.sql_file is None and sheet.sql == check_sql(raw_sheet["sql"])
+        assert export.sql_files() == {s.sql_file: s.sql.encode() for s in export.sheets if s.sql_file}
 
 
-def test_sql_files_in_the_environment_are_paths_not_sql():
-    from lambdas.export_to_xlsx import settings as contract
+def test_a_multi_sheet_export_reads_its_sql_files(tmp_path):
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "a.sql").write_text("SELECT id FROM orders WHERE day = %(day)s;\n")
+    (tmp_path / "sql" / "b.sql").write_text("SELECT COUNT(*) AS n FROM orders WHERE day = %(day)s\n")
+    export = load_report(tmp_path, sheets=[{"name": "Orders", "sql_file": "sql/a.sql"},
+                                           {"name": "Totals", "sql_file": "sql/b.sql"}],
+                         parameters=[{"name": "day", "type": "date", "default": "yesterday"}],
+                         time_zone="Europe/Berlin", on_empty="skip")
+    assert [s.name for s in export.sheets] == ["Orders", "Totals"]
+    assert [s.sql_file for s in export.sheets] == ["sql/a.sql", "sql/b.sql"]
+    assert export.sheets[0].sql == "SELECT id FROM orders WHERE day = %(day)s"
+    assert export.time_zone == "Europe/Berlin" and export.on_empty == "skip"
+    assert [(p.name, p.type, p.default) for p in export.parameters] == [("day", "date", "yesterday")]
 
-    (daily,) = [e for e in load_environment({"environments": ENVIRONMENTS}, "dev").exports if e.name == "daily_sales"]
-    encoded = contract.encode_exports([daily.definition()])
-    assert "sql/daily_sales_orders.sql" in encoded and "SELECT" not in encoded
+
+def test_every_problem_of_a_synth_is_reported_at_once_each_naming_its_field():
+    # Given an environment with four unrelated mistakes in different places
+    def change(env):
+        env["log_retention_days"] = 13
+        env["exports"][0]["time_zone"] = "Mars/Olympus"
+        env["exports"][1]["sql"] = "DELETE FROM customers"
+        env["database"]["export_user"] = "x-y"
+
+    # When it is read, one error holds all four, one line each, each naming its field
+    with pytest.raises(ConfigError) as raised:
+        load_environment(with_change("dev", change), "dev")
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 4, lines
+    assert [line.split(":", 1)[0] for line in lines] == [
+        "environments.dev.log_retention_days", "environments.dev.exports[0].time_zone",
+        "environments.dev.exports[1].sql", "environments.dev.database.export_user"]
+
+
+@pytest.mark.parametrize("sql, clause", [
+    ("SELECT * FROM orders INTO OUTFILE '/tmp/x'", "INTO OUTFILE"),
+    ("SELECT * INTO OUTFILE '/tmp/x' FROM orders", "INTO OUTFILE"),
+    ("SELECT id FROM orders LIMIT 1 INTO DUMPFILE '/tmp/x'", "INTO DUMPFILE"),
+    ("SELECT id INTO @x FROM orders LIMIT 1", "INTO stores the result in variables"),
+    ("SELECT id FROM orders LIMIT 1 INTO @a", "INTO stores the result in variables"),
+    ("SELECT id FROM orders FOR UPDATE", "FOR UPDATE"),
+    ("SELECT id FROM orders\nFOR   SHARE", "FOR SHARE"),
+    ("SELECT id FROM orders LOCK IN SHARE MODE", "LOCK IN SHARE MODE"),
+    ("SELECT id FROM orders /*!50000 INTO OUTFILE '/tmp/x' */", "INTO OUTFILE"),
+])
+def test_sql_that_writes_files_or_variables_or_locks_rows_is_refused_naming_export_and_sheet(sql, clause):
+    with pytest.raises(ConfigError, match=rf"exports\[0\].sheets\[1\].sql: export 'report', sheet 'Two': sql must only "
+                                          rf"read: {clause}"):
+        load_report(sheets=[{"name": "One", "sql": "SELECT 1"}, {"name": "Two", "sql": sql}])
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 'INTO OUTFILE' AS words, `into` FROM orders",  # quoted text and identifiers are not clauses
+    "SELECT id FROM orders -- FOR UPDATE\n",
+    "SELECT id, /* INTO @x */ amount FROM orders",
+    "SELECT id FROM orders WHERE note = 'for update'",
+])
+def test_read_only_sql_that_mentions_those_words_in_text_or_comments_passes(sql):
+    assert load_report(sheets=[{"name": "One", "sql": sql}]).sheets[0].sql == sql
+
+
+def test_sql_files_in_the_environment_are_paths_not_sql(tmp_path):
+    from lambdas.export_to_xlsx.definition import encode_exports
+
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "r.sql").write_text("SELECT id FROM orders\n")
+    export = load_report(tmp_path, sheets=[{"name": "One", "sql_file": "sql/r.sql"}])
+    encoded = encode_exports([export])
+    assert "sql/r.sql" in encoded and "SELECT" not in encoded
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, r"exports\[0\].sheets\[1\].sql_file: SQL file sql/r.sql does not exist"),
-    ("", r"sheets\[1\].sql_file: SQL file sql/r.sql is empty"),
+    (None, r"exports\[0\].sheets\[1\].sql_file: export 'report', sheet 'Two': SQL file sql/r.sql does not exist"),
+    ("", r"sheets\[1\].sql_file: export 'report', sheet 'Two': SQL file sql/r.sql is empty"),
     ("  \n-- only a comment\n", r"SQL file sql/r.sql: sql holds only comments"),
     ("DELETE FROM orders", r"SQL file sql/r.sql: sql must be a single SELECT .* starting with 'delete'"),
     ("SELECT 1; DROP TABLE orders", r"SQL file sql/r.sql: sql must be a single statement"),
@@ -275,7 +356,7 @@ def test_a_sql_file_may_end_in_a_semicolon_and_hold_semicolons_in_text_and_comme
 
 @pytest.mark.parametrize("path", ["../etc/passwd.sql", "/abs/r.sql", "elsewhere/r.sql", "sql/r.txt"])
 def test_sql_files_live_under_the_sql_folder(path):
-    with pytest.raises(ConfigError, match=r"sql_file: .* must be a .sql file under the project's sql/ folder"):
+    with pytest.raises(ConfigError, match=r"sql_file: .* must be a .sql file under the sql/ folder"):
         load_report(sheets=[{"name": "One", "sql_file": path}])
 
 

@@ -19,12 +19,13 @@ from urllib.parse import parse_qsl, quote
 import botocore.auth
 import pytest
 
-from export_to_xlsx import export as export_module
-from export_to_xlsx import handler as export_handler
-from export_to_xlsx import settings as contract
-from export_to_xlsx.credentials import IamToken
-from export_to_xlsx.database import Endpoint
-from export_to_xlsx.errors import ExportError
+from lambdas.export_to_xlsx import export as export_module
+from lambdas.export_to_xlsx import handler as export_handler
+from lambdas.export_to_xlsx import settings as contract
+from lambdas.export_to_xlsx.definition import ExportDefinition
+from lambdas.export_to_xlsx.credentials import IamToken
+from lambdas.export_to_xlsx.database import Endpoint
+from lambdas.export_to_xlsx.errors import ExportError
 
 FIXED_NOW = dt.datetime(2026, 11, 25, 12, 0, 0)
 KEY_ID, SECRET_KEY, SESSION_TOKEN = "AKIAEXAMPLEEXPORT", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "FwoGZXIvYXdz//token+/="
@@ -121,7 +122,7 @@ def test_iam_mode_needs_no_secret_and_refuses_plain_tcp(monkeypatch):
 
 
 def test_a_token_is_never_sent_without_tls(function_credentials, mysql):
-    from export_to_xlsx.database import connect
+    from lambdas.export_to_xlsx.database import connect
 
     token = IamToken(export_handler.rds_client(), host=mysql.host, port=mysql.port, user=USER).get()
     with pytest.raises(ExportError, match="only sent over verified TLS"):
@@ -168,7 +169,7 @@ def test_a_user_whose_password_is_the_token_lets_the_export_in_over_tls(
         cur.execute("CREATE USER 'iam_export'@'%%' IDENTIFIED BY %s REQUIRE SSL", (token,))
         cur.execute("GRANT SELECT ON app.* TO 'iam_export'@'%'")
     endpoint = Endpoint(server.host, server.port, "app", server.ca_file)
-    export = contract.ExportDefinition.single("orders", "SELECT id, amount FROM orders ORDER BY id")
+    export = ExportDefinition.single("orders", "SELECT id, amount FROM orders ORDER BY id")
     # When the export runs with the function's credential source
     result = export_module.run_export(export, endpoint=endpoint, secrets=rt.secrets, s3=rt.s3, target=rt.target,
                                       temp_dir=tmp_path)
@@ -190,9 +191,9 @@ def test_the_bootstrapped_user_reads_the_dev_tables_over_tls_and_can_write_nothi
     as that user over verified TLS and reads every dev export's rows, and the server refuses it any write."""
     import pymysql
 
-    from db_bootstrap.bootstrap import bootstrap
-    from export_to_xlsx.credentials import Credentials
-    from export_to_xlsx.database import connect
+    from lambdas.db_bootstrap.bootstrap import bootstrap
+    from lambdas.export_to_xlsx.credentials import Credentials
+    from lambdas.export_to_xlsx.database import connect
     from pipeline_ops.synth import CDK_JSON
     from stacks.config import load_environment
 

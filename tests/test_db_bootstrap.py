@@ -11,9 +11,9 @@ import json
 import pymysql
 import pytest
 
-from db_bootstrap import bootstrap as bs
-from db_bootstrap import handler as bootstrap_handler
-from db_bootstrap import settings as contract
+from lambdas.db_bootstrap import bootstrap as bs
+from lambdas.db_bootstrap import handler as bootstrap_handler
+from lambdas.db_bootstrap import settings as contract
 
 
 @pytest.fixture

@@ -16,10 +16,11 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from export_to_xlsx import export as export_module
-from export_to_xlsx import handler as export_handler
-from export_to_xlsx import settings as contract
-from export_to_xlsx.errors import ExportError
+from lambdas.export_to_xlsx import export as export_module
+from lambdas.export_to_xlsx import handler as export_handler
+from lambdas.export_to_xlsx import settings as contract
+from lambdas.export_to_xlsx.definition import ExportDefinition
+from lambdas.export_to_xlsx.errors import ExportError
 from pipeline_ops.xlsx_expect import assert_rows_match, query
 
 BUCKET = "source-bucket"
@@ -356,7 +357,7 @@ def rds_ca(tmp_path_factory) -> Path:
 
 def test_tls_is_never_downgraded_to_plain_text(rds_ca, env, s3, tmp_files):
     # Given verify mode with the real RDS CA bundle, against a server without TLS (the local MariaDB)
-    from export_to_xlsx.database import Endpoint
+    from lambdas.export_to_xlsx.database import Endpoint
 
     rt = export_handler.runtime()
     endpoint = Endpoint(rt.endpoint.host, rt.endpoint.port, rt.endpoint.database, rds_ca)
@@ -382,11 +383,11 @@ def tls_server(tmp_path_factory):
 
 def test_export_over_verified_tls(tls_server, env, s3, monkeypatch):
     # Given a server whose certificate the bundled CA file verifies
-    from export_to_xlsx.database import Endpoint
+    from lambdas.export_to_xlsx.database import Endpoint
 
     sql = "SELECT VARIABLE_VALUE AS cipher FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher'"
     rt = export_handler.runtime()
-    export = contract.ExportDefinition.single("tls", sql)
+    export = ExportDefinition.single("tls", sql)
     endpoint = Endpoint(tls_server.host, tls_server.port, "mysql", tls_server.ca_file)
     # When the export runs there
     result = export_module.run_export(export, endpoint=endpoint, secrets=rt.secrets, s3=rt.s3, target=rt.target)
@@ -397,7 +398,7 @@ def test_export_over_verified_tls(tls_server, env, s3, monkeypatch):
 
 def test_a_certificate_the_bundle_does_not_trust_is_refused(tls_server, rds_ca, env, s3, tmp_files):
     # The real RDS CA bundle does not trust the test CA: the connection must fail, not go on unverified.
-    from export_to_xlsx.database import Endpoint
+    from lambdas.export_to_xlsx.database import Endpoint
 
     rt = export_handler.runtime()
     endpoint = Endpoint(tls_server.host, tls_server.port, "mysql", rds_ca)
@@ -427,7 +428,7 @@ def test_database_dropped_mid_stream(env, s3, mysql, tmp_files, monkeypatch):
           "xlsx_numbers c, xlsx_numbers d, xlsx_numbers e, xlsx_numbers f /* mid-stream-kill */"
     monkeypatch.setenv(contract.ENV_EXPORTS, json.dumps({"big": {"sql": big, "sheet": "big"}}))
     export_handler.runtime.cache_clear()
-    monkeypatch.setattr("export_to_xlsx.database.BATCH_ROWS", 100)
+    monkeypatch.setattr("lambdas.export_to_xlsx.database.BATCH_ROWS", 100)
     killer = mysql.connect()
     killed = []
 
@@ -485,7 +486,7 @@ def test_s3_failure_mid_multipart_upload_aborts_the_upload(env, s3, tmp_files, m
 
 
 def test_disk_full_fails_before_filling_the_disk(tmp_path):
-    from export_to_xlsx.xlsx import StorageFullError, XlsxStreamWriter
+    from lambdas.export_to_xlsx.xlsx import StorageFullError, XlsxStreamWriter
     import shutil
 
     free = shutil.disk_usage(tmp_path).free

@@ -10,9 +10,9 @@ from urllib.parse import quote_plus
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from bucket_replicator import handler as replicator
-from bucket_replicator import replicate as replicate_module
-from bucket_replicator import settings as contract
+from lambdas.bucket_replicator import handler as replicator
+from lambdas.bucket_replicator import replicate as replicate_module
+from lambdas.bucket_replicator import settings as contract
 from tests.faults import s3_error
 from pipeline_ops.iam import CallRecorder, denied, role_statements
 

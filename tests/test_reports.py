@@ -20,13 +20,15 @@ from decimal import Decimal
 import openpyxl
 import pytest
 
-from export_to_xlsx import database as database_module
-from export_to_xlsx import export as export_module
-from export_to_xlsx import handler as export_handler
-from export_to_xlsx import params as params_module
-from export_to_xlsx import settings as contract
-from export_to_xlsx.errors import ExportError
-from export_to_xlsx.params import ParameterDefinition
+from lambdas.export_to_xlsx import database as database_module
+from lambdas.export_to_xlsx import definition
+from stacks.config import PROJECT_ROOT as ROOT
+from lambdas.export_to_xlsx import export as export_module
+from lambdas.export_to_xlsx import handler as export_handler
+from lambdas.export_to_xlsx import params as params_module
+from lambdas.export_to_xlsx import settings as contract
+from lambdas.export_to_xlsx.errors import ExportError
+from lambdas.export_to_xlsx.params import ParameterDefinition
 from tests.test_export_handler import BUCKET, Context, all_keys, env, tables, tmp_files  # noqa: F401 - fixtures
 
 TABLE = "rep_orders"
@@ -48,7 +50,7 @@ def orders(mysql):
     conn.close()
 
 
-def run(export: contract.ExportDefinition, params=None, **kwargs) -> dict:
+def run(export: definition.ExportDefinition, params=None, **kwargs) -> dict:
     rt = export_handler.runtime()
     return export_module.run_export(export, endpoint=rt.endpoint, secrets=rt.secrets, s3=rt.s3, target=rt.target,
                                     params=params, **kwargs)
@@ -62,10 +64,12 @@ def values(ws) -> list[tuple]:
     return list(ws.iter_rows(values_only=True))
 
 
-def report(*sheets: tuple[str, str], **fields) -> contract.ExportDefinition:
-    return contract.check_export(contract.ExportDefinition(
-        name=fields.pop("name", "report"), sheets=tuple(contract.SheetDefinition(n, sql) for n, sql in sheets),
-        **fields))
+def report(*sheets: tuple[str, str], **fields) -> definition.ExportDefinition:
+    """A report as the function gets it: through EXPORTS and the one parser that checks every definition."""
+    export = definition.ExportDefinition(
+        name=fields.pop("name", "report"), sheets=tuple(definition.SheetDefinition(n, sql) for n, sql in sheets),
+        **fields)
+    return definition.decode_exports(definition.encode_exports([export]), ROOT)[export.name]
 
 
 # --- one snapshot for every sheet ---------------------------------------------------------------
@@ -176,7 +180,7 @@ def test_sql_files_are_read_from_the_package_at_cold_start(env, s3, orders, monk
     (tmp_path / "sql" / "big.sql").write_text(f"-- a long report\nSELECT id, label FROM {TABLE} ORDER BY id;\n")
     monkeypatch.setattr(contract, "PACKAGE_DIR", tmp_path)
     monkeypatch.setenv(contract.ENV_EXPORTS, json.dumps(
-        {"filed": {"sheets": [{"name": "Filed", "file": "sql/big.sql"}, {"name": "Inline", "sql": "SELECT 1 AS one"}]}}))
+        {"filed": {"sheets": [{"name": "Filed", "sql_file": "sql/big.sql"}, {"name": "Inline", "sql": "SELECT 1 AS one"}]}}))
     export_handler.runtime.cache_clear()
     # When it runs
     (result,) = export_handler.handler({"export": "filed"}, Context())["exports"]
@@ -285,7 +289,7 @@ def test_a_parameter_without_default_must_be_given(env, s3):
 
 def test_the_event_gives_parameters_to_one_export(env, s3, orders, monkeypatch, caplog):
     # Given a deployed export with a date parameter (as the operator's backfill invokes it)
-    monkeypatch.setenv(contract.ENV_EXPORTS, contract.encode_exports([report(
+    monkeypatch.setenv(contract.ENV_EXPORTS, definition.encode_exports([report(
         ("Day", f"SELECT id, amount FROM {TABLE} WHERE day = %(day)s ORDER BY id"),
         parameters=(ParameterDefinition("day", "date", "yesterday"),), time_zone="Europe/Berlin", name="daily")]))
     export_handler.runtime.cache_clear()
@@ -395,7 +399,7 @@ def test_number_formats_are_real_excel_formats(env, s3, orders):
 
 @pytest.mark.parametrize("on_empty, uploaded", [("skip", False), ("upload", True)])
 def test_an_empty_result_is_skipped_or_uploaded(env, s3, orders, tmp_files, caplog, monkeypatch, on_empty, uploaded):
-    monkeypatch.setenv(contract.ENV_EXPORTS, contract.encode_exports([report(
+    monkeypatch.setenv(contract.ENV_EXPORTS, definition.encode_exports([report(
         ("A", f"SELECT id FROM {TABLE} WHERE id < 0"), ("B", f"SELECT label FROM {TABLE} WHERE id < 0"),
         on_empty=on_empty, name="maybe")]))
     export_handler.runtime.cache_clear()

@@ -15,7 +15,8 @@ from aws_cdk.assertions import Match, Template
 from lambdas.bucket_replicator import settings as replicator_contract
 from lambdas.export_to_xlsx import settings as export_contract
 from stacks.bucket_replicator import BucketReplicator
-from stacks.config import PROJECT_ROOT as ROOT, ExportConfig, SheetConfig
+from lambdas.export_to_xlsx.definition import ExportDefinition, decode_exports
+from stacks.config import PROJECT_ROOT as ROOT
 from stacks.database import IamDatabaseAuth, SecretDatabaseAuth
 from stacks.export_to_xlsx import ExportToXlsx
 from stacks.secure_bucket import SecureBucket
@@ -492,7 +493,7 @@ def test_export_function_settings_come_from_config(synth):
     # No reserved concurrency by default: Lambda keeps 100 unreserved, so reserving fails on small accounts
     # (https://docs.aws.amazon.com/lambda/latest/api/API_PutFunctionConcurrency.html).
     assert "ReservedConcurrentExecutions" not in p
-    assert p["Handler"] == "export_to_xlsx.handler.handler"
+    assert p["Handler"] == "lambdas.export_to_xlsx.handler.handler"
 
 
 def test_environment_variables_are_exactly_what_the_handlers_read(synth):
@@ -501,8 +502,10 @@ def test_environment_variables_are_exactly_what_the_handlers_read(synth):
     assert set(export_env) == export_contract.env_names(synth.config.database.auth)
     assert set(replicator_env) == replicator_contract.ENV_NAMES
     # SQL files sit at the same paths (sql/...) in the project as in the function's package
-    exports = export_contract.decode_exports(export_env[export_contract.ENV_EXPORTS], package_dir=ROOT)
-    assert list(exports.values()) == [e.definition() for e in synth.config.exports]
+    # SQL files sit at the same paths (sql/...) in the project as in the function's package: the function's own
+    # decoder gives back exactly the definitions config read (the schedule is the stack's, not the function's)
+    exports = decode_exports(export_env[export_contract.ENV_EXPORTS], ROOT)
+    assert list(exports.values()) == [dataclasses.replace(e, schedule=None) for e in synth.config.exports]
     assert export_env[export_contract.ENV_DB_TLS] == "verify"
     assert export_env[export_contract.ENV_KEY_PREFIX] == synth.config.key_prefix
     assert export_env[export_contract.ENV_SOURCE_BUCKET] == {"Ref": synth.logical_id(synth.stack.source.bucket)}
@@ -685,12 +688,7 @@ def test_secure_bucket_refuses_bad_props():
 
 @pytest.mark.parametrize("change, message", [
     ({"exports": []}, "exports must name at least one export"),
-    ({"exports": [ExportConfig.single("a", "SELECT 1"), ExportConfig.single("a", "SELECT 2")]}, "must be unique"),
-    ({"exports": [ExportConfig.single("Bad Name", "SELECT 1")]}, "export name 'Bad Name' must be"),
-    ({"exports": [ExportConfig.single("a", "SELECT %(day)s")]}, r"uses %\(day\)s but the export declares no"),
-    ({"exports": [ExportConfig(name="a", sheets=(SheetConfig("A", "SELECT 1"), SheetConfig("a", "SELECT 2")))]},
-     "sheet names 'A' and 'a' are the same to Excel"),
-    ({"exports": [ExportConfig.single("a", "SELECT 1", on_empty="never")]}, "on_empty 'never' is not one of"),
+    ({"exports": [ExportDefinition.single("a", "SELECT 1"), ExportDefinition.single("a", "SELECT 2")]}, "must be unique"),
     ({"key_prefix": "exports"}, "key_prefix must be empty or end with '/'"),
     ({"database_port": 0}, "database_port must be a TCP port"),
     ({"ephemeral_storage_mb": 100}, "ephemeral_storage_mb must be 512..10240, got 100"),
@@ -710,7 +708,7 @@ def test_export_construct_refuses_bad_props(change, message):
         ec2.SubnetConfiguration(name="i", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)])
     props = dict(
         source_bucket=SecureBucket(stack, "B", removal_policy=cdk.RemovalPolicy.RETAIN).bucket,
-        key_prefix="", exports=[ExportConfig.single("orders", "SELECT 1")], vpc=vpc,
+        key_prefix="", exports=[ExportDefinition.single("orders", "SELECT 1")], vpc=vpc,
         subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
         database_security_group=ec2.SecurityGroup(stack, "Db", vpc=vpc), database_host="db", database_port=3306,
         database_name="app", auth=SecretDatabaseAuth(secretsmanager.Secret(stack, "S")), alarm_topic=topic,

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from export_to_xlsx.database import QueryStream
-from export_to_xlsx.xlsx import XlsxStreamWriter, column_letter
+from lambdas.export_to_xlsx.database import QueryStream
+from lambdas.export_to_xlsx.xlsx import XlsxStreamWriter, column_letter
 from pipeline_ops.xlsx_expect import READER_LIMITS, EMPTY, Expected, expected_rows, query
 from tests import xlsx_readers
 from tests.xlsx_readers import LIBREOFFICE_INSTALL, READERS, check

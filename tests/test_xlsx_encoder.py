@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from export_to_xlsx import xlsx
-from export_to_xlsx.xlsx import CellEncoder, SanitizeCounts, SheetTooLargeError, XlsxStreamWriter
+from lambdas.export_to_xlsx import xlsx
+from lambdas.export_to_xlsx.xlsx import CellEncoder, SanitizeCounts, SheetTooLargeError, XlsxStreamWriter
 from pipeline_ops.xlsx_expect import EXCEL_EPOCH, MARK, expect, matches, ooxml_unescape, utf16_units
 
 MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"

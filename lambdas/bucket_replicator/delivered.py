@@ -15,11 +15,10 @@ from typing import Any, Mapping
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..contract import META_EXPORT, META_PARAMS, META_ROWS, META_SHEETS
 from .replicate import Outcome
 from .settings import DELIVERED_DETAIL_TYPE, DELIVERED_SOURCE, METRIC_NAMESPACE, METRIC_NOT_PUBLISHED, Settings
 
-#: Export metadata the export function writes on each workbook (export/export.py).
-META_EXPORT, META_ROWS, META_SHEETS, META_PARAMS = "export", "rows", "sheets", "params"
 
 
 class PublishFailed(Exception):

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 from urllib.parse import unquote_plus
 
-from .settings import SUFFIXES, Settings, is_replicated
+from ..contract import SUFFIXES, is_replicated
+from .settings import Settings
 
 
 @dataclass(frozen=True)

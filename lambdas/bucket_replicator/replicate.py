@@ -9,6 +9,7 @@ from urllib.parse import quote
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
+from .. import contract
 from .events import CopyRequest
 from .settings import DESTINATION_ACL, Settings
 
@@ -67,7 +68,7 @@ def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: Tr
     version = head.get("VersionId") or request.version_id
     etag = head.get("ETag", "").strip('"')
     size = head["ContentLength"]
-    destination_key = settings.destination_prefix + request.key
+    destination_key = contract.destination_key(settings.destination_prefix, request.key)
 
     if _already_copied(s3, settings.destination_bucket, destination_key, version, etag, size):
         return Outcome(request.key, version, size, "already-copied", destination_key)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from ..contract import SUFFIXES, is_replicated  # noqa: F401  (the rule the stack filters by)
+
 ENV_SOURCE_BUCKET = "SOURCE_BUCKET"
 ENV_DESTINATION_BUCKET = "DESTINATION_BUCKET"
 ENV_DESTINATION_PREFIX = "DESTINATION_PREFIX"
@@ -20,19 +22,10 @@ ENV_DESTINATION_KMS_KEY_ARN = "DESTINATION_KMS_KEY_ARN"
 ENV_NAMES = frozenset({ENV_SOURCE_BUCKET, ENV_DESTINATION_BUCKET, ENV_DESTINATION_PREFIX, ENV_SOURCE_PREFIX,
                        ENV_DESTINATION_KMS_KEY_ARN})
 
-#: The key endings that are copied. S3 notification filters compare suffixes case-sensitively,
-#: so the stack adds one filter per ending and the handler accepts exactly these, nothing else
-#: (``Report.Xlsx`` is neither delivered nor copied).
-SUFFIXES = (".xlsx", ".XLSX")
-
 #: Sent with every copy: the destination bucket's owner gets full control (and owns the object
 #: where its Object Ownership is "bucket owner preferred"); buckets with ACLs disabled accept it too.
 DESTINATION_ACL = "bucket-owner-full-control"
 
-
-def is_replicated(key: str, source_prefix: str) -> bool:
-    """The one rule the notification filter and the handler share."""
-    return key.startswith(source_prefix) and key.endswith(SUFFIXES)
 
 #: The "Workbook Delivered" event on the account's default bus (the role may put only this).
 DELIVERED_SOURCE = "mysql-xlsx-pipeline"

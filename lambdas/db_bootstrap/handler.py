@@ -20,7 +20,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .bootstrap import BootstrapError, bootstrap
-from .settings import CA_BUNDLE_FILE, INIT_SQL_FILE, Request, Settings, load_settings, read_request
+from ..contract import CA_BUNDLE_FILE
+from .settings import INIT_SQL_FILE, Request, Settings, load_settings, read_request
 
 log = logging.getLogger()
 

@@ -32,7 +32,6 @@ PROP_CODE_HASH = "CodeHash"  # the asset hash: new bootstrap code runs again too
 
 AUTH_MODES = ("iam", "secret")
 #: Files the bundler writes into the package next to the code.
-CA_BUNDLE_FILE = "rds-ca-bundle.pem"
 INIT_SQL_FILE = "init.sql"
 
 USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")

@@ -18,10 +18,11 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import params as params_module
+from .. import contract
 from .credentials import CredentialSource
 from .database import Endpoint, LoginFailed, QueryStream, begin_snapshot, connect, end_snapshot
 from .errors import ExportError
-from .settings import ExportDefinition
+from .definition import ExportDefinition
 from .xlsx import MAX_DATA_ROWS_PER_SHEET, SheetTooLargeError, StorageFullError, XlsxStreamWriter
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def object_key(prefix: str, export: str, now: dt.datetime, day: dt.date | None =
     the same second from landing on one key."""
     now = now.astimezone(dt.timezone.utc)
     folder = f"{day:%Y/%m/%d}" if day is not None else f"{now:%Y/%m/%d}"
-    return f"{prefix}{export}/{folder}/{export}-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z.xlsx"
+    return f"{contract.export_prefix(prefix, export)}{folder}/{export}-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z.xlsx"
 
 
 def key_day(export: ExportDefinition, values: dict[str, Any]) -> dt.date | None:
@@ -160,13 +161,13 @@ def run_export(
         skipped = workbook.rows == 0 and export.on_empty == "skip"
         if not skipped:
             metadata = {
-                "export": export.name,
-                "rows": str(workbook.rows),
-                "sheets": str(workbook.sheets),
-                "sql-sha256": sql_digest(export),
+                contract.META_EXPORT: export.name,
+                contract.META_ROWS: str(workbook.rows),
+                contract.META_SHEETS: str(workbook.sheets),
+                contract.META_SQL_SHA256: sql_digest(export),
             }
             if recorded_json:
-                metadata["params"] = recorded_json
+                metadata[contract.META_PARAMS] = recorded_json
             _upload(s3, path, target.bucket, key, metadata)
     except (StorageFullError, SheetTooLargeError) as exc:
         raise ExportError(f"export {export.name!r}: {exc}") from None

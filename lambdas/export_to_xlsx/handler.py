@@ -18,7 +18,9 @@ from .credentials import CredentialSource, IamToken, SecretCache
 from .database import Endpoint
 from .errors import ExportError
 from .export import Target, remove_stale_files, run_export
-from .settings import CA_BUNDLE_FILE, ExportDefinition, Settings, load_settings
+from ..contract import CA_BUNDLE_FILE, EVENT_EXPORT, EVENT_KEYS, EVENT_PARAMS
+from .definition import ExportDefinition, clip
+from .settings import Settings, load_settings
 
 log = logging.getLogger()  # level and JSON format come from the function's logging config (the stack)
 
@@ -67,36 +69,34 @@ def credential_source(settings: Settings) -> CredentialSource:
     return SecretCache(secrets_client(), settings.secret_arn)
 
 
-EVENT_KEYS = ("export", "params")
-
-
 def select_exports(event: Any, exports: dict[str, ExportDefinition]) -> list[ExportDefinition]:
-    """``{"export": NAME, "params": {...}}`` runs one export; an event naming none runs all with their
-    defaults. SQL never comes from the event; parameter values are checked against the declarations."""
-    if event is None:
-        event = {}
+    """``{"export": NAME, "params": {...}}`` runs one export; ``{}`` runs all with their defaults.
+    SQL never comes from the event; parameter values are checked against the declarations."""
     if not isinstance(event, dict):
-        raise ExportError('the event must be a JSON object such as {"export": "orders"}')
+        raise ExportError('the event must be a JSON object such as {"export": "orders"} ({} runs every export)')
     if {"sql", "query"} & event.keys():
         raise ExportError("the event may only name an export; SQL comes from the deployment config")
     unknown = sorted(set(event) - set(EVENT_KEYS))
     if unknown:
         raise ExportError(f"the event has unknown field(s) {', '.join(map(repr, unknown))}; "
                           'expected {"export": NAME, "params": {NAME: VALUE}}')
-    name = event.get("export")
-    if name is None:
-        if event.get("params"):
-            raise ExportError('"params" needs "export": parameters belong to one export')
+    if EVENT_EXPORT not in event:
+        if EVENT_PARAMS in event:
+            raise ExportError(f'"{EVENT_PARAMS}" needs "{EVENT_EXPORT}": parameters belong to one export')
         return list(exports.values())
-    if not isinstance(name, str) or name not in exports:
-        raise ExportError(f"unknown export {name!r}; valid names: {', '.join(sorted(exports))}")
+    name = event[EVENT_EXPORT]
+    if not isinstance(name, str):
+        raise ExportError(f'"{EVENT_EXPORT}" must be an export\'s name (text), got {clip(name)}; '
+                          "leave it out to run every export")
+    if name not in exports:
+        raise ExportError(f"unknown export {clip(name)}; valid names: {', '.join(sorted(exports))}")
     return [exports[name]]
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
     rt = runtime()
     selected = select_exports(event, dict(rt.settings.exports))
-    given = event.get("params") if isinstance(event, dict) else None
+    given = event.get(EVENT_PARAMS)
     remaining = (lambda: context.get_remaining_time_in_millis() / 1000) if context is not None else (lambda: float("inf"))
     temp_dir = Path(tempfile.gettempdir())
     remove_stale_files(temp_dir)

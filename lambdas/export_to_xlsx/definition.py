@@ -1,0 +1,570 @@
+"""One definition of an export, read by one parser at synth and at cold start.
+
+An export is written once, in an environment's ``exports`` list in ``cdk.json``:
+
+- ``name``: a-z, 0-9, ``_``, ``-``; also its key prefix;
+- ``sheets``: ``[{"name", "sql" | "sql_file"}, ...]``, or the one-sheet form ``sql`` / ``sql_file``
+  with an optional ``sheet_name`` (default: the export's name);
+- ``parameters``: ``[{"name", "type", "default", "allowed"}]`` (:mod:`.params`);
+- ``time_zone`` (IANA, default ``UTC``), ``formats`` (column -> Excel number format),
+  ``on_empty`` (``upload`` or ``skip``), ``schedule`` (``rate(...)``/``cron(...)``, UTC).
+
+Config reads each entry with :func:`read_export` and the stack puts :func:`encode_exports` of the
+result into the function's ``EXPORTS`` variable: the same field names, always in the ``sheets``
+form, defaults left out, a SQL file as its path and digest. The function decodes it at cold start
+with :func:`decode_exports`, which calls the same :func:`read_export`: one vocabulary, one
+validation. :class:`Reader` is the small walker both use; it collects every problem with the path
+of its field, so a synth reports them all at once.
+
+Stdlib only: the stack imports it at synth time and the function at cold start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+from .params import ParameterDefinition, ParameterError, check_definition, check_placeholders, time_zone
+
+T = TypeVar("T")
+
+#: SQL files live under this folder: of the project at synth, of the function's package at run time.
+SQL_DIR = "sql"
+ON_EMPTY = ("upload", "skip")
+MAX_FORMAT_CHARS = 255
+EXPORT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SHEET_NAME_FORBIDDEN = set("[]:*?/\\")
+#: Excel's limit on a sheet name; the writer's continuation sheets (``name (2)``) keep within it too.
+SHEET_NAME_MAX = 31
+
+EXPORT_NAME_RULE = ("1-63 characters of a-z, 0-9, '_' or '-', starting with a letter or digit "
+                    "(it is also the S3 key prefix)")
+
+
+class DefinitionError(ValueError):
+    """One or more definition fields are wrong; each line names its field."""
+
+    def __init__(self, problems: str | Sequence[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# --- the walker ----------------------------------------------------------------------------
+
+
+class Reader:
+    """Typed reads of one JSON object; a bad value is recorded with its path and the default returned.
+
+    Readers made with :meth:`child` or :meth:`obj` share the problem list, so one pass over a whole
+    environment collects every problem; :meth:`raise_problems` raises them together.
+    """
+
+    def __init__(self, data: Any, path: str, problems: list[str] | None = None):
+        self.problems: list[str] = [] if problems is None else problems
+        self.path = path
+        self.used: set[str] = set()
+        if not isinstance(data, Mapping):
+            self.problems.append(f"{path}: expected an object, got {type(data).__name__}")
+            data = {}
+        self.data: Mapping[str, Any] = data
+
+    def child(self, data: Any, path: str) -> "Reader":
+        return Reader(data, path, self.problems)
+
+    def problem(self, key: str | None, message: str) -> None:
+        self.problems.append(f"{self.path}{'.' + key if key else ''}: {message}")
+
+    def fail(self, key: str | None, message: str) -> DefinitionError:
+        """A problem that ends the read of this object: ``raise r.fail(...)``, caught by an :meth:`attempt`."""
+        return DefinitionError(f"{self.path}{'.' + key if key else ''}: {message}")
+
+    def attempt(self, fn: Callable[[], T], default: T, key: str | None = None) -> T:
+        """``fn()``, or ``default`` with its problems recorded (under ``key``, when a check names none)."""
+        try:
+            return fn()
+        except DefinitionError as exc:
+            self.problems.extend(exc.problems)
+        except (ParameterError, ValueError) as exc:
+            self.problem(key, str(exc))
+        return default
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def raw(self, key: str, required: bool = False) -> Any:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if required:
+                self.problem(key, "required field is missing")
+            return None
+        return self.data[key]
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False,
+            check: Callable[[str], Any] | None = None, expect: str = "") -> str | None:
+        value = self.raw(key, required)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.problem(key, f"expected a string, got {value!r}")
+            return default
+        if check is not None and not check(value):
+            self.problem(key, f"{value!r} is not {expect}")
+            return default
+        return value
+
+    def int(self, key: str, default: Any, low: int, high: int) -> Any:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(key, f"expected a whole number, got {value!r}")
+            return default
+        if not low <= value <= high:
+            self.problem(key, f"{value} is outside {low}..{high}")
+            return default
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.problem(key, f"expected true or false, got {value!r}")
+            return default
+        return value
+
+    def str_list(self, key: str, *, required: bool, check: Callable[[str], Any], expect: str) -> tuple[str, ...]:
+        value = self.raw(key, required)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not value:
+            self.problem(key, "expected a non-empty list of strings")
+            return ()
+        bad = [(i, item) for i, item in enumerate(value) if not isinstance(item, str) or not check(item)]
+        for i, item in bad:
+            self.problems.append(f"{self.path}.{key}[{i}]: {item!r} is not {expect}")
+        if len(set(map(repr, value))) != len(value):
+            self.problem(key, "holds duplicates")
+        return () if bad else tuple(value)
+
+    def list(self, key: str, *, required: bool = False, expect: str) -> list[Any]:
+        value = self.raw(key, required)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not value:
+            self.problem(key, f"expected a non-empty list of {expect}")
+            return []
+        return value
+
+    def obj(self, key: str) -> "Reader":
+        value = self.raw(key)
+        return self.child({} if value is None else value, f"{self.path}.{key}")
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            self.problem(None, f"unknown field(s) {', '.join(unknown)}")
+
+    def raise_problems(self) -> None:
+        if self.problems:
+            raise DefinitionError(list(dict.fromkeys(self.problems)))
+
+
+# --- the definition ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SheetDefinition:
+    name: str
+    sql: str
+    #: The file the SQL was read from (``sql/...``: the project's at synth, the package's at run time).
+    sql_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ExportDefinition:
+    """One export: its sheets in workbook order, parameters, time zone, number formats, empty rule."""
+
+    name: str
+    sheets: tuple[SheetDefinition, ...]
+    parameters: tuple[ParameterDefinition, ...] = ()
+    time_zone: str = "UTC"
+    #: Column name -> Excel number format code, for number and date cells of that column in every sheet.
+    formats: Mapping[str, str] = field(default_factory=dict)
+    on_empty: str = "upload"
+    #: An EventBridge schedule expression (UTC); used by the stack only, not sent to the function.
+    schedule: str | None = None
+
+    @classmethod
+    def single(cls, name: str, sql: str, sheet_name: str | None = None, **fields: Any) -> "ExportDefinition":
+        """The one-sheet form, unchecked (tests and tools; config goes through :func:`read_export`)."""
+        return cls(name=name, sheets=(SheetDefinition(sheet_name or name, sql),), **fields)
+
+    def sql_files(self) -> dict[str, bytes]:
+        """Package path -> contents of every SQL file this export reads (bundled into the asset)."""
+        return {s.sql_file: s.sql.encode() for s in self.sheets if s.sql_file}
+
+    def to_json(self) -> dict[str, Any]:
+        """The function's part of the definition in cdk.json's field names, defaults left out."""
+        body: dict[str, Any] = {
+            "sheets": [{"name": s.name, "sql_file": s.sql_file, "sha256": sql_digest(s.sql)} if s.sql_file
+                       else {"name": s.name, "sql": s.sql} for s in self.sheets]
+        }
+        if self.parameters:
+            body["parameters"] = [p.to_json() for p in self.parameters]
+        if self.time_zone != "UTC":
+            body["time_zone"] = self.time_zone
+        if self.formats:
+            body["formats"] = dict(self.formats)
+        if self.on_empty != "upload":
+            body["on_empty"] = self.on_empty
+        return body
+
+
+# --- single-field checks -------------------------------------------------------------------
+
+
+def is_export_name(name: object) -> bool:
+    return isinstance(name, str) and EXPORT_NAME_RE.match(name) is not None
+
+
+def check_sheet_name(sheet: object) -> str:
+    if not isinstance(sheet, str) or not sheet.strip():
+        raise ValueError(f"sheet name {sheet!r} must be a non-empty string")
+    bad = SHEET_NAME_FORBIDDEN.intersection(sheet)
+    if bad:
+        raise ValueError(f"sheet name {sheet!r} may not contain {''.join(sorted(bad))!r}")
+    if len(sheet) > SHEET_NAME_MAX:
+        raise ValueError(f"sheet name {sheet!r} is longer than Excel's {SHEET_NAME_MAX} characters")
+    if sheet.startswith("'") or sheet.endswith("'"):
+        raise ValueError(f"sheet name {sheet!r} may not start or end with an apostrophe")
+    return sheet
+
+
+_SQL_TOKEN_RE = re.compile(r"""'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|`[^`]*`|--[ \t][^\n]*|--$|#[^\n]*|/\*.*?\*/|;""",
+                           re.DOTALL | re.MULTILINE)
+#: Clauses that make a SELECT write a file or variables, or lock rows: an export only reads.
+_FORBIDDEN_CLAUSES = (
+    (re.compile(r"\binto\s+outfile\b"), "INTO OUTFILE writes a file on the database host"),
+    (re.compile(r"\binto\s+dumpfile\b"), "INTO DUMPFILE writes a file on the database host"),
+    (re.compile(r"\binto\b"), "INTO stores the result in variables instead of returning it"),
+    (re.compile(r"\bfor\s+update\b"), "FOR UPDATE locks the rows it reads"),
+    (re.compile(r"\bfor\s+share\b"), "FOR SHARE locks the rows it reads"),
+    (re.compile(r"\block\s+in\s+share\s+mode\b"), "LOCK IN SHARE MODE locks the rows it reads"),
+)
+
+
+def _code_only(sql: str) -> str:
+    """The SQL with comments removed and quoted text emptied, so keywords and ';' can be seen.
+
+    MySQL runs the body of an executable comment (``/*! ... */``), so that body is kept."""
+
+    def keep(m: re.Match) -> str:
+        token = m.group(0)
+        if token == ";":
+            return ";"
+        if token[0] in "'\"`":
+            return token[0] * 2
+        if token.startswith(("/*!", "/*M!")):
+            return " " + _code_only(re.sub(r"^/\*M?!\d*", "", token)[:-2]) + " "
+        return " "
+
+    return _SQL_TOKEN_RE.sub(keep, sql)
+
+
+def check_sql(sql: object) -> str:
+    """One read-only SELECT (or WITH ... SELECT); a trailing ';' is dropped. Returns the SQL to run."""
+    if not isinstance(sql, str) or not sql.strip():
+        raise ValueError("sql must be a non-empty string")
+    code = _code_only(sql).strip()
+    if not code:
+        raise ValueError("sql holds only comments")
+    first = code.split(None, 1)[0].lower().lstrip("(")
+    if first not in ("select", "with"):
+        raise ValueError(f"sql must be a single SELECT (or WITH ... SELECT) query, got one starting with {first!r}")
+    if ";" in code.rstrip("; \t\r\n"):
+        raise ValueError("sql must be a single statement; it holds more than one (';' between statements)")
+    words = " ".join(code.lower().split())
+    for pattern, why in _FORBIDDEN_CLAUSES:
+        if pattern.search(words):
+            raise ValueError(f"sql must only read: {why}")
+    if code.endswith(";"):
+        sql = sql.rstrip().rstrip(";").rstrip()
+    return sql
+
+
+def check_format(column: object, code: object) -> tuple[str, str]:
+    """A column name and an Excel number format code (e.g. "#,##0.00", "0.0%", "dd.mm.yyyy")."""
+    if not isinstance(column, str) or not column:
+        raise ValueError(f"format column name {column!r} must be a non-empty string")
+    if not isinstance(code, str) or not code.strip():
+        raise ValueError(f"format for column {column!r} must be a non-empty string")
+    if len(code) > MAX_FORMAT_CHARS:
+        raise ValueError(f"format for column {column!r} is longer than Excel's {MAX_FORMAT_CHARS} characters")
+    if re.search(r"[\x00-\x1f]", code):
+        raise ValueError(f"format for column {column!r} holds a control character")
+    outside = re.sub(r'"[^"]*"|\\.', "", code)  # quoted text and escaped characters
+    if '"' in outside:
+        raise ValueError(f"format {code!r} for column {column!r} has an unclosed '\"'")
+    brackets = re.sub(r"\[[^\[\]]*\]", "", outside)
+    if "[" in brackets or "]" in brackets:
+        raise ValueError(f"format {code!r} for column {column!r} has an unbalanced '[' or ']'")
+    if outside.count(";") > 3:
+        raise ValueError(f"format {code!r} for column {column!r} has more than 4 sections")
+    if "@" in outside:
+        raise ValueError(f"format {code!r} for column {column!r} is a text format ('@'); "
+                         "formats apply to numbers and dates")
+    return column, code
+
+
+def is_time_zone(name: str) -> bool:
+    try:
+        time_zone(name)
+    except ParameterError:
+        return False
+    return True
+
+
+_RATE_RE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+_CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*?,/\-#L W]+$")
+
+
+def validate_schedule(expr: str) -> str | None:
+    """Return a problem with an EventBridge schedule expression, or None if it is valid."""
+    rate = _RATE_RE.match(expr)
+    if rate:
+        n, unit = int(rate.group(1)), rate.group(2)
+        if n < 1:
+            return "a rate must be at least 1"
+        if (n == 1) != (not unit.endswith("s")):
+            return f"use '{unit.rstrip('s')}' for 1 and '{unit.rstrip('s')}s' otherwise"
+        return None
+    if expr.startswith("cron(") and expr.endswith(")"):
+        fields = expr[5:-1].split()
+        if len(fields) != 6:
+            return "cron() takes 6 fields: minutes hours day-of-month month day-of-week year"
+        if not all(_CRON_FIELD_RE.match(f) for f in fields):
+            return "a cron field holds a character EventBridge does not accept"
+        if (fields[2] == "?") == (fields[4] == "?"):
+            return "exactly one of day-of-month and day-of-week must be '?'"
+        return None
+    return "expected 'rate(N unit)' or 'cron(min hour day month weekday year)'"
+
+
+def sql_digest(sql: str) -> str:
+    """The first 16 hex digits of the SHA-256 of a sheet's SQL (as checked)."""
+    return hashlib.sha256(sql.encode()).hexdigest()[:16]
+
+
+def read_project_file(root: Path, relative: str) -> str:
+    """The text of a ``sql/....sql`` file under ``root`` (the project, or the function's package), not empty."""
+    parts = Path(relative).parts
+    if (Path(relative).is_absolute() or ".." in parts or parts[:1] != (SQL_DIR,) or not relative.endswith(".sql")
+            or "\\" in relative):
+        raise ValueError(f"{relative!r} must be a .sql file under the {SQL_DIR}/ folder, like '{SQL_DIR}/orders.sql'")
+    file = root / relative
+    if not file.is_file():
+        raise ValueError(f"SQL file {relative} does not exist (looked for {file})")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read SQL file {relative}: {exc}") from None
+    if not text.strip():
+        raise ValueError(f"SQL file {relative} is empty")
+    return text
+
+
+def read_sql_file(root: Path, relative: str) -> str:
+    """A sheet's SQL file (:func:`read_project_file`), checked to be one read-only SELECT."""
+    text = read_project_file(root, relative)
+    try:
+        return check_sql(text)
+    except ValueError as exc:
+        raise ValueError(f"SQL file {relative}: {exc}") from None
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+
+def _read_sheet(r: Reader, root: Path, default_name: str | None, name_key: str, export: str,
+                wire: bool) -> SheetDefinition | None:
+    name = r.str(name_key, default_name, required=default_name is None)
+    name = r.attempt(lambda: check_sheet_name(name), None, name_key) if name is not None else None
+    where = f"export {export!r}, sheet {name or '?'!r}"
+    sql, sql_file = r.str("sql"), r.str("sql_file")
+    digest = r.str("sha256") if wire else None
+    if sql is None and sql_file is None:
+        r.problem("sql", "required field is missing (give sql or sql_file)")
+        return None
+    if sql is not None and sql_file is not None:
+        r.problem("sql_file", "give sql or sql_file, not both")
+        return None
+    if sql_file is not None:
+        text = r.attempt(lambda: _naming(where, read_sql_file, root, sql_file), None, "sql_file")
+        if text is not None and digest is not None and digest != sql_digest(text):
+            r.problem("sql_file", f"{sql_file} in the package is not the SQL synth checked (its digest differs); "
+                                  "deploy the asset built with this configuration")
+            return None
+    else:
+        text = r.attempt(lambda: _naming(where, check_sql, sql), None, "sql")
+    return SheetDefinition(name, text, sql_file) if text is not None and name is not None else None
+
+
+def _naming(where: str, check: Callable[..., T], *args: Any) -> T:
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _read_sheets(r: Reader, root: Path, export: str, wire: bool) -> tuple[SheetDefinition, ...] | None:
+    if not r.has("sheets"):
+        sheet = _read_sheet(r, root, export, "sheet_name", export, wire)
+        return None if sheet is None else (sheet,)
+    for key in ("sql", "sql_file", "sheet_name"):
+        if r.has(key):
+            r.problem(key, "give either sheets or the one-sheet form (sql or sql_file, sheet_name), not both")
+    raw = r.list("sheets", expect="{name, sql | sql_file}")
+    sheets = []
+    for i, item in enumerate(raw):
+        sr = r.child(item, f"{r.path}.sheets[{i}]")
+        sheets.append(_read_sheet(sr, root, None, "name", export, wire))
+        sr.done()
+    if not raw or None in sheets:
+        return None
+    seen: dict[str, str] = {}
+    for sheet in sheets:
+        key = sheet.name.casefold()
+        if key in seen:
+            r.problem("sheets", f"sheet names {seen[key]!r} and {sheet.name!r} are the same to Excel "
+                                "(sheet names are compared case-insensitively)")
+            return None
+        seen[key] = sheet.name
+    return tuple(sheets)
+
+
+def _read_parameters(r: Reader) -> tuple[ParameterDefinition, ...]:
+    out = []
+    for i, item in enumerate(r.list("parameters", expect="parameters")):
+        p = r.attempt(lambda: check_definition(item), None, f"parameters[{i}]")
+        if p is not None:
+            out.append(p)
+    names = [p.name for p in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        r.problem("parameters", f"duplicate parameter name(s): {', '.join(dupes)}")
+    return tuple(out)
+
+
+def _read_formats(r: Reader) -> dict[str, str]:
+    raw = r.raw("formats")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or not raw:
+        r.problem("formats", 'expected an object of column name -> Excel number format, like {"amount": "#,##0.00"}')
+        return {}
+    for column, code in raw.items():
+        r.attempt(lambda: check_format(column, code), None, f"formats.{column}")
+    return dict(raw)
+
+
+def read_export(r: Reader, root: Path, *, wire: bool = False) -> ExportDefinition | None:
+    """One export from its JSON object; None when it has problems (recorded in ``r``).
+
+    ``root`` is where ``sql/...`` files are read from. ``wire``: the form in ``EXPORTS``, whose
+    SQL files carry the digest of the SQL synth checked and which has no schedule."""
+    before = len(r.problems)
+    name = r.str("name", required=True, check=is_export_name, expect=f"an export name: {EXPORT_NAME_RULE}")
+    sheets = _read_sheets(r, root, name or "?", wire)
+    parameters = _read_parameters(r)
+    tz = r.str("time_zone", "UTC", check=is_time_zone, expect="an IANA time zone name like 'Europe/Berlin'")
+    formats = _read_formats(r)
+    on_empty = r.str("on_empty", "upload", check=ON_EMPTY.__contains__, expect=f"one of {', '.join(ON_EMPTY)}")
+    schedule = None if wire else r.str("schedule")
+    if schedule is not None:
+        problem = validate_schedule(schedule)
+        if problem:
+            r.problem("schedule", f"{schedule!r}: {problem}")
+        required = [p.name for p in parameters if p.default is None]
+        if required:
+            r.problem("parameters", f"a scheduled export needs a default for every parameter; "
+                                    f"{', '.join(required)} has none")
+    r.done()
+    if sheets is not None:
+        declared = [p.name for p in parameters]
+        for sheet in sheets:
+            try:
+                check_placeholders(sheet.sql, declared)
+            except ParameterError as exc:
+                where = sheet.sql_file or f"the SQL of sheet {sheet.name!r}"
+                r.problem("sheets" if r.has("sheets") else ("sql_file" if sheet.sql_file else "sql"), f"{where}: {exc}")
+    if len(r.problems) > before or name is None or sheets is None:
+        return None
+    return ExportDefinition(name=name, sheets=sheets, parameters=parameters, time_zone=tz, formats=formats,
+                            on_empty=on_empty, schedule=schedule)
+
+
+def export_from(raw: Mapping[str, Any], root: Path, path: str = "export") -> ExportDefinition:
+    """One checked export from its cdk.json form; raises :class:`DefinitionError` naming every problem."""
+    r = Reader(raw, path)
+    export = read_export(r, root)
+    r.raise_problems()
+    assert export is not None
+    return export
+
+
+def read_exports(r: Reader, key: str, root: Path) -> tuple[ExportDefinition, ...]:
+    """The ``exports`` list of an environment: every export read, names unique."""
+    exports = []
+    for i, item in enumerate(r.list(key, required=True, expect="exports")):
+        export = read_export(r.child(item, f"{r.path}.{key}[{i}]"), root)
+        if export is not None:
+            exports.append(export)
+    names = [e.name for e in exports]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        r.problem(key, f"duplicate export name(s): {', '.join(dupes)}")
+    return tuple(exports)
+
+
+def encode_exports(exports: Iterable[ExportDefinition]) -> str:
+    """The value of ``EXPORTS``: a compact JSON object of export name -> :meth:`ExportDefinition.to_json`.
+
+    A sheet whose SQL comes from a file carries only the file's path in the package and a digest
+    of its SQL: the function reads it at cold start (so long reports do not count against Lambda's
+    4 KB environment) and checks it is the SQL synth checked; the digest also makes any change to
+    a .sql file visible in the template."""
+    return json.dumps({e.name: e.to_json() for e in exports}, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_exports(raw: str, package_dir: Path, variable: str = "EXPORTS") -> dict[str, ExportDefinition]:
+    """``EXPORTS`` back into definitions with :func:`read_export`; SQL files are read from ``package_dir``."""
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DefinitionError(f"{variable} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not data:
+        raise DefinitionError(f"{variable} must be a non-empty JSON object of export name -> definition")
+    problems: list[str] = []
+    exports = {}
+    for name, body in data.items():
+        r = Reader(body, f"{variable}[{clip(name)}]", problems)
+        if isinstance(body, Mapping) and "name" in body:
+            r.problem("name", "the export's name is its key in " + variable)
+            continue
+        export = read_export(r.child({**r.data, "name": name}, r.path), package_dir, wire=True)
+        if export is not None:
+            exports[name] = export
+    if problems:
+        raise DefinitionError(problems)
+    return exports
+
+
+def clip(value: object, limit: int = 80) -> str:
+    """``repr`` of a value from outside, cut to ``limit`` characters so an error line stays short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"…({len(text)} characters)"
