@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -107,12 +108,15 @@ class Deployment:
             return self.session.client(service, config=Config(**config) if config else None)
 
 
-def connect(env: str, *, profile: str | None = None, region: str | None = None,
+def connect(env: str | EnvironmentConfig, *, profile: str | None = None, region: str | None = None,
             session_factory: SessionFactory = boto3.Session) -> Deployment:
-    """The deployed environment ``env``, found from cdk.json and its CloudFormation stack's outputs."""
-    config = load_config(env)
+    """The deployed environment ``env`` (its name, or its config read already), found from cdk.json and its
+    CloudFormation stack's outputs."""
+    config = load_config(env) if isinstance(env, str) else env
     with calling("reading the AWS configuration"):
-        session = session_factory(profile_name=profile, region_name=region or config.region)
+        # boto3 reads AWS_DEFAULT_REGION itself but not AWS_REGION, which the help and errors name
+        session = session_factory(profile_name=profile,
+                                  region_name=region or config.region or os.environ.get("AWS_REGION") or None)
     where = session.region_name or "the default region"
     cloudformation = Deployment(config, session, {}).client("cloudformation")
     try:

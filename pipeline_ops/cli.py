@@ -21,8 +21,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lambdas.contract import EVENT_EXPORT, EVENT_PARAMS
 from pipeline_ops.aws import (INVOKE_CONFIG, Deployment, Invocation, OperatorError, SessionFactory, calling, connect,
-                              invoke)
+                              invoke, load_config)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -35,8 +36,12 @@ class Tools:
     session_factory: SessionFactory = boto3.Session
 
 
-def aws_command(fn: Callable) -> Callable:
-    """Options every deployed-environment command takes; an :class:`OperatorError` becomes ``error: ...``, exit 1."""
+def aws_command(fn: Callable | None = None, *, precheck: Callable[..., None] | None = None) -> Callable:
+    """Options every deployed-environment command takes; an :class:`OperatorError` becomes ``error: ...``, exit 1.
+
+    ``precheck(config, **options)`` checks the options against cdk.json before any AWS call."""
+    if fn is None:
+        return functools.partial(aws_command, precheck=precheck)
 
     @click.option("--env", "env", default="dev", show_default=True, metavar="ENV",
                   help="The environment's name in cdk.json.")
@@ -47,7 +52,10 @@ def aws_command(fn: Callable) -> Callable:
     def wrapper(ctx: click.Context, env: str, profile: str | None, region: str | None, **kwargs: Any) -> None:
         tools = ctx.find_object(Tools) or Tools()
         try:
-            deployment = connect(env, profile=profile, region=region, session_factory=tools.session_factory)
+            config = load_config(env)
+            if precheck is not None:
+                precheck(config, **kwargs)
+            deployment = connect(config, profile=profile, region=region, session_factory=tools.session_factory)
             with calling(f"{ctx.info_name} in {env}"):  # any AWS error a step did not word itself
                 code = fn(deployment, **kwargs)
         except OperatorError as exc:
@@ -59,6 +67,7 @@ def aws_command(fn: Callable) -> Callable:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mysql-xlsx-pipeline-ops", prog_name="pipeline-ops")
 def cli() -> None:
     """Run, backfill, replay and check the MySQL → .xlsx → S3 pipeline of an environment, or run it all locally."""
 
@@ -79,12 +88,31 @@ def parse_params(values: tuple[str, ...]) -> dict[str, str]:
     return params
 
 
-def export_event(deployment: Deployment, export: str, params: dict[str, str]) -> dict:
-    names = [e.name for e in deployment.config.exports]
-    if export not in names:
-        raise OperatorError(f"unknown export {export!r} in environment {deployment.config.name}; "
-                            f"configured: {', '.join(names)}")
-    return {"export": export, "params": params} if params else {"export": export}
+def export_event(config: Any, export: str, params: dict[str, str]) -> dict:
+    """The function's event for ``export`` with ``params``, checked against cdk.json with the function's own
+    parameter parser: an unknown export or a bad value stops here, before any AWS call."""
+    from lambdas.export_to_xlsx.params import ParameterError, resolve
+
+    exports = {e.name: e for e in config.exports}
+    if export not in exports:
+        raise OperatorError(f"unknown export {export!r} in environment {config.name}; "
+                            f"configured: {', '.join(exports)}")
+    definition = exports[export]
+    try:
+        resolve(definition.parameters, params, dt.datetime.now(dt.timezone.utc), definition.time_zone, export=export)
+    except ParameterError as exc:
+        raise OperatorError(str(exc)) from None
+    return {EVENT_EXPORT: export, EVENT_PARAMS: params} if params else {EVENT_EXPORT: export}
+
+
+def _check_run(config: Any, export: str, params: dict[str, str]) -> None:
+    export_event(config, export, params)
+
+
+def _check_backfill(config: Any, export: str, params: tuple[str, list[str], dict[str, str]], **_: Any) -> None:
+    name, days, fixed = params
+    for day in days:
+        export_event(config, export, {**fixed, name: day})
 
 
 def run_export(deployment: Deployment, event: dict) -> Invocation:
@@ -100,10 +128,10 @@ def _uploads(answer: Any) -> list[dict]:
 @click.argument("export")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="A run-time parameter; repeatable.",
               callback=lambda ctx, param, values: parse_params(values))
-@aws_command
+@aws_command(precheck=_check_run)
 def run(deployment: Deployment, export: str, params: dict[str, str]) -> int:
     """Run EXPORT now and print what it uploaded; exit 1 with the function's own error when it fails."""
-    event = export_event(deployment, export, params)
+    event = export_event(deployment.config, export, params)
     with err.status(f"running {export} in {deployment.config.name} ..."):
         result = run_export(deployment, event)
     if not result.ok:
@@ -152,12 +180,11 @@ def parse_range(values: tuple[str, ...]) -> tuple[str, list[str], dict[str, str]
               help="The day range (both ends included); other NAME=VALUE parameters are sent with every run.",
               callback=lambda ctx, param, values: parse_range(values))
 @click.option("--continue-on-error", is_flag=True, help="Run the remaining days after a failed one.")
-@aws_command
+@aws_command(precheck=_check_backfill)
 def backfill(deployment: Deployment, export: str, params: tuple[str, list[str], dict[str, str]],
              continue_on_error: bool) -> int:
     """Run EXPORT once per day of a range, one after the other, and print what ran, what failed and why."""
     name, days, fixed = params
-    export_event(deployment, export, fixed)  # an unknown export stops here, before any run
     results: dict[str, Invocation] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as progress:
@@ -165,7 +192,7 @@ def backfill(deployment: Deployment, export: str, params: tuple[str, list[str], 
         for day in days:
             progress.update(task, description=f"{export} {name}={day}")
             try:
-                results[day] = run_export(deployment, export_event(deployment, export, {**fixed, name: day}))
+                results[day] = run_export(deployment, export_event(deployment.config, export, {**fixed, name: day}))
             except OperatorError as exc:  # throttled, timed out, denied: this day failed, the table still prints
                 results[day] = Invocation(ok=False, answer=None, error=str(exc))
             progress.advance(task)
@@ -266,13 +293,26 @@ def _state(check: Any, *, with_detail: bool = False) -> str:
 @click.option("--template", "template_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A synthesized template (default: synthesize dev in-process).")
 @click.option("--sample-tables/--no-sample-tables", default=True, show_default=True,
-              help="Create the dev config's sample tables (orders, customers) where missing.")
-def local(template_path: Path | None, sample_tables: bool) -> None:
-    """The whole pipeline locally: moto for S3 and Secrets Manager, your MySQL (MYSQL_DSN), both handlers
-    with the template's environment, every copy and every IAM call checked."""
-    from pipeline_ops import local as local_run
+              help="Apply dev's init SQL (database.init_sql: its tables and sample rows) to MYSQL_DSN first.")
+@click.option("--export", "export", metavar="NAME", help="Run only this export (default: every export, then a "
+                                                         "backfill day of each dated one, then hand uploads).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="A parameter of --export; repeatable.",
+              callback=lambda ctx, param, values: parse_params(values))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep every workbook here, as DIR/<bucket>/<key> (the source upload and the destination copy).")
+def local(template_path: Path | None, sample_tables: bool, export: str | None, params: dict[str, str],
+          out_dir: Path | None) -> None:
+    """The whole pipeline locally: moto for AWS, your MySQL (MYSQL_DSN), both handlers with the template's
+    environment, every copy and every IAM call checked. A failure prints one line and exits 1."""
+    from lambdas.export_to_xlsx.errors import ExportError
+    from pipeline_ops.local import main as local_main
 
-    local_run.main(template_path, sample_tables)
+    try:
+        local_main(template_path, sample_data=sample_tables, export=export, params=params, out=out_dir)
+    except (ExportError, AssertionError, ValueError, RuntimeError, OSError) as exc:
+        err.print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+                  markup=False, soft_wrap=True)
+        raise SystemExit(1) from None
 
 
 def main() -> None:

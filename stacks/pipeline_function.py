@@ -22,7 +22,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from stacks.bundling import ARCHITECTURE, RUNTIME, BundleSpec, function_code
+from stacks.bundling import ARCHITECTURE, LAMBDA_PYTHON_VERSION, RUNTIME, BundleSpec, function_code
 from stacks.nag import acknowledge
 
 _R = logs.RetentionDays
@@ -171,6 +171,8 @@ def pipeline_function(
         log_group=log_group,
         environment=dict(environment),
     )
+    acknowledge(function, "L1", f"Python {LAMBDA_PYTHON_VERSION} on purpose: the newest runtime whose minor version "
+                "the project's tests run on (CI has no newer Python), so the tested code is the deployed code.")
     errors_alarm = alarm_on(
         scope, "ErrorsAlarm", description=errors_description, topic=alarm_topic,
         metric=function.metric_errors(period=Duration.minutes(5), statistic="Sum"),

@@ -50,7 +50,7 @@ def test_a_change_to_code_or_requirements_changes_the_hash(lambdas_copy, change)
 
 
 def test_a_change_to_the_bundler_settings_changes_the_hash():
-    assert dataclasses.replace(EXPORT_BUNDLE, python_version="3.13").asset_hash() != EXPORT_BUNDLE.asset_hash()
+    assert dataclasses.replace(EXPORT_BUNDLE, python_version="3.12").asset_hash() != EXPORT_BUNDLE.asset_hash()
     assert dataclasses.replace(EXPORT_BUNDLE, platform="manylinux2014_x86_64").asset_hash() != \
         EXPORT_BUNDLE.asset_hash()
 
@@ -59,7 +59,7 @@ def test_a_failed_pip_run_is_a_clear_synth_error(lambdas_copy, tmp_path):
     spec = dataclasses.replace(EXPORT_BUNDLE, root=lambdas_copy, extra_files={})
     (lambdas_copy / spec.package / "requirements.txt").write_text("PyMySQL==0.0.0.0.404\n")
     with pytest.raises(BundlingError, match=r"(?s)pip could not install .*requirements.txt for manylinux2014_aarch64 "
-                                            r"/ Python 3.14 \(exit \d+\):\n.*PyMySQL==0.0.0.0.404"):
+                                            r"/ Python 3.13 \(exit \d+\):\n.*PyMySQL==0.0.0.0.404"):
         bundle(spec, tmp_path / "out")
 
 

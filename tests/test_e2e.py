@@ -1,4 +1,6 @@
-"""The whole pipeline, locally, driven by the synthesized dev template (see pipeline_ops/local.py)."""
+"""The whole pipeline, locally, driven by the synthesized dev template (see pipeline_ops/local/).
+
+Nothing here depends on which exports dev lists: they come from its config, its data from its init SQL."""
 
 from __future__ import annotations
 
@@ -11,15 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_ops.synth import CDK_JSON
+from stacks.config import CONTEXT_KEY, load_environment
 from tests.faults import s3_error
-from pipeline_ops.local import LocalPipeline, create_sample_tables, run
+from pipeline_ops.local import SAMPLE_DAY, LocalPipeline, load_sample_data, run
 
 
 
 
 @pytest.fixture(scope="module")
-def sample_tables(mysql):
-    """The dev config's tables (orders, customers) in a database of their own, so no real table is touched."""
+def sample_tables(mysql, dev):
+    """Dev's init SQL (its tables and sample rows) in a database of its own, so no real table is touched."""
     e2e_database = f"{mysql.database}_xlsx_e2e"  # per server database, so parallel checkouts do not collide
     conn = mysql.connect()
     with conn.cursor() as cur:
@@ -27,11 +31,18 @@ def sample_tables(mysql):
         cur.execute(f"CREATE DATABASE {e2e_database} CHARACTER SET utf8mb4")
     db = {"host": mysql.host, "port": mysql.port, "user": mysql.user, "password": mysql.password,
           "database": e2e_database}
-    create_sample_tables(db, replace=True)
+    load_sample_data(db, dev.config.database.init_sql)
     yield db
     with conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {e2e_database}")
     conn.close()
+
+
+#: Two of dev's exports, whichever it lists, and its prefixes: the tests below do not name them.
+_DEV = load_environment({CONTEXT_KEY: CDK_JSON["context"][CONTEXT_KEY]}, "dev")
+_PLAIN = [e.name for e in _DEV.exports if e.on_empty == "upload" and all(p.default is not None for p in e.parameters)]
+FIRST, SECOND = (_PLAIN * 2)[:2]  # exports that upload even when empty and run without parameters
+PREFIX, KEY_PREFIX = _DEV.destination.prefix, _DEV.key_prefix
 
 
 @pytest.fixture
@@ -59,19 +70,28 @@ def test_the_pipeline_end_to_end(dev, sample_tables, tmp_files):
     # Every export of the dev config went to the source bucket (or was skipped as empty, as configured) and,
     # through the notification, to the destination
     prefix = dev.config.destination.prefix
-    first_run = [r["export"] for r in report["exports"] + report["skipped"] if "params" not in r or
-                 r["params"] != {"day": "2026-11-05"}]
+    dated = {e.name: [p.name for p in e.parameters if p.type == "date"][0] for e in dev.config.exports
+             if any(p.type == "date" for p in e.parameters)}
+    runs = report["exports"] + report["skipped"]
+    backfilled = [r for r in runs if r["export"] in dated and r.get("params", {}).get(dated[r["export"]]) == SAMPLE_DAY]
+    first_run = [r["export"] for r in runs if r not in backfilled]
     assert sorted(first_run) == sorted(e.name for e in dev.config.exports)
     skippable = {e.name for e in dev.config.exports if e.on_empty == "skip"}
     assert {r["export"] for r in report["skipped"]} <= skippable
-    # And the multi-sheet export ran again for the sample day, as a backfill's event asks
-    (daily,) = [r for r in report["exports"] if r.get("params") == {"day": "2026-11-05"}]
-    assert daily["export"] == "daily_sales" and daily["sheets"] == 2 and daily["rows"] > 1
-    assert daily["key"].startswith("exports/daily_sales/2026/11/05/")
-    # And each copy was announced once on the default bus, routed by the README's rule
+    # And each export with a date parameter ran again for the sample day, as a backfill's event asks, into that
+    # day's folder, with as many sheets as it defines
+    assert sorted(r["export"] for r in backfilled) == sorted(dated)
+    sheets = {e.name: len(e.sheets) for e in dev.config.exports}
+    for r in backfilled:
+        if r["outcome"] == "uploaded":
+            assert r["sheets"] >= sheets[r["export"]]
+            assert r["key"].startswith(f"{dev.config.key_prefix}{r['export']}/{SAMPLE_DAY.replace('-', '/')}/")
+    # And each copy was announced once on the default bus, routed by the README's rule, with its parameters
     assert sorted(e["detail"]["destination"]["key"] for e in report["delivered"]) == sorted(report["copies"])
-    (announced,) = [e for e in report["delivered"] if e["detail"]["source"]["key"] == daily["key"]]
-    assert announced["detail"]["parameters"] == {"day": "2026-11-05"} and announced["detail"]["sheets"] == 2
+    for r in report["exports"]:
+        (announced,) = [e for e in report["delivered"] if e["detail"]["source"]["key"] == r["key"]]
+        assert announced["detail"]["parameters"] == r.get("params", {})
+        assert announced["detail"]["sheets"] == r["sheets"] and announced["detail"]["rows"] == r["rows"]
     listing = report["listing"]
     source_keys = [r["key"] for r in report["exports"]]
     # And the original acceptance test: .xlsx files put there by hand, at the root and in a folder, .xlsx or
@@ -86,32 +106,32 @@ def test_the_pipeline_end_to_end(dev, sample_tables, tmp_files):
 
 
 def test_the_database_stops_between_two_exports(pipeline, tmp_files):
-    first = pipeline.run_export({"export": "orders"})["exports"][0]
+    first = pipeline.run_export({"export": FIRST})["exports"][0]
     created = pipeline.created_by_last_export()
     pipeline.proxy.stop()  # the database goes away
     with pytest.raises(Exception, match="cannot connect to the database"):
-        pipeline.run_export({"export": "customers"})
+        pipeline.run_export({"export": SECOND})
     assert pipeline.created_by_last_export() == []
     for event in pipeline.notifications(created):
         assert pipeline.deliver(event).outcome == "copied"
     listing = pipeline.listing()
     assert listing["local-source-bucket"] == [first["key"]]
-    assert listing["local-destination-bucket"] == ["incoming/" + first["key"]]
+    assert listing["local-destination-bucket"] == [PREFIX + first["key"]]
     assert_nothing_half_written(pipeline, tmp_files)
 
 
 def test_the_source_bucket_refuses_the_upload(pipeline, tmp_files):
     s3 = pipeline.export_handler.runtime().s3
     s3.meta.events.register_first("before-send.s3.PutObject", lambda **_: s3_error(403, "AccessDenied"))
-    with pytest.raises(Exception, match="upload to s3://local-source-bucket/exports/orders/.* AccessDenied"):
-        pipeline.run_export({"export": "orders"})
+    with pytest.raises(Exception, match=f"upload to s3://local-source-bucket/{KEY_PREFIX}{FIRST}/.* AccessDenied"):
+        pipeline.run_export({"export": FIRST})
     assert pipeline.notifications(pipeline.created_by_last_export()) == []
     assert pipeline.listing() == {"local-source-bucket": [], "local-destination-bucket": []}
     assert_nothing_half_written(pipeline, tmp_files)
 
 
 def test_the_destination_refuses_a_copy_once_then_the_retry_delivers_it(pipeline, tmp_files):
-    result = pipeline.run_export({"export": "orders"})["exports"][0]
+    result = pipeline.run_export({"export": FIRST})["exports"][0]
     (event,) = pipeline.notifications(pipeline.created_by_last_export())
     refusals = [s3_error(403, "AccessDenied")]
     s3 = pipeline.replicator_handler.runtime().s3
@@ -120,12 +140,12 @@ def test_the_destination_refuses_a_copy_once_then_the_retry_delivers_it(pipeline
     assert delivery.outcome == "copied" and delivery.attempts == 2
     assert pipeline.failed_events == []
     pipeline.check_replicated(result["key"])
-    assert pipeline.listing()["local-destination-bucket"] == ["incoming/" + result["key"]]
+    assert pipeline.listing()["local-destination-bucket"] == [PREFIX + result["key"]]
     assert_nothing_half_written(pipeline, tmp_files)
 
 
 def test_a_copy_refused_on_every_retry_is_kept_with_its_event(pipeline, tmp_files):
-    pipeline.run_export({"export": "orders"})
+    pipeline.run_export({"export": FIRST})
     (event,) = pipeline.notifications(pipeline.created_by_last_export())
     s3 = pipeline.replicator_handler.runtime().s3
     s3.meta.events.register_first("before-send.s3.CopyObject", lambda **_: s3_error(403, "AccessDenied"))
@@ -138,21 +158,21 @@ def test_a_copy_refused_on_every_retry_is_kept_with_its_event(pipeline, tmp_file
 
 
 def test_the_same_event_delivered_twice_is_copied_once(pipeline, tmp_files):
-    result = pipeline.run_export({"export": "customers"})["exports"][0]
+    result = pipeline.run_export({"export": SECOND})["exports"][0]
     (event,) = pipeline.notifications(pipeline.created_by_last_export())
     assert pipeline.deliver(event).outcome == "copied"
     assert pipeline.deliver(event).outcome == "already-copied"
     versions = pipeline.s3.list_object_versions(Bucket="local-destination-bucket")["Versions"]
-    assert [v["Key"] for v in versions] == ["incoming/" + result["key"]]
+    assert [v["Key"] for v in versions] == [PREFIX + result["key"]]
     assert_nothing_half_written(pipeline, tmp_files)
 
 
 def test_objects_the_notification_filter_excludes_are_not_copied(pipeline, tmp_files):
-    dropped = [pipeline.drop_object("exports/orders/readme.txt"), pipeline.drop_object("elsewhere/report.xlsm"),
+    dropped = [pipeline.drop_object(f"{KEY_PREFIX}{FIRST}/readme.txt"), pipeline.drop_object("elsewhere/report.xlsm"),
                pipeline.drop_object("elsewhere/Report.Xlsx")]
     assert pipeline.notifications(dropped) == []
     assert pipeline.listing() == {
-        "local-source-bucket": ["elsewhere/Report.Xlsx", "elsewhere/report.xlsm", "exports/orders/readme.txt"],
+        "local-source-bucket": sorted(["elsewhere/Report.Xlsx", "elsewhere/report.xlsm", f"{KEY_PREFIX}{FIRST}/readme.txt"]),
         "local-destination-bucket": []}
     assert any("no rule matches" in line for line in pipeline.lines)
 
@@ -163,7 +183,7 @@ def test_a_workbook_dropped_anywhere_by_hand_is_copied(pipeline, tmp_files):
     assert len(events) == 2
     assert [pipeline.deliver(e).outcome for e in events] == ["copied", "copied"]
     assert pipeline.check_replicated("elsewhere/report.xlsx")["body"] == b"PK hand made"
-    assert pipeline.listing()["local-destination-bucket"] == ["incoming/TOP.XLSX", "incoming/elsewhere/report.xlsx"]
+    assert pipeline.listing()["local-destination-bucket"] == [PREFIX + "TOP.XLSX", PREFIX + "elsewhere/report.xlsx"]
 
 
 def test_a_role_missing_a_permission_is_caught(dev, sample_tables, tmp_files):
@@ -195,5 +215,6 @@ def test_the_installed_command_runs_the_pipeline_locally(dev, sample_tables, tmp
     # Then every export of the dev config is copied and checked, and the IAM check passed
     assert done.returncode == 0, done.stderr
     for export in dev.config.exports:
-        assert f"checked {export.name}: s3://local-destination-bucket/incoming/exports/{export.name}/" in done.stdout
+        assert (f"checked {export.name}: s3://local-destination-bucket/{PREFIX}{KEY_PREFIX}{export.name}/" in done.stdout
+                or f"export {export.name}: skipped: empty" in done.stdout)
     assert "IAM: every call of both handlers is allowed" in done.stdout

@@ -22,11 +22,15 @@ import boto3
 import pytest
 from click.testing import CliRunner
 
-from pipeline_ops.aws import OPTIONAL_OUTPUTS, OUTPUTS
+from pipeline_ops.aws import OPTIONAL_OUTPUTS, OUTPUTS, load_config
 from pipeline_ops.cli import Tools, cli
 from tests.faults import lambda_answer, query_error, rest_json_error, s3_error
 
 STACK = "MysqlXlsxPipeline-dev"
+#: One of dev's exports with a date parameter, whichever dev lists: the run and backfill tests use it.
+_DEV = load_config("dev")
+DATED = next(e for e in _DEV.exports if any(p.type == "date" for p in e.parameters))
+DAY = next(p.name for p in DATED.parameters if p.type == "date")
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +161,12 @@ def upload(export: str, **extra) -> dict:
 def test_run_invokes_the_export_and_prints_what_it_uploaded(deployed):
     fn = deployed.outputs["ExportFunctionName"]
     deployed.fake.answers[fn] = lambda event: ({"exports": [upload(event["export"])]}, None)
-    result = deployed.cli("run", "orders", "--param", "day=2026-11-20", "--param", "region=EU")
+    result = deployed.cli("run", DATED.name, "--param", f"{DAY}=2026-11-20")
     assert result.exit_code == 0, result.output
-    assert deployed.fake.payloads(fn) == [{"export": "orders", "params": {"day": "2026-11-20", "region": "EU"}}]
-    for text in ("src", "exports/orders/2026/11/20/orders-20261120T050000.000Z.xlsx", "25", "3780", "0.42",
-                 "day=2026-11-20, region=EU"):
+    assert deployed.fake.payloads(fn) == [{"export": DATED.name, "params": {DAY: "2026-11-20"}}]
+    name = DATED.name
+    for text in ("src", f"exports/{name}/2026/11/20/{name}-20261120T050000.000Z.xlsx", "25", "3780", "0.42",
+                 f"{DAY}=2026-11-20"):
         assert text in result.stdout
 
 
@@ -170,18 +175,65 @@ def test_run_fails_with_the_functions_own_error(deployed):
     deployed.fake.answers[fn] = lambda event: (
         {"errorMessage": "orders: cannot connect to the database at db:3306: timed out", "errorType": "ExportError",
          "stackTrace": []}, "Unhandled")
-    result = deployed.cli("run", "orders")
+    result = deployed.cli("run", DATED.name)
     assert result.exit_code == 1
-    assert "export orders failed: ExportError: orders: cannot connect to the database at db:3306: timed out" \
-        in result.stderr
-    assert deployed.fake.payloads(fn) == [{"export": "orders"}]
+    assert (f"export {DATED.name} failed: ExportError: orders: cannot connect to the database at db:3306: timed out"
+            in result.stderr)
+    assert deployed.fake.payloads(fn) == [{"export": DATED.name}]
 
 
 def test_run_refuses_an_unknown_export_before_invoking(deployed):
     result = deployed.cli("run", "ordrs")
     assert result.exit_code == 1
-    assert "unknown export 'ordrs' in environment dev; configured: orders, customers" in result.stderr
+    assert (f"unknown export 'ordrs' in environment dev; configured: {', '.join(e.name for e in _DEV.exports)}"
+            in result.stderr)
     assert deployed.fake.calls == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--param", "nope=1"], f"export '{DATED.name}': unknown parameter(s) 'nope'; declared: "),
+    (["--param", f"{DAY}=2026-02-30"], f"parameter '{DAY}': value '2026-02-30' is not a date"),
+])
+def test_run_checks_parameters_with_the_functions_parser_before_any_aws_call(args, message, monkeypatch):
+    # Given no AWS at all: no credentials, no endpoint, a session factory that fails if it is ever used
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+
+    def no_aws(**_):
+        raise AssertionError("an AWS session was created")
+
+    result = CliRunner().invoke(cli, ["run", DATED.name, *args], obj=Tools(session_factory=no_aws))
+    # Then the bad value is refused by the same parser the function uses, naming it
+    assert result.exit_code == 1 and message in result.stderr, result.output
+
+
+def test_a_backfill_day_the_parser_refuses_stops_before_any_aws_call():
+    def no_aws(**_):
+        raise AssertionError("an AWS session was created")
+
+    result = CliRunner().invoke(cli, ["backfill", DATED.name, "--param", f"{DAY}=2026-11-01..2026-11-02",
+                                      "--param", "nope=1"], obj=Tools(session_factory=no_aws))
+    assert result.exit_code == 1 and "unknown parameter(s) 'nope'" in result.stderr
+
+
+def test_aws_region_is_honoured_when_cdk_json_names_none(monkeypatch):
+    """boto3 reads AWS_DEFAULT_REGION but not AWS_REGION (https://docs.aws.amazon.com/sdkref/latest/guide/
+    feature-region.html lists AWS_REGION as the SDKs' variable); the command passes it on itself."""
+    seen = {}
+
+    def factory(**kwargs):
+        seen.update(kwargs)
+        raise AssertionError("stop here")
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    with pytest.raises(AssertionError, match="stop here"):
+        CliRunner().invoke(cli, ["status"], obj=Tools(session_factory=factory), catch_exceptions=False)
+    assert seen["region_name"] == "eu-central-1"
+
+
+def test_the_command_tells_its_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith("pipeline-ops, version ")
 
 
 def test_a_parameter_without_a_value_is_a_usage_error():
@@ -435,9 +487,9 @@ def export_failing_on(deployed: Deployed, day: str) -> str:
     fn = deployed.outputs["ExportFunctionName"]
 
     def answer(event):
-        if event["params"]["day"] == day:
+        if event["params"][DAY] == day:
             return {"errorMessage": f"orders: no partition for {day}", "errorType": "ExportError"}, "Unhandled"
-        return {"exports": [upload("orders", key=f"exports/orders/{event['params']['day']}.xlsx")]}, None
+        return {"exports": [upload("orders", key=f"exports/orders/{event['params'][DAY]}.xlsx")]}, None
 
     deployed.fake.answers[fn] = answer
     return fn
@@ -445,9 +497,9 @@ def export_failing_on(deployed: Deployed, day: str) -> str:
 
 def test_backfill_runs_one_day_after_the_other_and_stops_at_the_first_failure(deployed):
     fn = export_failing_on(deployed, "2026-11-02")
-    result = deployed.cli("backfill", "orders", "--param", "day=2026-10-31..2026-11-03", "--param", "region=EU")
+    result = deployed.cli("backfill", DATED.name, "--param", f"{DAY}=2026-10-31..2026-11-03")
     assert result.exit_code == 1
-    assert deployed.fake.payloads(fn) == [{"export": "orders", "params": {"region": "EU", "day": d}}
+    assert deployed.fake.payloads(fn) == [{"export": DATED.name, "params": {DAY: d}}
                                           for d in ("2026-10-31", "2026-11-01", "2026-11-02")]
     lines = result.stdout.splitlines()
     assert any("2026-11-01" in line and "uploaded" in line and "exports/orders/2026-11-01.xlsx" in line
@@ -459,9 +511,9 @@ def test_backfill_runs_one_day_after_the_other_and_stops_at_the_first_failure(de
 
 def test_backfill_continue_on_error_runs_every_day(deployed):
     fn = export_failing_on(deployed, "2026-11-02")
-    result = deployed.cli("backfill", "orders", "--param", "day=2026-11-01..2026-11-03", "--continue-on-error")
+    result = deployed.cli("backfill", DATED.name, "--param", f"{DAY}=2026-11-01..2026-11-03", "--continue-on-error")
     assert result.exit_code == 1
-    assert [p["params"]["day"] for p in deployed.fake.payloads(fn)] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    assert [p["params"][DAY] for p in deployed.fake.payloads(fn)] == ["2026-11-01", "2026-11-02", "2026-11-03"]
     assert "2 succeeded, 1 failed, 0 not run of 3 day(s)" in result.stdout
 
 
@@ -472,16 +524,16 @@ def test_a_throttled_day_is_one_failure_and_the_other_days_still_run(deployed):
 
     def throttle_one_day(session):
         def answer(request, **_):
-            if json.loads(request.body)["params"]["day"] == "2026-11-02":
+            if json.loads(request.body)["params"][DAY] == "2026-11-02":
                 return rest_json_error(429, "TooManyRequestsException", "Rate Exceeded.")
         session.events.register_first("before-send.lambda.Invoke", answer)
 
     # When the backfill goes on after errors
-    result = deployed.cli("backfill", "orders", "--param", "day=2026-11-01..2026-11-03", "--continue-on-error",
+    result = deployed.cli("backfill", DATED.name, "--param", f"{DAY}=2026-11-01..2026-11-03", "--continue-on-error",
                           extra_session_hooks=throttle_one_day)
     # Then that day is a failure with the reason, the table is printed, and every day was tried
     assert result.exit_code == 1
-    assert [p["params"]["day"] for p in deployed.fake.payloads(fn)][-1] == "2026-11-03"
+    assert [p["params"][DAY] for p in deployed.fake.payloads(fn)][-1] == "2026-11-03"
     assert any("2026-11-02" in line and "failed" in line and "TooManyRequests" in line
                for line in result.stdout.splitlines())
     assert "2 succeeded, 1 failed, 0 not run of 3 day(s)" in result.stdout
@@ -491,7 +543,7 @@ def test_keys_with_brackets_are_printed_as_they_are(deployed):
     fn = deployed.outputs["ExportFunctionName"]
     deployed.fake.answers[fn] = lambda event: ({"exports": [upload("orders", key="exports/orders/Q3 [draft] [/x].xlsx")]},
                                                None)
-    result = deployed.cli("run", "orders")
+    result = deployed.cli("run", DATED.name)
     assert result.exit_code == 0 and "exports/orders/Q3 [draft] [/x].xlsx" in result.stdout
 
 

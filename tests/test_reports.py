@@ -149,7 +149,10 @@ def test_without_the_snapshot_the_same_run_would_mix_states(env, s3, orders, wri
 
 
 def test_the_snapshot_is_read_only(env, s3, orders):
-    export = report(("Rows", f"SELECT id FROM {TABLE}"), ("Write", f"SELECT id FROM {TABLE} FOR UPDATE"))
+    # Config refuses a locking read; the server's read-only snapshot refuses it too, should one ever get through
+    export = definition.ExportDefinition(name="report", sheets=(
+        definition.SheetDefinition("Rows", f"SELECT id FROM {TABLE}"),
+        definition.SheetDefinition("Write", f"SELECT id FROM {TABLE} FOR UPDATE")))
     with pytest.raises(ExportError, match=r"export 'report', sheet 'Write': the SQL failed: \(1792\)"):
         run(export)
     assert all_keys(s3) == []
@@ -190,15 +193,15 @@ def test_sql_files_are_read_from_the_package_at_cold_start(env, s3, orders, monk
     assert values(wb["Inline"]) == [("one",), (1,)]
     # And a file that is not the SQL synth checked (its digest differs) stops the cold start, naming it
     monkeypatch.setenv(contract.ENV_EXPORTS, json.dumps(
-        {"filed": {"sheets": [{"name": "Filed", "file": "sql/big.sql", "sha256": "0" * 16}]}}))
+        {"filed": {"sheets": [{"name": "Filed", "sql_file": "sql/big.sql", "sha256": "0" * 16}]}}))
     export_handler.runtime.cache_clear()
-    with pytest.raises(contract.ConfigurationError, match=r"sheets\[0\]: sql/big.sql in the package is not the SQL "
+    with pytest.raises(contract.ConfigurationError, match=r"sheets\[0\].sql_file: sql/big.sql in the package is not the SQL "
                                                           "synth checked"):
         export_handler.handler({"export": "filed"}, Context())
     # And a file missing from the package stops the cold start, naming it
     (tmp_path / "sql" / "big.sql").unlink()
     export_handler.runtime.cache_clear()
-    with pytest.raises(contract.ConfigurationError, match=r"EXPORTS\['filed'\].sheets\[0\]: cannot read sql/big.sql"):
+    with pytest.raises(contract.ConfigurationError, match=r"EXPORTS\['filed'\].sheets\[0\].sql_file: .*SQL file sql/big.sql does not exist"):
         export_handler.handler({"export": "filed"}, Context())
 
 

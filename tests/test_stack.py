@@ -15,7 +15,7 @@ from aws_cdk.assertions import Match, Template
 from lambdas.bucket_replicator import settings as replicator_contract
 from lambdas.export_to_xlsx import settings as export_contract
 from stacks.bucket_replicator import BucketReplicator
-from lambdas.export_to_xlsx.definition import ExportDefinition, decode_exports
+from lambdas.export_to_xlsx.definition import ExportDefinition, decode_exports, sql_digest
 from stacks.config import PROJECT_ROOT as ROOT
 from stacks.database import IamDatabaseAuth, SecretDatabaseAuth
 from stacks.export_to_xlsx import ExportToXlsx
@@ -476,7 +476,7 @@ def test_a_secret_under_a_customer_key_is_decrypted_only_through_secrets_manager
 def test_both_functions_run_python_on_arm_with_json_logs_and_tracing(synth):
     for construct in (synth.stack.export, synth.stack.replicator):
         p = props(synth, construct.function)
-        assert p["Runtime"] == "python3.14" and p["Architectures"] == ["arm64"]
+        assert p["Runtime"] == "python3.13" and p["Architectures"] == ["arm64"]
         assert p["TracingConfig"] == {"Mode": "Active"}
         assert p["LoggingConfig"]["LogFormat"] == "JSON"
         assert p["LoggingConfig"]["LogGroup"] == {"Ref": synth.logical_id(construct.log_group)}
@@ -722,20 +722,25 @@ def test_export_construct_refuses_bad_props(change, message):
 # --- reports: SQL files, parameters, formats in the template ------------------------------------------
 
 
-def test_a_report_travels_as_sheet_files_parameters_and_formats(dev):
-    # The dev config's daily_sales report: its SQL stays in the asset, the environment names the files
-    raw = json.loads(function_env(dev, dev.stack.export)[export_contract.ENV_EXPORTS])
-    (daily,) = [e for e in dev.config.exports if e.name == "daily_sales"]
-    digests = [export_contract.sql_digest(s.sql) for s in daily.sheets]  # a changed .sql shows in the template
-    assert raw["daily_sales"] == {
-        "sheets": [{"name": "Orders", "file": "sql/daily_sales_orders.sql", "sha256": digests[0]},
-                   {"name": "Totals", "file": "sql/daily_sales_totals.sql", "sha256": digests[1]}],
-        "params": [{"name": "day", "type": "date", "default": "yesterday"}],
-        "tz": "Europe/Berlin", "formats": {"amount": "#,##0.00", "share_of_all": "0.0%"}, "on_empty": "skip",
-    }
-    # And its schedule sends only the export's name: the parameters take their defaults at run time
-    rule = props(dev, dev.stack.export.rules["daily_sales"])
-    assert json.loads(rule["Targets"][0]["Input"]) == {"export": "daily_sales"}
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_a_report_travels_in_cdk_json_s_field_names_with_its_sql_files_as_paths_and_digests(env, request):
+    # Every export of the environment, whichever it lists: EXPORTS holds cdk.json's own fields (always the sheets
+    # form), a SQL file as its path and the digest of the SQL synth checked (a changed .sql shows in the template)
+    synth = request.getfixturevalue(env)
+    raw = json.loads(function_env(synth, synth.stack.export)[export_contract.ENV_EXPORTS])
+    assert list(raw) == [e.name for e in synth.config.exports]
+    for export in synth.config.exports:
+        body = raw[export.name]
+        assert body["sheets"] == [{"name": s.name, "sql_file": s.sql_file, "sha256": sql_digest(s.sql)} if s.sql_file
+                                  else {"name": s.name, "sql": s.sql} for s in export.sheets]
+        assert body.get("parameters", []) == [p.to_json() for p in export.parameters]
+        assert body.get("time_zone", "UTC") == export.time_zone and body.get("formats", {}) == dict(export.formats)
+        assert body.get("on_empty", "upload") == export.on_empty and "schedule" not in body
+        assert not any("SELECT" in json.dumps(s) for s in body["sheets"] if "sql_file" in s)
+        # And its schedule sends only the export's name: the parameters take their defaults at run time
+        if export.schedule:
+            rule = props(synth, synth.stack.export.rules[export.name])
+            assert json.loads(rule["Targets"][0]["Input"]) == {"export": export.name}
 
 
 def test_the_export_asset_holds_the_sql_files_and_changes_with_them(dev):

@@ -1,177 +1,30 @@
-"""Run the whole pipeline locally, with the synthesized CloudFormation as the source of truth.
-
-    make e2e                                   # or: .venv/bin/pipeline-ops local
-    .venv/bin/pipeline-ops local --template cdk.out/MysqlXlsxPipeline-dev.template.json
-
-What it does, step by step:
-1. synthesizes the dev app in-process (or reads the template given with --template);
-2. starts moto's S3 + Secrets Manager server on 127.0.0.1, creates the template's two buckets
-   (versioned, as the template says) and a secret holding the credentials of your MySQL
-   (MYSQL_DSN, default the local MariaDB), reached through a local TCP proxy that stands
-   for the network path to the database (so a test can cut it);
-3. runs the export handler with exactly the environment variables the template gives the
-   export function: references to the buckets and the secret resolve to the local ones, the
-   database address to the proxy and TLS to "off" (no other variable is added or removed);
-4. turns each object the export created into the notification S3 would send, only when the
-   template's notification configuration (event type, prefix, suffix) matches it;
-5. runs the replicator handler with the template's environment for it, retried as the
-   template's EventInvokeConfig says, failures kept as the on-failure destination would;
-6. checks every workbook arrived byte for byte with its metadata, and that its rows equal the
-   rows the SQL returns;
-7. checks every API call each handler made against the statements the template grants its role.
-"""
+"""One local deployment of the template: moto for AWS, your MySQL, both handlers run as Lambda runs them."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import fnmatch
 import json
 import os
-import socket
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
-from urllib.parse import quote_plus, unquote, unquote_plus, urlparse
+from typing import Callable, Iterator, Mapping
+from urllib.parse import quote_plus, unquote_plus
 
+from lambdas.bucket_replicator.replicate import META_SOURCE_VERSION
+from lambdas.bucket_replicator.settings import ENV_DESTINATION_PREFIX
+from lambdas.contract import EVENT_EXPORT, EVENT_PARAMS, destination_key
 from pipeline_ops import ROOT
+from pipeline_ops.checks import CheckFailed, check
+from pipeline_ops.iam import CallRecorder, denied, resolve, role_statements
+from pipeline_ops.local.network import TcpProxy
+from pipeline_ops.local.template import Function, Names, find_function, notification_rules
 
-
-from pipeline_ops.iam import CallRecorder, denied, resolve, role_statements  # noqa: E402
-
-#: The day the parameterized exports are run for (a backfill's event): the sample orders have rows on it.
-SAMPLE_DAY = "2026-11-05"
+#: The day the parameterized exports are run for by a backfill's event, unless the run is given another.
+SAMPLE_DAY = "2026-11-02"
 SOURCE_NAME = "local-source-bucket"
 DESTINATION_NAME = "local-destination-bucket"
-SAMPLE_TABLES = {
-    "orders": ("CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(80), amount DECIMAL(10,2), "
-               "ordered_at DATETIME)",
-               [(i, f"Kund{i} Ünïcödé", f"{i * 3.5:.2f}", f"2026-11-{1 + i % 28:02d} 10:{i % 60:02d}:00")
-                for i in range(1, 26)]),
-    "customers": ("CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(80), since DATE, vip BOOL)",
-                  [(i, f"=Customer {i}", f"20{10 + i % 15}-0{1 + i % 9}-15", i % 2) for i in range(1, 11)]),
-}
-
-
-# --- the network path to the database -----------------------------------------------------------
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:<port> to the database; ``stop()`` is the database going away."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._conns: list[socket.socket] = []
-        self._running = True
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while self._running:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> None:
-        self._running = False
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
-        self._listener.close()
-        for s in self._conns:
-            with contextlib.suppress(OSError):
-                s.close()
-
-
-# --- reading the template ------------------------------------------------------------------------
-
-
-class Names(dict):
-    """Logical IDs (``Ref``) and attributes (``Id.Attr``) to local names; anything else gets a stand-in ARN."""
-
-    def __missing__(self, key: str) -> str:
-        return f"arn:aws:local:us-east-1:000000000000:{key}"
-
-
-@dataclass
-class Function:
-    logical_id: str
-    properties: dict
-    template: dict
-
-    @property
-    def raw_environment(self) -> dict:
-        return self.properties.get("Environment", {}).get("Variables", {})
-
-    @property
-    def role_logical_id(self) -> str:
-        return self.properties["Role"]["Fn::GetAtt"][0]
-
-    @property
-    def invoke_config(self) -> dict:
-        for r in self.template["Resources"].values():
-            if r["Type"] == "AWS::Lambda::EventInvokeConfig" and \
-                    r["Properties"]["FunctionName"] == {"Ref": self.logical_id}:
-                return r["Properties"]
-        return {"MaximumRetryAttempts": 2}  # Lambda's default for async invocations
-
-
-def find_function(template: dict, handler: str) -> Function:
-    for logical_id, r in template["Resources"].items():
-        if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("Handler") == handler:
-            return Function(logical_id, r["Properties"], template)
-    raise LookupError(f"the template has no function with handler {handler}")
-
-
-@dataclass(frozen=True)
-class NotificationRule:
-    events: tuple[str, ...]
-    prefix: str
-    suffix: str
-    function_logical_id: str
-
-    def matches(self, event_name: str, key: str) -> bool:
-        return any(fnmatch.fnmatchcase(f"s3:{event_name}", e) for e in self.events) and \
-            key.startswith(self.prefix) and key.endswith(self.suffix)
-
-
-def notification_rules(template: dict, bucket_logical_id: str) -> list[NotificationRule]:
-    rules = []
-    for r in template["Resources"].values():
-        if r["Type"] != "Custom::S3BucketNotifications" or r["Properties"]["BucketName"] != {"Ref": bucket_logical_id}:
-            continue
-        for cfg in r["Properties"]["NotificationConfiguration"].get("LambdaFunctionConfigurations", []):
-            filters = {f["Name"].lower(): f["Value"] for f in cfg.get("Filter", {}).get("Key", {}).get("FilterRules", [])}
-            rules.append(NotificationRule(tuple(cfg["Events"]), filters.get("prefix", ""), filters.get("suffix", ""),
-                                          cfg["LambdaFunctionArn"]["Fn::GetAtt"][0]))
-    return rules
-
-
-# --- the run -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -305,6 +158,8 @@ class LocalPipeline:
                 recorder.attach(rt.secrets._client)
             if hasattr(rt, "events"):
                 recorder.attach(rt.events)
+        #: The definitions as the function decoded them from the template's EXPORTS at its cold start.
+        self.exports: Mapping = export_handler.runtime().settings.exports
         self._subscribe_to_delivered_events()
         self.say(f"local deployment of {self.template.get('Description', 'the template')} ready in "
                  f"{time.monotonic() - started:.2f} s: s3://{self.source} -> s3://{self.destination}, "
@@ -345,13 +200,16 @@ class LocalPipeline:
     def check_delivered_event(self, result: dict, copy_: dict, events: list[dict]) -> dict:
         """Exactly one delivered event names this copy, with the export's name, parameters and rows."""
         mine = [e for e in events if e["detail"]["destination"]["key"] == copy_["key"]]
-        assert len(mine) == 1, f"{len(mine)} delivered events for {copy_['key']}"
+        check(len(mine) == 1, f"{len(mine)} delivered events for {copy_['key']}")
         detail = mine[0]["detail"]
         version = self.s3.head_object(Bucket=self.destination, Key=copy_["key"]).get("VersionId")
-        assert detail["destination"] == {"bucket": self.destination, "key": copy_["key"], "version_id": version}
-        assert detail["source"]["bucket"] == self.source and detail["source"]["key"] == result["key"]
-        assert detail["export"] == result["export"] and detail["rows"] == result["rows"]
-        assert detail["parameters"] == result.get("params", {})
+        check(detail["destination"] == {"bucket": self.destination, "key": copy_["key"], "version_id": version},
+              f"the delivered event names {detail['destination']} as the copy")
+        check(detail["source"]["bucket"] == self.source and detail["source"]["key"] == result["key"],
+              f"the delivered event names {detail['source']} as the source")
+        check(detail["export"] == result["export"] and detail["rows"] == result["rows"]
+              and detail["parameters"] == result.get("params", {}),
+              f"the delivered event's export, rows or parameters differ from the run's: {detail}")
         return mine[0]
 
     def _resolve_env(self, fn: Function, database: dict[str, str]) -> dict[str, str]:
@@ -405,7 +263,7 @@ class LocalPipeline:
                 continue
             for rule in matching:
                 if rule.function_logical_id != self.replicator_fn.logical_id:
-                    raise AssertionError(f"the notification for {key} targets {rule.function_logical_id}")
+                    raise CheckFailed(f"the notification for {key} targets {rule.function_logical_id}")
                 try:
                     head = self.s3.head_object(Bucket=self.source, Key=key)
                 except self.s3.exceptions.ClientError:
@@ -438,7 +296,7 @@ class LocalPipeline:
                 continue
             outcome = "copied" if result["copied"] else "already-copied" if result["already_copied"] else "skipped"
             self.say(f"replicator: {key} {outcome} to s3://{self.destination}/"
-                     f"{self.replicator_env.get('DESTINATION_PREFIX', '')}{key} "
+                     f"{destination_key(self.destination_prefix, key)} "
                      f"(attempt {attempt}, {time.monotonic() - started:.2f} s)")
             return Delivery(key, attempt, outcome)
         destination = self.replicator_fn.invoke_config.get("DestinationConfig", {}).get("OnFailure", {})
@@ -455,30 +313,45 @@ class LocalPipeline:
             out[bucket] = sorted(o["Key"] for o in self.s3.list_objects_v2(Bucket=bucket).get("Contents", []))
         return out
 
+    @property
+    def destination_prefix(self) -> str:
+        return self.replicator_env.get(ENV_DESTINATION_PREFIX, "")
+
+    def save_objects(self, out: Path) -> list[Path]:
+        """Every object of both buckets written under ``out/<bucket>/<key>``; returns the files written."""
+        written = []
+        for bucket, keys in self.listing().items():
+            for key in keys:
+                path = out.joinpath(bucket, *[part for part in key.split("/") if part not in ("", ".", "..")])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+                written.append(path)
+        return written
+
     def uploads_in_progress(self) -> list[str]:
         return [u["Key"] for b in (self.source, self.destination)
                 for u in self.s3.list_multipart_uploads(Bucket=b).get("Uploads", [])]
 
     def check_replicated(self, key: str) -> dict:
         """The destination copy is byte for byte the source, with its metadata and the source recorded."""
-        dest_key = self.replicator_env.get("DESTINATION_PREFIX", "") + key
+        dest_key = destination_key(self.destination_prefix, key)
         src = self.s3.get_object(Bucket=self.source, Key=key)
         dst = self.s3.get_object(Bucket=self.destination, Key=dest_key)
         body = src["Body"].read()
-        assert dst["Body"].read() == body, f"{dest_key} differs from {key}"
-        assert dst["ContentType"] == src["ContentType"]
+        check(dst["Body"].read() == body, f"{dest_key} differs from {key}")
+        check(dst["ContentType"] == src["ContentType"], f"{dest_key}: content type {dst['ContentType']!r}")
         for name, value in src["Metadata"].items():
-            assert dst["Metadata"].get(name) == value, f"{dest_key}: metadata {name} not carried over"
-        assert dst["Metadata"]["source-version-id"] == src["VersionId"]
+            check(dst["Metadata"].get(name) == value, f"{dest_key}: metadata {name} not carried over")
+        check(dst["Metadata"].get(META_SOURCE_VERSION) == src["VersionId"], f"{dest_key}: source version not recorded")
         return {"key": dest_key, "bytes": len(body), "metadata": dst["Metadata"], "body": body}
 
     def backfill_events(self, day: str = SAMPLE_DAY) -> list[dict]:
         """One event per export with a date parameter, giving it ``day`` (as the operator's backfill does)."""
         events = []
-        for name, body in json.loads(self.export_env["EXPORTS"]).items():
-            dates = [p["name"] for p in body.get("params", []) if p["type"] == "date"]
+        for export in self.exports.values():
+            dates = [p.name for p in export.parameters if p.type == "date"]
             if dates:
-                events.append({"export": name, "params": {dates[0]: day}})
+                events.append({EVENT_EXPORT: export.name, EVENT_PARAMS: {dates[0]: day}})
         return events
 
     def check_rows(self, result: dict, body: bytes) -> int:
@@ -492,7 +365,7 @@ class LocalPipeline:
         from pipeline_ops.xlsx_expect import assert_rows_match, query
         from lambdas.export_to_xlsx import params as export_params
 
-        export = self.export_handler.runtime().settings.exports[result["export"]]
+        export = self.exports[result["export"]]
         values = export_params.resolve(export.parameters, result.get("params", {}),
                                        dt.datetime.now(dt.timezone.utc), export.time_zone, export=export.name)
         conn = pymysql.connect(host=self.mysql["host"], port=self.mysql["port"], user=self.mysql["user"],
@@ -507,7 +380,7 @@ class LocalPipeline:
                 while True:  # a sheet past the row limit continues on the next ones
                     ws = next(sheets)
                     part = list(ws.iter_rows(values_only=True))
-                    assert list(part[0]) == columns, f"{ws.title}: header {part[0]} != {columns}"
+                    check(list(part[0]) == columns, f"{ws.title}: header {part[0]} != {columns}")
                     read += part[1:]
                     left -= len(part) - 1
                     if left <= 0:
@@ -516,7 +389,7 @@ class LocalPipeline:
                 total += len(rows)
         finally:
             conn.close()
-        assert next(sheets, None) is None, "the workbook has more sheets than the export"
+        check(next(sheets, None) is None, "the workbook has more sheets than the export")
         return total
 
     def denied_calls(self) -> dict[str, list]:
@@ -532,123 +405,3 @@ class LocalPipeline:
 
 def unquote_key(event: dict) -> str:
     return unquote_plus(event["Records"][0]["s3"]["object"]["key"])
-
-
-def mysql_from_env() -> dict:
-    url = urlparse(os.environ.get("MYSQL_DSN", "mysql://root@127.0.0.1:3306/test"))
-    return {"host": url.hostname or "127.0.0.1", "port": url.port or 3306, "user": unquote(url.username or "root"),
-            "password": unquote(url.password or ""), "database": url.path.lstrip("/") or "test"}
-
-
-def create_sample_tables(mysql: dict, *, replace: bool) -> None:
-    import pymysql
-
-    conn = pymysql.connect(host=mysql["host"], port=mysql["port"], user=mysql["user"], password=mysql["password"],
-                           database=mysql["database"], autocommit=True)
-    with conn.cursor() as cur:
-        for table, (ddl, rows) in SAMPLE_TABLES.items():
-            if replace:
-                cur.execute(f"DROP TABLE IF EXISTS {table}")
-            cur.execute("SHOW TABLES LIKE %s", (table,))
-            if cur.fetchone():
-                continue
-            cur.execute(ddl)
-            cur.executemany(f"INSERT INTO {table} VALUES ({', '.join(['%s'] * len(rows[0]))})", rows)
-    conn.close()
-
-
-#: The original acceptance test: workbooks a person (or another system) puts into the source bucket, not the
-#: export, travel too, wherever they are and whichever of the filtered endings they have; other objects stay.
-HAND_UPLOADS = {"report.xlsx": True, "team/q3/Summary.XLSX": True, "notes.txt": False, "team/Mixed.Xlsx": False}
-
-
-def hand_made_workbook(title: str) -> bytes:
-    """A small workbook written by openpyxl, so it did not come from the export's own writer."""
-    import io
-
-    import openpyxl
-
-    wb = openpyxl.Workbook()
-    wb.active.append(["made by hand", title])
-    out = io.BytesIO()
-    wb.save(out)
-    return out.getvalue()
-
-
-def run(template: dict, mysql: dict, say: Callable[[str], None] = print, *, backfill: bool = True) -> dict:
-    """The happy path end to end; returns what went where. Raises AssertionError on any broken promise.
-
-    Runs every export with its defaults (``{}``), then, with ``backfill``, each export with a date
-    parameter for ``SAMPLE_DAY`` (``{"export": NAME, "params": {...}}``)."""
-    report = {"exports": [], "skipped": [], "copies": [], "hand_uploads": {}, "delivered": []}
-    with LocalPipeline(template, mysql, say=say) as p:
-        events = [{}] + (p.backfill_events() if backfill else [])
-        for export_event in events:
-            result = p.run_export(export_event)
-            for event in p.notifications(p.created_by_last_export()):
-                delivery = p.deliver(event)
-                assert delivery.outcome == "copied", delivery
-            delivered_events = p.delivered_events()
-            for r in result["exports"]:
-                if r["outcome"] != "uploaded":
-                    report["skipped"].append(r)
-                    continue
-                copy_ = p.check_replicated(r["key"])
-                rows = p.check_rows(r, copy_["body"])
-                say(f"checked {r['export']}: s3://{p.destination}/{copy_['key']} equals the source byte for byte, "
-                    f"metadata {sorted(copy_['metadata'])}, {rows} rows equal the SQL's")
-                delivered = p.check_delivered_event(r, copy_, delivered_events)
-                say(f"event {delivered['detail-type']!r} from {delivered['source']} routed by the rule: "
-                    f"{json.dumps(delivered['detail'], ensure_ascii=False)}")
-                report["delivered"].append(delivered)
-                report["exports"].append(r)
-                report["copies"].append(copy_["key"])
-        dropped = {key: p.drop_object(key, hand_made_workbook(key)) for key in HAND_UPLOADS}
-        for event in p.notifications(list(dropped.values())):
-            assert p.deliver(event).outcome == "copied"
-        destination = set(p.listing()[p.destination])
-        for key, expected in HAND_UPLOADS.items():
-            copied = p.replicator_env.get("DESTINATION_PREFIX", "") + key in destination
-            assert copied is expected, f"{key}: {'not ' if expected else ''}expected in the destination"
-            if copied:
-                copy_ = p.check_replicated(key)
-                say(f"checked hand upload s3://{p.source}/{key}: s3://{p.destination}/{copy_['key']} equals it "
-                    "byte for byte")
-            else:
-                say(f"checked hand upload s3://{p.source}/{key}: not copied, as the filter says")
-            report["hand_uploads"][key] = copied
-        # A workbook not written by an export is announced too, without export, rows or parameters
-        announced = sorted(e["detail"]["source"]["key"] for e in p.delivered_events())
-        assert announced == sorted(k for k, copied in report["hand_uploads"].items() if copied), announced
-        problems = {fn: d for fn, d in p.denied_calls().items() if d}
-        assert not problems, f"calls the template's roles would deny: {problems}"
-        say("IAM: every call of both handlers is allowed by the role the template gives it")
-        report["listing"] = p.listing()
-    return report
-
-
-DEV_REQUIREMENTS = ("moto", "pymysql", "openpyxl")
-
-
-def main(template_path: Path | None, sample_tables: bool, say: Callable[[str], None] = print) -> None:
-    """The `local` command: synthesize dev (or read ``template_path``), run it, print where each file went."""
-    import importlib.util
-
-    missing = [m for m in DEV_REQUIREMENTS if importlib.util.find_spec(m) is None]
-    if missing:
-        raise SystemExit(f"error: the local run needs {', '.join(missing)} from the dev requirements: "
-                         "run `make test` once, or `.venv/bin/pip install -r requirements-dev.txt`")
-    mysql = mysql_from_env()
-    if template_path:
-        template = json.loads(template_path.read_text())
-    else:
-        from pipeline_ops.synth import synthesize
-
-        started = time.monotonic()
-        template = synthesize("dev").template
-        say(f"synthesized dev in {time.monotonic() - started:.2f} s")
-    if sample_tables:
-        create_sample_tables(mysql, replace=False)
-    report = run(template, mysql, say=say)
-    for bucket, keys in report["listing"].items():
-        say(f"s3://{bucket}/: " + (", ".join(keys) or "(empty)"))

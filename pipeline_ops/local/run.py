@@ -1,0 +1,150 @@
+"""The local run end to end: what ``pipeline-ops local`` (and ``make e2e``) does, step by step."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from lambdas.contract import EVENT_EXPORT, EVENT_PARAMS, destination_key
+from pipeline_ops.checks import check
+from pipeline_ops.local.deployment import LocalPipeline
+from pipeline_ops.local.sample import HAND_UPLOADS, hand_made_workbook
+
+#: Modules of the dev requirements the local run imports (moto stands in for AWS).
+DEV_REQUIREMENTS = ("moto", "pymysql", "openpyxl")
+
+
+def run(template: dict, mysql: dict, say: Callable[[str], None] = print, *, events: list[dict] | None = None,
+        backfill: bool = True, hand_uploads: bool = True, out: Path | None = None) -> dict:
+    """Run ``events`` (default: every export with its defaults, ``{}``, then with ``backfill`` each export with a
+    date parameter for the sample day) through both handlers and check every promise; returns what went where.
+    Raises :class:`pipeline_ops.checks.CheckFailed` on a broken promise, the export's error on a failed run.
+    With ``out``, every workbook is kept there under its bucket and key."""
+    report = {"exports": [], "skipped": [], "copies": [], "hand_uploads": {}, "delivered": []}
+    with LocalPipeline(template, mysql, say=say) as p:
+        if events is None:
+            events = [{}] + (p.backfill_events() if backfill else [])
+        for export_event in events:
+            _run_one(p, export_event, report, say)
+        if hand_uploads:
+            _hand_uploads(p, report, say)
+        problems = {fn: d for fn, d in p.denied_calls().items() if d}
+        check(not problems, f"calls the template's roles would deny: {problems}")
+        say("IAM: every call of both handlers is allowed by the role the template gives it")
+        report["listing"] = p.listing()
+        if out is not None:
+            for path in p.save_objects(out):
+                say(f"kept {path}")
+    return report
+
+
+def _run_one(p: LocalPipeline, export_event: dict, report: dict, say: Callable[[str], None]) -> None:
+    """One invocation of the export, its copies through the notification, each checked end to end."""
+    result = p.run_export(export_event)
+    for event in p.notifications(p.created_by_last_export()):
+        delivery = p.deliver(event)
+        check(delivery.outcome == "copied", f"{delivery.key} was not copied: {delivery.outcome}")
+    delivered_events = p.delivered_events()
+    for r in result["exports"]:
+        if r["outcome"] != "uploaded":
+            report["skipped"].append(r)
+            continue
+        copy_ = p.check_replicated(r["key"])
+        rows = p.check_rows(r, copy_["body"])
+        say(f"checked {r['export']}: s3://{p.destination}/{copy_['key']} equals the source byte for byte, "
+            f"metadata {sorted(copy_['metadata'])}, {rows} rows equal the SQL's")
+        delivered = p.check_delivered_event(r, copy_, delivered_events)
+        say(f"event {delivered['detail-type']!r} from {delivered['source']} routed by the rule: "
+            f"{json.dumps(delivered['detail'], ensure_ascii=False)}")
+        report["delivered"].append(delivered)
+        report["exports"].append(r)
+        report["copies"].append(copy_["key"])
+
+
+def _hand_uploads(p: LocalPipeline, report: dict, say: Callable[[str], None]) -> None:
+    """Workbooks put into the source bucket by hand travel too; other objects stay."""
+    dropped = {key: p.drop_object(key, hand_made_workbook(key)) for key in HAND_UPLOADS}
+    for event in p.notifications(list(dropped.values())):
+        delivery = p.deliver(event)
+        check(delivery.outcome == "copied", f"{delivery.key} was not copied: {delivery.outcome}")
+    destination = set(p.listing()[p.destination])
+    for key, expected in HAND_UPLOADS.items():
+        copied = destination_key(p.destination_prefix, key) in destination
+        check(copied is expected, f"{key}: {'not ' if expected else ''}expected in the destination")
+        if copied:
+            copy_ = p.check_replicated(key)
+            say(f"checked hand upload s3://{p.source}/{key}: s3://{p.destination}/{copy_['key']} equals it "
+                "byte for byte")
+        else:
+            say(f"checked hand upload s3://{p.source}/{key}: not copied, as the filter says")
+        report["hand_uploads"][key] = copied
+    # A workbook not written by an export is announced too, without export, rows or parameters
+    announced = sorted(e["detail"]["source"]["key"] for e in p.delivered_events())
+    check(announced == sorted(k for k, copied in report["hand_uploads"].items() if copied),
+          f"delivered events for hand uploads: {announced}")
+
+
+def requested_events(exports: dict, export: str | None, params: dict[str, str]) -> list[dict] | None:
+    """The event for ``--export``/``--param``, checked against the definition with the function's own parser
+    before anything runs; None (every export, then the backfill) when no export is named."""
+    import datetime as dt
+
+    from lambdas.export_to_xlsx import params as export_params
+
+    if export is None:
+        if params:
+            raise ValueError("--param needs --export: parameters belong to one export")
+        return None
+    if export not in exports:
+        raise ValueError(f"unknown export {export!r}; dev's exports: {', '.join(exports)}")
+    definition = exports[export]
+    export_params.resolve(definition.parameters, params, dt.datetime.now(dt.timezone.utc), definition.time_zone,
+                          export=export)
+    return [{EVENT_EXPORT: export, EVENT_PARAMS: params} if params else {EVENT_EXPORT: export}]
+
+
+def main(template_path: Path | None, *, sample_data: bool, export: str | None = None,
+         params: dict[str, str] | None = None, out: Path | None = None, say: Callable[[str], None] = print) -> None:
+    """The `local` command: check the request, read or synthesize dev, load its sample data, run, report."""
+    _require_dev_packages()
+    config = _dev_config()
+    events = requested_events({e.name: e for e in config.exports}, export, params or {})
+    from pipeline_ops.local.sample import load_sample_data, mysql_from_env
+
+    mysql = mysql_from_env()
+    template = _template(template_path, say)
+    if sample_data and config.database.init_sql is not None:
+        count = load_sample_data(mysql, config.database.init_sql)
+        say(f"sample data: {count} statements of {config.database.init_sql.name} applied")
+    report = run(template, mysql, say=say, events=events, hand_uploads=events is None, out=out)
+    for bucket, keys in report["listing"].items():
+        say(f"s3://{bucket}/: " + (", ".join(keys) or "(empty)"))
+
+
+def _require_dev_packages() -> None:
+    import importlib.util
+
+    missing = [m for m in DEV_REQUIREMENTS if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"the local run needs {', '.join(missing)} from the dev requirements: "
+                           "run `make test` once, or `.venv/bin/pip install -r requirements-dev.txt`")
+
+
+def _dev_config():
+    from pipeline_ops.synth import CDK_JSON
+    from stacks.config import CONTEXT_KEY, load_environment
+
+    return load_environment({CONTEXT_KEY: CDK_JSON["context"][CONTEXT_KEY]}, "dev")
+
+
+def _template(template_path: Path | None, say: Callable[[str], None]) -> dict:
+    if template_path:
+        return json.loads(template_path.read_text())
+    from pipeline_ops.synth import synthesize
+
+    started = time.monotonic()
+    template = synthesize("dev").template
+    say(f"synthesized dev in {time.monotonic() - started:.2f} s")
+    return template
