@@ -113,12 +113,15 @@ def test_cli_synth_with_validation_and_bundling(env, tmp_path):
                  and v["Properties"].get("Handler", "").endswith(".handler.handler")}
     assets = {v["Properties"]["Handler"]: v["Metadata"]["aws:asset:path"] for v in functions.values()}
     export_asset = tmp_path / assets["lambdas.export_to_xlsx.handler.handler"]
-    assert (export_asset / "export_to_xlsx" / "handler.py").is_file()
+    assert (export_asset / "lambdas" / "export_to_xlsx" / "handler.py").is_file()
+    assert (export_asset / "lambdas" / "contract.py").is_file()  # the facts every function shares, one copy each
     assert (export_asset / "pymysql" / "__init__.py").is_file()
-    assert (export_asset / "export_to_xlsx" / "rds-ca-bundle.pem").read_text().count("BEGIN CERTIFICATE") > 10
+    assert (export_asset / "lambdas" / "export_to_xlsx" / "rds-ca-bundle.pem").read_text().count("BEGIN CERTIFICATE") > 10
     assert not list(export_asset.rglob("__pycache__"))
     replicator_asset = tmp_path / assets["lambdas.bucket_replicator.handler.handler"]
-    assert sorted(p.name for p in replicator_asset.iterdir()) == ["bucket_replicator"]
+    assert sorted(p.name for p in replicator_asset.iterdir()) == ["lambdas"]
+    assert sorted(p.name for p in (replicator_asset / "lambdas").iterdir()) == ["__init__.py", "bucket_replicator",
+                                                                              "contract.py"]
 
 
 def test_cli_reports_a_bad_environment_without_a_traceback(tmp_path):
