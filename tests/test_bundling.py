@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from stacks.bundling import EXPORT_BUNDLE, REPLICATOR_BUNDLE, SHARED_FILES, BundlingError, bundle, rds_ca_bundle
+from stacks.bundling import (
+    EXPORT_BUNDLE, LAMBDA_PYTHON_VERSION, REPLICATOR_BUNDLE, RUNTIME, SHARED_FILES, BundlingError, bundle, rds_ca_bundle,
+)
 from stacks.db_bootstrap import bootstrap_bundle
 
 
@@ -202,3 +205,14 @@ def test_the_export_asset_reads_its_sql_files_and_time_zones_on_its_own(dev, tmp
     files, placeholders, day = json.loads(result.stdout)
     assert files == ["sql/daily_sales_orders.sql", "sql/daily_sales_totals.sql"] and placeholders == 2
     assert day == "2026-02-28"  # 00:30 UTC on 1 March is 01:30 in Berlin: 'yesterday' is 28 February
+
+
+def test_the_tests_run_on_the_python_of_the_functions_runtime():
+    """The functions run on Lambda's python3.13 (stacks/bundling.py); so must the code under test. `make test`
+    builds its venv with that Python where it is installed; CI must have it."""
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if running != LAMBDA_PYTHON_VERSION and not os.environ.get("CI"):
+        pytest.skip(f"tests run on Python {running}, the functions on {LAMBDA_PYTHON_VERSION}: install it "
+                    f"(`pyenv install {LAMBDA_PYTHON_VERSION}`) and run `make clean test`")
+    assert running == LAMBDA_PYTHON_VERSION
+    assert RUNTIME.name == f"python{LAMBDA_PYTHON_VERSION}"
