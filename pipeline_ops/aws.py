@@ -97,7 +97,8 @@ class Deployment:
     outputs: dict[str, str]
 
     def output(self, key: str) -> str:
-        assert key in OUTPUTS, f"{key} is not listed in OUTPUTS"
+        if key not in OUTPUTS:
+            raise KeyError(f"{key} is not listed in OUTPUTS")  # a programming error, not the operator's
         if key not in self.outputs:
             raise OperatorError(f"the stack {self.config.stack_name} has no output {key}: deploy this version "
                                 f"of the app first (`npx cdk deploy -c env={self.config.name}`)")

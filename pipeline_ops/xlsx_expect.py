@@ -15,6 +15,8 @@ from typing import Callable
 
 from pymysql.constants import FIELD_TYPE
 
+from pipeline_ops.checks import check
+
 #: The README's limits, stated here again on purpose (not imported from the writer).
 CELL_UNITS = 32_767  # UTF-16 code units Excel keeps in a cell
 MARK = "…[truncated]"
@@ -172,10 +174,10 @@ def expected_rows(columns, db_rows, types) -> list[list[Expected]]:
 
 def assert_rows_match(read_rows, columns, db_rows, types) -> None:
     """Every cell openpyxl read back from the workbook equals what the database returned for it."""
-    assert len(read_rows) == len(db_rows), f"{len(read_rows)} rows in the workbook, {len(db_rows)} in the database"
+    check(len(read_rows) == len(db_rows), f"{len(read_rows)} rows in the workbook, {len(db_rows)} in the database")
     for got, want, db in zip(read_rows, expected_rows(columns, db_rows, types), db_rows):
         for column, r, e, v in zip(columns, got, want, db):
-            assert accepts("openpyxl", e, r)[0], f"column {column}: wrote {v!r}, expected {e}, read {r!r}"
+            check(accepts("openpyxl", e, r)[0], f"column {column}: wrote {v!r}, expected {e}, read {r!r}")
 
 
 # --- what readers cannot do, whoever wrote the file ----------------------------------------------

@@ -218,3 +218,53 @@ def test_the_installed_command_runs_the_pipeline_locally(dev, sample_tables, tmp
         assert (f"checked {export.name}: s3://local-destination-bucket/{PREFIX}{KEY_PREFIX}{export.name}/" in done.stdout
                 or f"export {export.name}: skipped: empty" in done.stdout)
     assert "IAM: every call of both handlers is allowed" in done.stdout
+
+
+def _local_command(dev, db, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    template = tmp_path / "MysqlXlsxPipeline-dev.template.json"
+    template.write_text(json.dumps(dev.template))
+    dsn = f"mysql://{db['user']}:{db['password']}@{db['host']}:{db['port']}/{db['database']}"
+    command = Path(sys.executable).parent / "pipeline-ops"
+    return subprocess.run([str(command), "local", "--template", str(template), "--no-sample-tables", *args],
+                          env={**os.environ, "MYSQL_DSN": dsn}, capture_output=True, text=True, timeout=300)
+
+
+def test_the_local_command_keeps_the_workbooks_of_one_export_run_with_chosen_values(dev, sample_tables, tmp_path):
+    # Given one of dev's exports with a date parameter, whichever it is
+    dated = next(e for e in dev.config.exports if any(p.type == "date" for p in e.parameters))
+    day = next(p.name for p in dated.parameters if p.type == "date")
+    out = tmp_path / "out"
+    # When the command runs that export alone for a chosen day, keeping what it produced
+    done = _local_command(dev, sample_tables, tmp_path, "--export", dated.name, "--param", f"{day}={SAMPLE_DAY}",
+                          "--out", str(out))
+    # Then the upload and its copy are in DIR under their buckets and keys, and openpyxl reads them
+    assert done.returncode == 0, done.stderr
+    folder = f"{dev.config.key_prefix}{dated.name}/{SAMPLE_DAY.replace('-', '/')}"
+    (upload,) = (out / "local-source-bucket" / folder).glob("*.xlsx")
+    (copy_,) = (out / "local-destination-bucket" / f"{dev.config.destination.prefix}{folder}").glob("*.xlsx")
+    assert upload.read_bytes() == copy_.read_bytes()
+    import openpyxl
+
+    assert [ws.title for ws in openpyxl.load_workbook(upload).worksheets][:len(dated.sheets)] == \
+        [s.name for s in dated.sheets]
+    assert f"checked {dated.name}:" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--export", "no_such_export"], "error: unknown export 'no_such_export'; dev's exports: "),
+    (["--param", "day=2026-11-02"], "error: --param needs --export"),
+])
+def test_the_local_command_refuses_a_bad_request_in_one_line(dev, sample_tables, tmp_path, args, message):
+    done = _local_command(dev, sample_tables, tmp_path, *args)
+    assert done.returncode == 1
+    assert done.stderr.startswith(message) and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_failed_export_in_the_local_command_is_one_line_and_exit_1(dev, sample_tables, tmp_path):
+    # Given a database the run cannot read: the sample tables' database does not exist on the server
+    broken = {**sample_tables, "database": "no_such_database_here"}
+    done = _local_command(dev, broken, tmp_path, "--export", FIRST)
+    # Then the export's own error is the one line printed, and no traceback
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout

@@ -108,6 +108,7 @@ def requested_events(exports: dict, export: str | None, params: dict[str, str]) 
 def main(template_path: Path | None, *, sample_data: bool, export: str | None = None,
          params: dict[str, str] | None = None, out: Path | None = None, say: Callable[[str], None] = print) -> None:
     """The `local` command: check the request, read or synthesize dev, load its sample data, run, report."""
+    _show_function_logs(say)
     _require_dev_packages()
     config = _dev_config()
     events = requested_events({e.name: e for e in config.exports}, export, params or {})
@@ -121,6 +122,21 @@ def main(template_path: Path | None, *, sample_data: bool, export: str | None = 
     report = run(template, mysql, say=say, events=events, hand_uploads=events is None, out=out)
     for bucket, keys in report["listing"].items():
         say(f"s3://{bucket}/: " + (", ".join(keys) or "(empty)"))
+
+
+def _show_function_logs(say: Callable[[str], None]) -> None:
+    """The functions' log lines (Lambda would send them to CloudWatch Logs) go where the run's own lines go."""
+    import logging
+
+    class Say(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.name != "root" and not record.name.startswith("lambdas"):
+                return  # the SDK's and moto's own chatter
+            say(f"function log ({record.levelname}): {record.getMessage()}")
+
+    root = logging.getLogger()
+    root.addHandler(Say())
+    root.setLevel(logging.INFO)
 
 
 def _require_dev_packages() -> None:
