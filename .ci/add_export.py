@@ -32,6 +32,6 @@ CREATE TABLE IF NOT EXISTS regional_sales (
 INSERT IGNORE INTO regional_sales (id, region, amount, day) VALUES
   (1, 'EU', 10.00, '2026-11-02'),
   (2, 'US', 20.50, '2026-11-02'),
-  (3, 'EU', 5.25, CURRENT_DATE - INTERVAL 1 DAY);
+  (3, 'EU', 5.25, CURRENT_DATE);
 """)
 print(f"added export regional_sales to dev in {cdk_json} and its table to {root / 'sql' / 'dev-init.sql'}")

@@ -7,6 +7,8 @@ bundler puts this module into every function's package (``lambdas/contract.py``)
 
 from __future__ import annotations
 
+import datetime as dt
+
 #: The key endings that are copied. S3 notification filters compare suffixes case-sensitively,
 #: so the stack adds one filter per ending and the replicator accepts exactly these, nothing else
 #: (``Report.Xlsx`` is neither delivered nor copied).
@@ -31,6 +33,28 @@ CA_BUNDLE_FILE = "rds-ca-bundle.pem"
 def export_prefix(key_prefix: str, export: str) -> str:
     """Every key of one export starts with this (its IAM grant and its listing are this prefix)."""
     return f"{key_prefix}{export}/"
+
+
+def object_key(prefix: str, export: str, now: dt.datetime, day: dt.date | None = None) -> str:
+    """``<prefix><export>/YYYY/MM/DD/<export>-YYYYMMDDTHHMMSS.mmmZ.xlsx``.
+
+    The date folders are ``day`` when given (the value of the export's first ``date``
+    parameter: the day the data is about, so a backfill lands in that day's folder), else the
+    run's UTC date. The file name is always the run's UTC time; milliseconds keep two runs in
+    the same second from landing on one key."""
+    now = now.astimezone(dt.timezone.utc)
+    folder = f"{day:%Y/%m/%d}" if day is not None else f"{now:%Y/%m/%d}"
+    return f"{export_prefix(prefix, export)}{folder}/{export}-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z.xlsx"
+
+
+#: S3's longest key, in UTF-8 bytes (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html).
+MAX_KEY_BYTES = 1024
+
+
+def longest_copy_key(destination_prefix: str, key_prefix: str, export: str) -> str:
+    """The longest key an export's copy can get: the destination prefix before the export's longest key."""
+    return destination_key(destination_prefix, object_key(key_prefix, export, dt.datetime(2026, 12, 31, 23, 59, 59,
+                                                                                         tzinfo=dt.timezone.utc)))
 
 
 def is_replicated(key: str, source_prefix: str) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
+from lambdas.contract import MAX_KEY_BYTES, longest_copy_key
 from lambdas.db_bootstrap.settings import AUTH_MODES, DATABASE_RE, USER_RE
 from lambdas.export_to_xlsx import settings as export_contract
 from lambdas.export_to_xlsx.definition import (
@@ -361,6 +362,12 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
         source_prefix=dest.str("source_prefix", "", check=_plain_prefix, expect=PLAIN_PREFIX),
     )
     dest.done()
+    for export in exports:
+        longest = longest_copy_key(destination.prefix, key_prefix, export.name)
+        if len(longest.encode()) > MAX_KEY_BYTES:
+            env.problem("destination.prefix", f"with key_prefix and export {export.name!r}, copies get keys of "
+                                              f"{len(longest.encode())} bytes, more than S3's {MAX_KEY_BYTES}: "
+                                              f"shorten the prefixes or the export's name")
     source_name = env.str("source_bucket_name", check=_BUCKET_RE.match, expect="an S3 bucket name")
     if source_name and source_name == destination.bucket_name:
         env.problem("destination.bucket_name", f"{source_name!r} is the source bucket; "

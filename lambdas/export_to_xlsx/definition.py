@@ -112,7 +112,7 @@ class Reader:
             self.problem(key, f"expected a string, got {value!r}")
             return default
         if check is not None and not check(value):
-            self.problem(key, f"{value!r} is not {expect}")
+            self.problem(key, f"{clip(value, 120)} is not {expect}")
             return default
         return value
 

@@ -44,18 +44,6 @@ class Target:
     key_prefix: str
 
 
-def object_key(prefix: str, export: str, now: dt.datetime, day: dt.date | None = None) -> str:
-    """``<prefix><export>/YYYY/MM/DD/<export>-YYYYMMDDTHHMMSS.mmmZ.xlsx``.
-
-    The date folders are ``day`` when given (the value of the export's first ``date``
-    parameter: the day the data is about, so a backfill lands in that day's folder), else the
-    run's UTC date. The file name is always the run's UTC time; milliseconds keep two runs in
-    the same second from landing on one key."""
-    now = now.astimezone(dt.timezone.utc)
-    folder = f"{day:%Y/%m/%d}" if day is not None else f"{now:%Y/%m/%d}"
-    return f"{contract.export_prefix(prefix, export)}{folder}/{export}-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z.xlsx"
-
-
 def key_day(export: ExportDefinition, values: dict[str, Any]) -> dt.date | None:
     """The value of the export's first declared ``date`` parameter, if it has one."""
     for p in export.parameters:
@@ -119,7 +107,7 @@ def run_export(
         raise ExportError(f"export {export.name!r}: cannot create a temporary file in {temp_dir}: {exc}") from None
     os.close(fd)
     path = Path(name)
-    key = object_key(target.key_prefix, export.name, run_at, key_day(export, values))
+    key = contract.object_key(target.key_prefix, export.name, run_at, key_day(export, values))
     writer = None
     stream = None
     rows_before = 0

@@ -58,3 +58,15 @@ def hand_made_workbook(title: str) -> bytes:
     out = io.BytesIO()
     wb.save(out)
     return out.getvalue()
+
+
+def first_run_values(export, deploy_day) -> dict:
+    """The parameter values of an export's first scheduled run after a deploy on ``deploy_day``: each
+    parameter's default, taken with the function's own parser at 06:00 UTC the next day (so ``yesterday``
+    is the deploy day, when dev's init SQL dates its newest rows)."""
+    import datetime as dt
+
+    from lambdas.export_to_xlsx.params import resolve
+
+    now = dt.datetime.combine(deploy_day + dt.timedelta(days=1), dt.time(6), tzinfo=dt.timezone.utc)
+    return resolve(export.parameters, {}, now, export.time_zone, export=export.name)
