@@ -43,8 +43,9 @@ class DatabaseBootstrap(Construct):
     - connects as the master user over TLS verified against the bundled RDS CA, and creates
       ``auth``'s user with ``REQUIRE SSL`` and ``SELECT`` on ``database_name`` only;
     - applies ``init_sql`` (a file, bundled into the function) once per content;
-    - runs again whenever the user, auth mode, init SQL or its own code changes; on stack
-      delete it does nothing (no user, table or row is dropped);
+    - runs again whenever the user, auth mode, init SQL, its own code or the database it serves
+      (host, port, name, master secret: a replaced instance) changes; on stack delete it does
+      nothing (no user, table or row is dropped);
     - CDK's provider framework answers CloudFormation (the function has no route to the
       response URL); the answer holds booleans and a checksum, never a credential.
 
@@ -130,6 +131,11 @@ class DatabaseBootstrap(Construct):
             contract.PROP_AUTH: auth_mode,
             contract.PROP_INIT_SQL_SHA256: contract.sha256(init_sql.read_text(encoding="utf-8")) if init_sql else "",
             contract.PROP_CODE_HASH: bundle.asset_hash(),
+            # The database's identity: a change that replaces the instance runs the bootstrap on the new one.
+            contract.PROP_DB_HOST: database_host,
+            contract.PROP_DB_PORT: str(database_port),
+            contract.PROP_DB_NAME: database_name,
+            contract.PROP_MASTER_SECRET_ARN: master_secret.secret_arn,
         }
         if export_secret is not None:
             properties[contract.PROP_EXPORT_SECRET_ARN] = export_secret.secret_arn

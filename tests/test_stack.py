@@ -290,6 +290,40 @@ def test_the_bootstrap_runs_at_deploy_with_what_the_database_must_look_like(dev,
     assert prod.resources("Custom::DatabaseBootstrap") == prod_iam.resources("Custom::DatabaseBootstrap") == {}
 
 
+@pytest.fixture(scope="module")
+def dev_renamed():
+    """dev whose database_name changed: RDS sets DBName only when it creates an instance."""
+    from tests.conftest import _variant
+
+    return _variant("dev", lambda dev: dev["database"].update(database_name="sales"))
+
+
+def test_the_bootstrap_runs_again_on_a_replaced_database(dev, dev_renamed):
+    """DBName "Update requires: Replacement", and CloudFormation first creates the replacement instance, then
+    points the resources that reference it at the new one
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-rds-dbinstance.html);
+    a custom resource is sent an Update only when its properties change
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-cloudformation-customresource.html).
+    So the database's identity must be among the bootstrap's properties, or a new, empty database gets no user."""
+    from lambdas.db_bootstrap import settings as bootstrap_contract
+
+    instance = dev.logical_id(dev.stack.database.instance)
+    (resource,) = dev.resources("Custom::DatabaseBootstrap").values()
+    p = resource["Properties"]
+    # Given the bootstrap's properties: they name the instance's endpoint and its RDS-managed master secret
+    assert p[bootstrap_contract.PROP_DB_HOST] == {"Fn::GetAtt": [instance, "Endpoint.Address"]}
+    assert p[bootstrap_contract.PROP_MASTER_SECRET_ARN] == {"Fn::GetAtt": [instance, "MasterUserSecret.SecretArn"]}
+    assert p[bootstrap_contract.PROP_DB_NAME] == "app" and p[bootstrap_contract.PROP_DB_PORT] == "3306"
+    # When the database is renamed (a replaced instance), then the properties differ, so CloudFormation runs it
+    (renamed,) = dev_renamed.resources("Custom::DatabaseBootstrap").values()
+    assert renamed["Properties"][bootstrap_contract.PROP_DB_NAME] == "sales"
+    assert renamed["Properties"] != p
+    # and the function's environment, which it connects with, names the same database
+    env = function_env(dev, dev.stack.bootstrap)
+    assert env[bootstrap_contract.ENV_DB_HOST] == p[bootstrap_contract.PROP_DB_HOST]
+    assert env[bootstrap_contract.ENV_MASTER_SECRET_ARN] == p[bootstrap_contract.PROP_MASTER_SECRET_ARN]
+
+
 def test_replicator_role_reads_only_what_the_filter_delivers_and_writes_the_destination(dev):
     """IAM resource ARNs take wildcards anywhere in a segment
     (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_resource.html), so the
