@@ -36,7 +36,9 @@ _SECRET_ARN_RE = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:s
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _CIDR_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+/(\d|[12]\d|3[0-2])$")
-_KMS_KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$|^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/mrk-[0-9a-f]{32}$")
+#: A full key ARN; its region is the key's (and so its bucket's or secret's) region, which kms:ViaService names.
+_KMS_KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d:\d{12}:key/"
+                             r"([0-9a-f-]{36}|mrk-[0-9a-f]{32})$")
 _SG_RE = re.compile(r"^sg-[0-9a-f]+$")
 
 #: MySQL major versions RDS offers; RDS picks and upgrades the minor version itself.

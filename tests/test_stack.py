@@ -127,6 +127,57 @@ def test_the_partner_gets_the_exact_statements_to_add(prod):
     assert key["Condition"] == {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}
 
 
+@pytest.fixture(scope="module")
+def partner_elsewhere():
+    """prod sending to a partner bucket (and key) in us-east-1, and dev (environment-agnostic) sending to one in
+    ap-southeast-2."""
+    from tests.conftest import _variant
+
+    def prod_change(prod):
+        prod["destination"]["kms_key_arn"] = PARTNER_KEY.format(region="us-east-1")
+
+    def dev_change(dev):
+        dev["destination"].update(bucket_name="partner-inbox-sydney",
+                                  kms_key_arn=PARTNER_KEY.format(region="ap-southeast-2"))
+
+    return {"us-east-1": _variant("prod", prod_change), "ap-southeast-2": _variant("dev", dev_change)}
+
+
+PARTNER_KEY = "arn:aws:kms:{region}:210987654321:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "ap-southeast-2"])
+def test_a_partner_key_in_another_region_is_used_through_s3_in_that_region(partner_elsewhere, region):
+    """An SSE-KMS key must be in its bucket's region
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/specifying-kms-encryption.html), and kms:ViaService
+    matches the service endpoint in the region that calls KMS, s3.<region>.amazonaws.com
+    (https://docs.aws.amazon.com/kms/latest/developerguide/conditions-kms.html#conditions-kms-via-service): the
+    condition names the key's region, whatever region the stack is deployed to."""
+    synth = partner_elsewhere[region]
+    key = PARTNER_KEY.format(region=region)
+    through_s3 = {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}
+    # Given a partner key outside the stack's region (prod: eu-west-1; dev: wherever it is deployed)
+    assert synth.config.region in ("eu-west-1", None)
+    # Then the role may use it through S3 in the key's region
+    kms = [st for st in replicator_statements(synth) if any(a.startswith("kms:") for a in st["Action"])]
+    assert kms == [{"Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Effect": "Allow", "Resource": key,
+                    "Condition": through_s3}]
+    # and the statement the partner adds to the key policy says the same
+    value = synth.stack.resolve(synth.template["Outputs"]["PartnerKeyPolicyStatement"]["Value"])
+    text = "".join(p if isinstance(p, str) else "ROLE" for p in value["Fn::Join"][1])
+    assert json.loads(text)["Condition"] == through_s3
+
+
+def test_config_reads_the_key_region_from_a_full_key_arn():
+    from pipeline_ops.synth import CDK_JSON
+    from stacks.config import ConfigError, load_environment
+
+    prod = json.loads(json.dumps(CDK_JSON["context"]["environments"]["prod"]))
+    prod["destination"]["kms_key_arn"] = "arn:aws:kms:europe:210987654321:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    with pytest.raises(ConfigError, match=r"environments.prod.destination.kms_key_arn: 'arn:aws:kms:europe:.*not a full KMS"):
+        load_environment({"environments": {"prod": prod}}, "prod")
+
+
 # --- notification ------------------------------------------------------------------------
 
 
