@@ -13,6 +13,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from stacks.custom_resources import sdk_call_resource
 from stacks.nag import acknowledge
 from stacks.pipeline_function import LOG_RETENTION
 from stacks.config import CreateDatabaseConfig, DatabaseConfig, ExistingDatabaseConfig
@@ -224,8 +225,8 @@ class Database(Construct):
         self.log_group_policies = []
         for log in EXPORTED_LOGS:
             name = Fn.join("", [prefix, log])
-            group = cr.AwsCustomResource(
-                self, f"{log.capitalize()}LogGroup", policy=policy, install_latest_aws_sdk=False,
+            group = sdk_call_resource(
+                self, f"{log.capitalize()}LogGroup", policy=policy,
                 on_create=cr.AwsSdkCall(
                     service="CloudWatchLogs", action="createLogGroup", parameters={"logGroupName": name},
                     physical_resource_id=cr.PhysicalResourceId.of(name),
@@ -240,8 +241,8 @@ class Database(Construct):
                 service="CloudWatchLogs", action="putRetentionPolicy",
                 parameters={"logGroupName": name, "retentionInDays": days},
                 physical_resource_id=cr.PhysicalResourceId.of(name))
-            retention = cr.AwsCustomResource(
-                self, f"{log.capitalize()}LogRetention", policy=policy, install_latest_aws_sdk=False,
+            retention = sdk_call_resource(
+                self, f"{log.capitalize()}LogRetention", policy=policy,
                 on_create=set_retention, on_update=set_retention)
             retention.node.add_dependency(group)
             self.log_group_policies += [r.node.find_child("CustomResourcePolicy") for r in (group, retention)]

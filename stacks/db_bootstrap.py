@@ -15,12 +15,20 @@ from constructs import Construct
 
 from lambdas.db_bootstrap import settings as contract
 from stacks.bundling import BundleSpec, rds_ca_bundle
+from stacks.custom_resources import service_timeout
 from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
 from stacks.export_to_xlsx import VPC_ENI_ACTIONS
 from stacks.nag import acknowledge, acknowledge_cdk_helper, nag_text
 from stacks.pipeline_function import pipeline_function
 
 RESOURCE_TYPE = "Custom::DatabaseBootstrap"
+#: The bootstrap finishes, or fails with its own message, within this (each statement is stopped before it).
+BOOTSTRAP_TIMEOUT = Duration.minutes(3)
+#: CDK's provider framework (aws-cdk-lib custom-resources/lib/provider-framework): its function runs at most
+#: 15 minutes; when invoking the bootstrap throws (the function not yet active, a lost connection), it waits up
+#: to 5 minutes for the function to be active and invokes it once more. Both runs and the wait fit in its time.
+FRAMEWORK_TIMEOUT = Duration.minutes(15)
+FRAMEWORK_ACTIVE_WAIT = Duration.minutes(5)
 
 
 def bootstrap_bundle(init_sql: Path | None) -> BundleSpec:
@@ -47,7 +55,10 @@ class DatabaseBootstrap(Construct):
       (host, port, name, master secret: a replaced instance) changes; on stack delete it does
       nothing (no user, table or row is dropped);
     - CDK's provider framework answers CloudFormation (the function has no route to the
-      response URL); the answer holds booleans and a checksum, never a credential.
+      response URL); the answer holds booleans and a checksum, never a credential;
+    - bounded: the function stops within ``BOOTSTRAP_TIMEOUT`` (3 minutes; a statement still
+      running near the end fails with its own message), which the framework's 15 minutes hold
+      twice over with its wait, and CloudFormation waits 16 minutes at most for the answer.
 
     Raises ValueError on an empty init SQL file. Exposes ``function``, ``role``,
     ``security_group``, ``log_group``, ``errors_alarm``, ``provider`` and ``resource``.
@@ -110,7 +121,7 @@ class DatabaseBootstrap(Construct):
             log_retention=log_retention,
             removal_policy=removal_policy,
             memory_mb=256,
-            timeout=Duration.minutes(10),
+            timeout=BOOTSTRAP_TIMEOUT,
             retry_attempts=0,  # called synchronously by the provider framework, never queued
             max_event_age=Duration.hours(1),
             vpc=vpc,
@@ -142,6 +153,8 @@ class DatabaseBootstrap(Construct):
         self.resource = CustomResource(
             self, "Resource", service_token=self.provider.service_token, resource_type=RESOURCE_TYPE,
             properties=properties,
+            # CloudFormation waits for the framework's answer this long at most, not its default hour.
+            service_timeout=service_timeout(FRAMEWORK_TIMEOUT),
         )
         # Run only once the network path is complete: the endpoint and every rule of the groups involved.
         for construct in (secrets_endpoint, *secrets_endpoint.connections.security_groups, database_security_group,

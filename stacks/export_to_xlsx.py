@@ -20,6 +20,7 @@ from lambdas.export_to_xlsx import settings as contract
 from stacks.bundling import EXPORT_BUNDLE, BundleSpec
 from stacks.config import ENDPOINT_NAMES as ENDPOINTS, ExportConfig
 from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
+from stacks.custom_resources import sdk_call_resource
 from stacks.nag import acknowledge, objects_finding
 from stacks.pipeline_function import failure_queue, pipeline_function
 
@@ -293,8 +294,8 @@ class ExportToXlsx(Construct):
             physical_resource_id=cr.PhysicalResourceId.of(f"s3-prefix-list-{Aws.REGION}"),
             output_paths=["PrefixLists.0.PrefixListId"],
         )
-        lookup = cr.AwsCustomResource(
-            self, "S3PrefixList", on_create=call, on_update=call, install_latest_aws_sdk=False,
+        lookup = sdk_call_resource(
+            self, "S3PrefixList", on_create=call, on_update=call,
             policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
                 actions=["ec2:DescribeManagedPrefixLists"], resources=["*"])]),
         )

@@ -16,6 +16,7 @@ from constructs import Construct
 from stacks.bucket_replicator import BucketReplicator
 from stacks.config import EnvironmentConfig, ExistingDatabaseConfig
 from stacks.rds_ca import ca_bundle
+from stacks.custom_resources import bound_cdk_custom_resources
 from stacks.database import EXPORTED_LOGS, Database
 from stacks.db_bootstrap import DatabaseBootstrap
 from stacks.export_to_xlsx import ExportToXlsx
@@ -147,6 +148,7 @@ class PipelineStack(Stack):
         for name, value in outputs.items():
             CfnOutput(self, name, value=value)
 
+        bound_cdk_custom_resources(self)
         if config.region is None:
             self._require_supported_region()
         Tags.of(self).add("project", "mysql-xlsx-pipeline")

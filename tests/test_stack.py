@@ -375,6 +375,58 @@ def test_the_bootstrap_runs_again_on_a_replaced_database(dev, dev_renamed):
     assert env[bootstrap_contract.ENV_MASTER_SECRET_ARN] == p[bootstrap_contract.PROP_MASTER_SECRET_ARN]
 
 
+def handler_timeout(s, resource) -> int:
+    """The Timeout of the function behind a custom resource's ServiceToken."""
+    (function_id, _) = resource["Properties"]["ServiceToken"]["Fn::GetAtt"]
+    return s.template["Resources"][function_id]["Properties"]["Timeout"]
+
+
+@pytest.mark.parametrize("env", ["dev", "prod", "dev_secret"])
+def test_custom_resources_are_bounded(request, env):
+    """A custom resource's ServiceTimeout is how long CloudFormation waits for its answer: 1 to 3600 s, an hour by
+    default (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-cloudformation-customresource.html).
+    A function stops at its Timeout (https://docs.aws.amazon.com/lambda/latest/dg/configuration-timeout.html).
+    CDK's provider framework answers for the bootstrap; when invoking it throws, the framework waits up to 300 s for
+    the function to become active and invokes it once more (aws-cdk-lib custom-resources/lib/provider-framework/
+    runtime/outbound.js, `waitUntilFunctionActiveV2({maxWaitTime: 300})`)."""
+    from stacks import db_bootstrap
+    from stacks.custom_resources import RESPONSE_MARGIN
+
+    synth = request.getfixturevalue(env)
+    custom = {k: r for k, r in synth.template["Resources"].items()
+              if r["Type"].startswith("Custom::") or r["Type"] == "AWS::CloudFormation::CustomResource"}
+    assert custom
+    margin = RESPONSE_MARGIN.to_seconds()
+    for logical_id, resource in custom.items():
+        # Every custom resource: CloudFormation waits for its handler's whole run and a minute to answer, not an hour
+        timeout = resource["Properties"].get("ServiceTimeout")
+        assert timeout is not None, logical_id
+        assert handler_timeout(synth, resource) + margin <= int(timeout) < 3600, (logical_id, timeout)
+    if synth.stack.bootstrap is None:
+        return
+    # The bootstrap: two runs and the framework's wait fit in the framework's time, which fits in ServiceTimeout
+    (bootstrap,) = [r for r in custom.values() if r["Type"] == db_bootstrap.RESOURCE_TYPE]
+    bootstrap_seconds = props(synth, synth.stack.bootstrap.function)["Timeout"]
+    framework_seconds = handler_timeout(synth, bootstrap)
+    assert framework_seconds == db_bootstrap.FRAMEWORK_TIMEOUT.to_seconds()  # CDK's value, as the constant says
+    wait = db_bootstrap.FRAMEWORK_ACTIVE_WAIT.to_seconds()
+    assert 2 * bootstrap_seconds + wait + margin <= framework_seconds
+    assert framework_seconds + margin <= int(bootstrap["Properties"]["ServiceTimeout"]) <= 1000
+
+
+def test_the_bootstraps_own_steps_fit_in_its_timeout(dev):
+    """Each Secrets Manager call is bounded by botocore's attempts x (connect + read timeout)
+    (https://boto3.amazonaws.com/v1/documentation/api/latest/guide/retries.html); two such calls, the database
+    connect and the margin kept for the last statement's own error leave time for the SQL."""
+    from db_bootstrap import handler as bootstrap_handler
+
+    timeout = props(dev, dev.stack.bootstrap.function)["Timeout"]
+    config = bootstrap_handler.AWS_CONFIG
+    per_call = config.retries["max_attempts"] * (config.connect_timeout + config.read_timeout)
+    fixed = 2 * per_call + bootstrap_handler.CONNECT_TIMEOUT + bootstrap_handler.DEADLINE_MARGIN
+    assert fixed <= timeout / 2, (fixed, timeout)
+
+
 def test_replicator_role_reads_only_what_the_filter_delivers_and_writes_the_destination(dev):
     """IAM resource ARNs take wildcards anywhere in a segment
     (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_resource.html), so the
