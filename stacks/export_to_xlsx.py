@@ -64,11 +64,13 @@ class ExportToXlsx(Construct):
     - ``secrets_endpoint_security_group``: an existing endpoint's group, to which one ingress rule
       for this function is added;
     - one EventBridge rule per scheduled export, sending ``{"export": NAME}`` (parameters take
-      their defaults, evaluated when the run starts), two retries in two hours, then the event
-      goes to the failed-exports queue;
+      their defaults, evaluated when the run starts). EventBridge retries delivering the event to
+      Lambda up to twice within two hours, then puts it in the failed-exports queue; once Lambda
+      has accepted it, a function error follows the function's async invoke config below;
     - SQL from ``.sql`` files bundled into the code asset (``sql/...`` in the package) and
       read at cold start; only their paths are in the environment;
-    - no reserved concurrency unless ``reserved_concurrency`` is given; one async retry, then the
+    - no reserved concurrency unless ``reserved_concurrency`` is given; a function error in an
+      asynchronous run (scheduled or by hand) gets one async retry within six hours, then the
       event goes to the failed-exports queue (SQS-managed encryption, TLS only, 14 days,
       kept with the stack's data), with an alarm;
     - a role of its own that may only put objects (and abort its multipart uploads) under each

@@ -750,6 +750,29 @@ def test_retries_then_a_failure_queue_kept_with_the_data(synth, function):
     })
 
 
+def test_the_export_docstring_says_which_retries_apply_to_what(dev):
+    """A rule target's retry policy covers delivering the event to the target
+    (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-rule-retry-policy.html); Lambda, having accepted an
+    asynchronous invocation, retries function errors as the function's own asynchronous settings say
+    (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async.html)."""
+    import re
+
+    doc = " ".join(ExportToXlsx.__doc__.split())
+    # Given the template: the rule retries delivery twice within two hours; the function retries an error once in 6 h
+    (rule,) = [r for r in dev.resources("AWS::Events::Rule").values()
+               if "orders" in json.dumps(r["Properties"]["Targets"][0].get("Input", ""))]
+    assert rule["Properties"]["Targets"][0]["RetryPolicy"] == {"MaximumEventAgeInSeconds": 7200,
+                                                               "MaximumRetryAttempts": 2}
+    fn = dev.logical_id(dev.stack.export.function)
+    (invoke,) = [r["Properties"] for r in dev.resources("AWS::Lambda::EventInvokeConfig").values()
+                 if r["Properties"]["FunctionName"] == {"Ref": fn}]
+    assert invoke["MaximumRetryAttempts"] == 1 and invoke["MaximumEventAgeInSeconds"] == 6 * 3600
+    # Then the docstring gives the two hours to delivery and the function's errors to its own one retry
+    assert re.search(r"EventBridge retries delivering the event to Lambda up to twice within two hours", doc)
+    assert re.search(r"a function error follows the function's async invoke config", doc)
+    assert re.search(r"a function error in an asynchronous run .{0,40}gets one async retry within six hours", doc)
+
+
 def test_alarms_on_errors_and_failure_queues_go_to_the_topic(synth):
     topic = {"Ref": synth.logical_id(synth.stack.alarm_topic)}
     alarms = [r["Properties"] for r in synth.resources("AWS::CloudWatch::Alarm").values()]
