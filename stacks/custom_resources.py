@@ -8,7 +8,8 @@ its handler's own timeout plus a minute to send the answer.
 
 from __future__ import annotations
 
-from aws_cdk import CfnResource, Duration, Stack
+from aws_cdk import CfnResource, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
@@ -29,10 +30,38 @@ def service_timeout(handler_timeout: Duration) -> Duration:
     return Duration.seconds(handler_timeout.to_seconds() + RESPONSE_MARGIN.to_seconds())
 
 
-def sdk_call_resource(scope: Construct, construct_id: str, **kwargs) -> cr.AwsCustomResource:
-    """An AwsCustomResource (one AWS API call at deploy time) whose wait is bounded; ``kwargs`` as AwsCustomResource."""
+#: The id of the one log group of CDK's AwsCustomResource function, at the stack's root.
+SDK_CALLS_LOG_GROUP_ID = "AwsSdkCallsLogs"
+_log_group_settings: dict[str, tuple] = {}  # stack address -> (retention, removal policy) of its group
+
+
+def sdk_calls_log_group(scope: Construct, *, log_retention: logs.RetentionDays,
+                        removal_policy: RemovalPolicy) -> logs.LogGroup:
+    """The stack's one log group for CDK's AwsCustomResource function, which every deploy-time SDK call of the
+    stack shares; created on first use. Raises ValueError when asked for other settings than it was created with."""
+    stack = Stack.of(scope)
+    existing = stack.node.try_find_child(SDK_CALLS_LOG_GROUP_ID)
+    wanted = (log_retention, removal_policy)
+    if existing is not None:
+        if _log_group_settings.get(stack.node.addr) != wanted:
+            raise ValueError(f"the deploy-time SDK calls of a stack share one log group, created with "
+                             f"{_log_group_settings.get(stack.node.addr)}; got {wanted}")
+        return existing
+    _log_group_settings[stack.node.addr] = wanted
+    return logs.LogGroup(stack, SDK_CALLS_LOG_GROUP_ID, retention=log_retention, removal_policy=removal_policy)
+
+
+def sdk_call_resource(scope: Construct, construct_id: str, *, log_retention: logs.RetentionDays,
+                      removal_policy: RemovalPolicy, **kwargs) -> cr.AwsCustomResource:
+    """An AwsCustomResource (one AWS API call at deploy time) whose wait is bounded and whose function logs to the
+    stack's group for these calls, with ``log_retention`` and ``removal_policy``; ``kwargs`` as AwsCustomResource.
+
+    The function is a singleton that the first call creates: every call passes the same group, so whichever
+    comes first, the function's logs go there, and CloudFormation creates the group before the function (its
+    LoggingConfig refers to it), so before any invocation."""
+    group = sdk_calls_log_group(scope, log_retention=log_retention, removal_policy=removal_policy)
     return cr.AwsCustomResource(scope, construct_id, install_latest_aws_sdk=False, timeout=SDK_CALL_TIMEOUT,
-                                service_timeout=service_timeout(SDK_CALL_TIMEOUT), **kwargs)
+                                service_timeout=service_timeout(SDK_CALL_TIMEOUT), log_group=group, **kwargs)
 
 
 def bound_cdk_custom_resources(stack: Stack) -> None:

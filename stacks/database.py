@@ -223,10 +223,11 @@ class Database(Construct):
             actions=["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:DeleteLogGroup"],
             resources=[self.log_groups_arn])])
         self.log_group_policies = []
+        sdk_logs = dict(log_retention=LOG_RETENTION[days], removal_policy=removal_policy)
         for log in EXPORTED_LOGS:
             name = Fn.join("", [prefix, log])
             group = sdk_call_resource(
-                self, f"{log.capitalize()}LogGroup", policy=policy,
+                self, f"{log.capitalize()}LogGroup", policy=policy, **sdk_logs,
                 on_create=cr.AwsSdkCall(
                     service="CloudWatchLogs", action="createLogGroup", parameters={"logGroupName": name},
                     physical_resource_id=cr.PhysicalResourceId.of(name),
@@ -242,7 +243,7 @@ class Database(Construct):
                 parameters={"logGroupName": name, "retentionInDays": days},
                 physical_resource_id=cr.PhysicalResourceId.of(name))
             retention = sdk_call_resource(
-                self, f"{log.capitalize()}LogRetention", policy=policy,
+                self, f"{log.capitalize()}LogRetention", policy=policy, **sdk_logs,
                 on_create=set_retention, on_update=set_retention)
             retention.node.add_dependency(group)
             self.log_group_policies += [r.node.find_child("CustomResourcePolicy") for r in (group, retention)]

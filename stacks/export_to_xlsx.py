@@ -158,7 +158,7 @@ class ExportToXlsx(Construct):
             database_security_group, ec2.Port.tcp(database_port), "The export database"
         )
         self.security_group.add_egress_rule(
-            ec2.Peer.prefix_list(self._s3_prefix_list_id()), ec2.Port.tcp(HTTPS),
+            ec2.Peer.prefix_list(self._s3_prefix_list_id(log_retention, removal_policy)), ec2.Port.tcp(HTTPS),
             "HTTPS to S3 (its managed prefix list: through the gateway endpoint or a NAT)",
         )
 
@@ -287,7 +287,7 @@ class ExportToXlsx(Construct):
             findings=["Resource::*"],
         )
 
-    def _s3_prefix_list_id(self) -> str:
+    def _s3_prefix_list_id(self, log_retention: logs.RetentionDays, removal_policy: RemovalPolicy) -> str:
         """S3's managed prefix list in the stack's region, looked up at deploy time (never at synth)."""
         call = cr.AwsSdkCall(
             service="EC2",
@@ -297,7 +297,8 @@ class ExportToXlsx(Construct):
             output_paths=["PrefixLists.0.PrefixListId"],
         )
         lookup = sdk_call_resource(
-            self, "S3PrefixList", on_create=call, on_update=call,
+            self, "S3PrefixList", on_create=call, on_update=call, log_retention=log_retention,
+            removal_policy=removal_policy,
             policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
                 actions=["ec2:DescribeManagedPrefixLists"], resources=["*"])]),
         )

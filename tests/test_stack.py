@@ -700,6 +700,38 @@ def test_rds_logs_are_written_and_kept_for_the_configured_retention(dev):
         assert statement["Resource"]["Fn::Join"][1][-2:] == [{"Ref": instance}, "/*"]
 
 
+def test_cdks_sdk_call_function_logs_with_the_environments_retention_and_removal(synth):
+    """CDK's AwsCustomResource singleton (the S3 prefix-list lookup, the RDS log-group calls) logs to the group its
+    LoggingConfig names (https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs-loggroups.html);
+    a Ref to the group makes CloudFormation create it before the function
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/intrinsic-function-reference-ref.html),
+    so before any invocation: Lambda never creates a default group first, which a later create would collide with."""
+    from stacks.pipeline_stack import AWS_CUSTOM_RESOURCE_ID
+
+    singleton = synth.stack.node.find_child(AWS_CUSTOM_RESOURCE_ID)
+    fn = props(synth, singleton)
+    group_ref = fn["LoggingConfig"]["LogGroup"]
+    group = synth.template["Resources"][group_ref["Ref"]]
+    assert group["Type"] == "AWS::Logs::LogGroup"
+    assert group["Properties"]["RetentionInDays"] == synth.config.log_retention_days
+    assert group["DeletionPolicy"] == ("Delete" if synth.config.removal_policy == "destroy" else "Retain")
+    # and no log group of the stack keeps CDK's defaults (731 days), whatever the environment says
+    retentions = {r["Properties"].get("RetentionInDays") for r in synth.resources("AWS::Logs::LogGroup").values()}
+    assert retentions == {synth.config.log_retention_days}
+
+
+def test_sdk_calls_of_a_stack_share_one_log_group_and_refuse_other_settings():
+    from stacks.custom_resources import sdk_calls_log_group
+
+    stack = cdk.Stack(cdk.App(), "S")
+    first = sdk_calls_log_group(stack, log_retention=logs.RetentionDays.ONE_WEEK, removal_policy=cdk.RemovalPolicy.DESTROY)
+    again = sdk_calls_log_group(stack,
+                                log_retention=logs.RetentionDays.ONE_WEEK, removal_policy=cdk.RemovalPolicy.DESTROY)
+    assert again.node.path == first.node.path
+    with pytest.raises(ValueError, match="share one log group"):
+        sdk_calls_log_group(stack, log_retention=logs.RetentionDays.ONE_YEAR, removal_policy=cdk.RemovalPolicy.DESTROY)
+
+
 def test_an_environment_agnostic_stack_refuses_regions_the_ca_bundle_does_not_cover(dev, prod):
     """Rules with Fn::Contains stop a stack create/update before any resource
     (https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/rules-section-structure.html)."""
