@@ -148,6 +148,8 @@ class ExistingDatabaseConfig:
     vpc_cidr: str
     create_endpoints: tuple[str, ...] = ()
     secrets_endpoint_security_group_id: str | None = None
+    #: The security group of the VPC's S3 *interface* endpoint, when S3 is reached through one.
+    s3_endpoint_security_group_id: str | None = None
     secret_kms_key_arn: str | None = None
     #: ``secret`` (the default: works with any MySQL and needs nothing enabled on the server) or ``iam``.
     auth: Literal["iam", "secret"] = "secret"
@@ -485,6 +487,9 @@ def _read_database(env: _Reader, retain: bool, root: Path) -> DatabaseConfig:
             secrets_endpoint_security_group_id=r.str(
                 "secrets_endpoint_security_group_id", check=_SG_RE.match,
                 expect="the security group id of the VPC's existing Secrets Manager endpoint"),
+            s3_endpoint_security_group_id=r.str(
+                "s3_endpoint_security_group_id", check=_SG_RE.match,
+                expect="the security group id of the VPC's existing S3 interface endpoint"),
             secret_kms_key_arn=r.str("secret_kms_key_arn", check=_KMS_KEY_ARN_RE.match,
                                      expect="a full KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; not an alias)"),
             **_read_existing_auth(r),

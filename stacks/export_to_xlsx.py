@@ -63,6 +63,8 @@ class ExportToXlsx(Construct):
       policy and the Secrets Manager endpoint admits HTTPS from the whole VPC CIDR;
     - ``secrets_endpoint_security_group``: an existing endpoint's group, to which one ingress rule
       for this function is added;
+    - ``s3_endpoint_security_group``: the group of an existing S3 *interface* endpoint (which the
+      prefix list does not cover): HTTPS egress to it and one ingress rule on it for this function;
     - one EventBridge rule per scheduled export, sending ``{"export": NAME}`` (parameters take
       their defaults, evaluated when the run starts). EventBridge retries delivering the event to
       Lambda up to twice within two hours, then puts it in the failed-exports queue; once Lambda
@@ -111,6 +113,7 @@ class ExportToXlsx(Construct):
         endpoints: Sequence[str] = (),
         own_vpc: bool = False,
         secrets_endpoint_security_group: ec2.ISecurityGroup | None = None,
+        s3_endpoint_security_group: ec2.ISecurityGroup | None = None,
         secret_kms_key_arn: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -161,6 +164,11 @@ class ExportToXlsx(Construct):
             ec2.Peer.prefix_list(self._s3_prefix_list_id(log_retention, removal_policy)), ec2.Port.tcp(HTTPS),
             "HTTPS to S3 (its managed prefix list: through the gateway endpoint or a NAT)",
         )
+        if s3_endpoint_security_group is not None:  # an S3 interface endpoint: its addresses are the VPC's own
+            s3_endpoint_security_group.add_ingress_rule(
+                self.security_group, ec2.Port.tcp(HTTPS), "ExportToXlsx function")
+            self.security_group.add_egress_rule(
+                s3_endpoint_security_group, ec2.Port.tcp(HTTPS), "HTTPS to the S3 interface endpoint")
 
         failures = failure_queue(
             self, "FailedExports", alarm_topic=alarm_topic, removal_policy=removal_policy,

@@ -63,7 +63,10 @@ class PipelineStack(Stack):
                                  log_retention_days=config.log_retention_days)
         db = config.database
         existing = isinstance(db, ExistingDatabaseConfig)
-        secrets_endpoint_group = None
+        secrets_endpoint_group = s3_endpoint_group = None
+        if existing and db.s3_endpoint_security_group_id:
+            s3_endpoint_group = ec2.SecurityGroup.from_security_group_id(
+                self, "S3EndpointSecurityGroup", db.s3_endpoint_security_group_id, mutable=True)
         if existing and db.secrets_endpoint_security_group_id:
             secrets_endpoint_group = ec2.SecurityGroup.from_security_group_id(
                 self, "SecretsEndpointSecurityGroup", db.secrets_endpoint_security_group_id, mutable=True)
@@ -113,6 +116,7 @@ class PipelineStack(Stack):
             endpoints=db.create_endpoints if existing else ("s3",),
             own_vpc=not existing,
             secrets_endpoint_security_group=secrets_endpoint_group,
+            s3_endpoint_security_group=s3_endpoint_group,
             secret_kms_key_arn=db.secret_kms_key_arn if existing else None,
         )
         self.replicator = BucketReplicator(

@@ -560,6 +560,52 @@ def test_export_group_reaches_the_database_s3_and_secrets_manager_only(request, 
                                 "Fn::GetAtt": [synth.logical_id(synth.stack.export.security_group), "GroupId"]}}]
 
 
+S3_ENDPOINT_GROUP = "sg-0fedcba9876543210"
+
+
+@pytest.fixture(scope="module")
+def prod_s3_interface():
+    """prod in a VPC that reaches S3 through an S3 interface endpoint."""
+    from tests.conftest import _variant
+
+    return _variant("prod", lambda prod: prod["database"].update(s3_endpoint_security_group_id=S3_ENDPOINT_GROUP))
+
+
+def test_an_s3_interface_endpoint_is_reached_through_its_group(prod_s3_interface, prod):
+    """An S3 interface endpoint is network interfaces with private addresses in the VPC's subnets, behind the
+    endpoint's security groups (https://docs.aws.amazon.com/AmazonS3/latest/userguide/privatelink-interface-endpoints.html);
+    S3's managed prefix list holds S3's public ranges, the gateway endpoint's path
+    (https://docs.aws.amazon.com/vpc/latest/privatelink/vpc-endpoints-s3.html), so it does not cover them."""
+    synth = prod_s3_interface
+    own = {"Fn::GetAtt": [synth.logical_id(synth.stack.export.security_group), "GroupId"]}
+    # Then the export may send HTTPS to the endpoint's group, besides the database, the prefix list and Secrets Manager
+    to_endpoint = [r for r in egress_rules(synth) if r.get("DestinationSecurityGroupId") == S3_ENDPOINT_GROUP]
+    assert to_endpoint == [{"GroupId": own, "IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
+                            "DestinationSecurityGroupId": S3_ENDPOINT_GROUP,
+                            "Description": "HTTPS to the S3 interface endpoint"}]
+    assert len(egress_rules(synth)) == len(egress_rules(prod)) + 1
+    # and the endpoint's group admits the export on HTTPS, one rule and nothing else
+    ingress = [r["Properties"] for r in synth.resources("AWS::EC2::SecurityGroupIngress").values()
+               if r["Properties"]["GroupId"] == S3_ENDPOINT_GROUP]
+    assert ingress == [{"Description": "ExportToXlsx function", "FromPort": 443, "ToPort": 443, "IpProtocol": "tcp",
+                        "GroupId": S3_ENDPOINT_GROUP, "SourceSecurityGroupId": own}]
+    assert not [r for r in egress_rules(prod) if r.get("DestinationSecurityGroupId") == S3_ENDPOINT_GROUP]
+
+
+def test_the_s3_endpoint_group_is_for_an_existing_vpc_only():
+    from pipeline_ops.synth import CDK_JSON
+    from stacks.config import ConfigError, load_environment
+
+    dev = json.loads(json.dumps(CDK_JSON["context"]["environments"]["dev"]))
+    dev["database"]["s3_endpoint_security_group_id"] = S3_ENDPOINT_GROUP
+    with pytest.raises(ConfigError, match=r"environments.dev.database: unknown field\(s\) s3_endpoint_security_group_id"):
+        load_environment({"environments": {"dev": dev}}, "dev")
+    prod = json.loads(json.dumps(CDK_JSON["context"]["environments"]["prod"]))
+    prod["database"]["s3_endpoint_security_group_id"] = "vpce-0123"
+    with pytest.raises(ConfigError, match=r"s3_endpoint_security_group_id: 'vpce-0123' is not the security group id"):
+        load_environment({"environments": {"prod": prod}}, "prod")
+
+
 def test_an_existing_vpc_gets_no_endpoint_by_default(prod):
     """A shared VPC's routes and DNS belong to everyone in it: an S3 gateway endpoint takes over S3 traffic
     from every subnet of its route tables, and a route table holds one route per service
