@@ -63,7 +63,7 @@ class Database(Construct):
       rotation function); only the deploy-time bootstrap reads it; deletion protection from config;
     - the export's own user (``export_user``): with ``auth: iam`` it logs in with an IAM token,
       with ``auth: secret`` with a generated password in a secret of its own (never the master's);
-    - a Secrets Manager interface endpoint in one subnet (for the bootstrap, and the export
+    - a Secrets Manager interface endpoint in both isolated subnets (for the bootstrap, and the export
       with ``auth: secret``) whose security group admits nobody until a construct admits itself;
     - a security group with no ingress: the export construct admits its own group.
 
@@ -120,8 +120,9 @@ class Database(Construct):
             },
         )
         self.subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
-        #: The one subnet of the Secrets Manager endpoint and the bootstrap function.
-        self.endpoint_subnets = ec2.SubnetSelection(subnets=[self.vpc.isolated_subnets[0]])
+        #: The subnets of the Secrets Manager endpoint and the bootstrap function: both AZs, so neither depends
+        #: on one zone.
+        self.endpoint_subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
         self.security_group = ec2.SecurityGroup(
             self, "SecurityGroup", vpc=self.vpc, allow_all_outbound=False,
             description="MySQL instance: admits only the export function",
@@ -195,8 +196,8 @@ class Database(Construct):
             acknowledge(export_secret, "SMG4",
                         "The bootstrap sets this read-only user's password at deploy; no rotation function runs in "
                         "the isolated VPC. auth 'iam' (the default) needs no stored password at all.")
-        # Reached only from inside the VPC (no internet route): one subnet keeps the idle cost at one
-        # endpoint ENI; the bootstrap runs in that subnet, and any subnet of the VPC reaches it.
+        # Reached only from inside the VPC (no internet route): one endpoint network interface per subnet, in both
+        # availability zones like the bootstrap function, so neither stops with one zone.
         endpoint_sg = ec2.SecurityGroup(
             self, "SecretsEndpointSecurityGroup", vpc=self.vpc, allow_all_outbound=False,
             description="Secrets Manager endpoint: HTTPS from the constructs that admit themselves only",

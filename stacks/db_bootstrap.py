@@ -43,8 +43,8 @@ class DatabaseBootstrap(Construct):
     """A deploy-time custom resource that creates the export's database user and applies the init SQL.
 
     Default settings:
-    - the shared function defaults (``stacks.pipeline_function``), in ``subnets`` (one subnet,
-      where the Secrets Manager endpoint is) with a security group that reaches only the database
+    - the shared function defaults (``stacks.pipeline_function``), in ``subnets`` (those of the
+      Secrets Manager endpoint, one per availability zone) with a security group that reaches only the database
       port and the endpoint's HTTPS; an alarm on its errors, sent to ``alarm_topic``;
     - its role is the only one that may read ``master_secret`` (and, with secret auth, the
       export user's secret, to set that password); nothing else; logs with ``log_retention``;

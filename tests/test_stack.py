@@ -305,6 +305,9 @@ def test_only_the_bootstrap_reads_the_master_secret(dev, dev_secret):
 
 
 def test_the_secrets_endpoint_admits_only_what_reads_a_secret(dev, dev_secret):
+    """An interface endpoint has one network interface per subnet it is given, each in that subnet's zone; Lambda
+    runs a VPC function in the subnets it is given (https://docs.aws.amazon.com/vpc/latest/privatelink/
+    create-interface-endpoint.html, https://docs.aws.amazon.com/lambda/latest/dg/configuration-vpc.html)."""
     for synth, readers in ((dev, [dev.stack.bootstrap]), (dev_secret, [dev_secret.stack.bootstrap,
                                                                       dev_secret.stack.export])):
         (endpoint,) = [r for r in synth.resources("AWS::EC2::VPCEndpoint").values()
@@ -316,8 +319,13 @@ def test_the_secrets_endpoint_admits_only_what_reads_a_secret(dev, dev_secret):
         assert sources == sorted(json.dumps({"Fn::GetAtt": [synth.logical_id(c.security_group), "GroupId"]})
                                  for c in readers)
         assert all(i["FromPort"] == 443 == i["ToPort"] for i in ingress)
-        # One subnet: one endpoint network interface to pay for while idle
-        assert len(endpoint["Properties"]["SubnetIds"]) == 1
+        # Both isolated subnets (two availability zones), as the bootstrap function: neither depends on one zone
+        subnets = sorted(endpoint["Properties"]["SubnetIds"], key=json.dumps)
+        assert subnets == sorted(({"Ref": k} for k in dev_subnets(synth)), key=json.dumps) and len(subnets) == 2
+        bootstrap_subnets = props(synth, synth.stack.bootstrap.function)["VpcConfig"]["SubnetIds"]
+        assert sorted(bootstrap_subnets, key=json.dumps) == subnets
+        zones = {json.dumps(synth.template["Resources"][s["Ref"]]["Properties"]["AvailabilityZone"]) for s in subnets}
+        assert len(zones) == 2
 
 
 def test_the_bootstrap_runs_at_deploy_with_what_the_database_must_look_like(dev, dev_secret, prod, prod_iam):
