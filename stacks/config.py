@@ -128,6 +128,8 @@ class CreateDatabaseConfig:
     export_user: str = DEFAULT_EXPORT_USER
     #: Schema/seed SQL applied at deploy, once per content (absolute path, checked to exist and not be empty).
     init_sql: Path | None = None
+    #: A PEM file of the project whose CA certificates are trusted besides the packaged RDS roots.
+    ca_bundle_file: Path | None = None
     mode: Literal["create"] = "create"
 
 
@@ -156,6 +158,8 @@ class ExistingDatabaseConfig:
     export_user: str = DEFAULT_EXPORT_USER
     #: The DbiResourceId of the instance or cluster (``auth: iam``): the export role's rds-db:connect names it.
     resource_id: str | None = None
+    #: A PEM file of the project whose CA certificates are trusted besides the packaged RDS roots.
+    ca_bundle_file: Path | None = None
     mode: Literal["existing"] = "existing"
 
 
@@ -462,6 +466,7 @@ def _read_database(env: _Reader, retain: bool, root: Path) -> DatabaseConfig:
             auth=_read_auth(r, "iam"),
             export_user=_read_export_user(r),
             init_sql=_read_init_sql(r, root),
+            ca_bundle_file=_read_ca_bundle_file(r, root),
         )
     elif mode == "existing":
         azs = r.str_list("availability_zones", required=True, **az_check)
@@ -493,6 +498,7 @@ def _read_database(env: _Reader, retain: bool, root: Path) -> DatabaseConfig:
             secret_kms_key_arn=r.str("secret_kms_key_arn", check=_KMS_KEY_ARN_RE.match,
                                      expect="a full KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; not an alias)"),
             **_read_existing_auth(r),
+            ca_bundle_file=_read_ca_bundle_file(r, root),
         )
         if cfg.auth == "iam":
             for key, used in (("create_endpoints", "secretsmanager" in cfg.create_endpoints),
@@ -522,6 +528,25 @@ def _read_export_user(r: _Reader) -> str:
 def _read_init_sql(r: _Reader, root: Path) -> Path | None:
     raw = r.str("init_sql")
     return None if raw is None else _project_sql(raw, f"{r.path}.init_sql", root)[0]
+
+
+def _read_ca_bundle_file(r: _Reader, root: Path) -> Path | None:
+    """A .pem file inside the project (e.g. AWS's global bundle), checked here: every certificate parses, is a CA
+    and has not expired."""
+    raw = r.str("ca_bundle_file")
+    if raw is None:
+        return None
+    relative = Path(raw)
+    if relative.is_absolute() or ".." in relative.parts or relative.suffix != ".pem" or "\\" in raw:
+        raise r.fail("ca_bundle_file", f"{raw!r} must be a .pem file inside the project, like 'certs/global-bundle.pem'")
+    file = root / relative
+    if not file.is_file():
+        raise r.fail("ca_bundle_file", f"{raw} does not exist (looked for {file})")
+    try:
+        ca_bundle(file, name=raw)
+    except CaBundleError as exc:
+        raise r.fail("ca_bundle_file", str(exc)) from None
+    return file
 
 
 def _read_existing_auth(r: _Reader) -> dict[str, Any]:
@@ -584,11 +609,11 @@ def _endpoints(r: _Reader) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _check_region(env: _Reader, region: str | None) -> None:
+def _check_region(env: _Reader, region: str | None, ca_bundle_file: Path | None, root: Path) -> None:
     if region is None:
         return  # environment-agnostic: the template's SupportedRegion rule checks at deploy time
     try:
-        bundle = ca_bundle()
+        bundle = ca_bundle(ca_bundle_file, name=ca_bundle_file and ca_bundle_file.relative_to(root).as_posix())
     except CaBundleError as exc:
         raise ConfigError(f"{env.path}.region: {exc}") from None
     if region not in bundle.regions:
@@ -610,7 +635,6 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
     region = env.str("region", check=_REGION_RE.match, expect="a region name like 'eu-west-1'")
     if (account is None) != (region is None):
         raise ConfigError(f"{env.path}: give both account and region, or neither (environment-agnostic stack)")
-    _check_region(env, region)
     removal = env.str("removal_policy", "retain", check=lambda v: v in ("destroy", "retain"),
                       expect="one of 'destroy', 'retain'")
     retention = env.int("log_retention_days", 30, 1, 3653)
@@ -630,6 +654,7 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
                          and not v.startswith("/"), expect="empty or a key prefix ending in '/' (no '*' or '?')")
     exports = _read_exports(env, root)
     database = _read_database(env, retain=removal == "retain", root=root)
+    _check_region(env, region, database.ca_bundle_file, root)  # the packaged roots and the database's extra file
     if account and isinstance(database, CreateDatabaseConfig) and not database.availability_zones:
         raise ConfigError(f"{env.path}.database.availability_zones: required when account and region are set "
                           "(synth must not look them up)")

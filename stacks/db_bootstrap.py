@@ -31,9 +31,10 @@ FRAMEWORK_TIMEOUT = Duration.minutes(15)
 FRAMEWORK_ACTIVE_WAIT = Duration.minutes(5)
 
 
-def bootstrap_bundle(init_sql: Path | None) -> BundleSpec:
-    """The bootstrap's asset: its code, the RDS CA bundle and, when configured, the init SQL file."""
-    extra = {contract.CA_BUNDLE_FILE: rds_ca_bundle}
+def bootstrap_bundle(init_sql: Path | None, ca_bundle_file: Path | None = None) -> BundleSpec:
+    """The bootstrap's asset: its code, the RDS CA bundle (with ``ca_bundle_file``'s certificates) and, when
+    configured, the init SQL file."""
+    extra = {contract.CA_BUNDLE_FILE: lambda: rds_ca_bundle(ca_bundle_file)}
     if init_sql is not None:
         extra[contract.INIT_SQL_FILE] = init_sql.read_bytes
     return BundleSpec(package="db_bootstrap", extra_files=extra)
@@ -82,6 +83,7 @@ class DatabaseBootstrap(Construct):
         log_retention: logs.RetentionDays,
         removal_policy: RemovalPolicy,
         init_sql: Path | None = None,
+        ca_bundle_file: Path | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if init_sql is not None and not init_sql.read_text(encoding="utf-8").strip():
@@ -103,7 +105,7 @@ class DatabaseBootstrap(Construct):
         self.security_group.add_egress_rule(database_security_group, ec2.Port.tcp(database_port), "The database")
         secrets_endpoint.connections.allow_default_port_from(self.security_group, "Database bootstrap")
 
-        bundle = bootstrap_bundle(init_sql)
+        bundle = bootstrap_bundle(init_sql, ca_bundle_file)
         built = pipeline_function(
             self,
             bundle=bundle,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Sequence
 
 from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Stack
@@ -17,7 +18,7 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from lambdas.export_to_xlsx import settings as contract
-from stacks.bundling import EXPORT_BUNDLE, BundleSpec
+from stacks.bundling import EXPORT_BUNDLE, BundleSpec, rds_ca_bundle
 from stacks.config import ENDPOINT_NAMES as ENDPOINTS, ExportConfig
 from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
 from stacks.custom_resources import sdk_call_resource
@@ -38,11 +39,14 @@ VPC_ENI_ACTIONS = (
 HTTPS = 443
 
 
-def export_bundle(exports: Sequence[ExportConfig]) -> BundleSpec:
-    """The function's asset: its code, the RDS CA bundle and every .sql file the exports read
-    (at the same path, ``sql/...``, inside the package), so a changed .sql changes the asset hash."""
+def export_bundle(exports: Sequence[ExportConfig], ca_bundle_file: Path | None = None) -> BundleSpec:
+    """The function's asset: its code, the RDS CA bundle (with ``ca_bundle_file``'s certificates) and every .sql
+    file the exports read (at the same path, ``sql/...``, inside the package), so a changed .sql changes the
+    asset hash."""
     files = {path: body for e in exports for path, body in e.sql_files().items()}
     extra = dict(EXPORT_BUNDLE.extra_files)
+    if ca_bundle_file is not None:
+        extra[contract.CA_BUNDLE_FILE] = lambda: rds_ca_bundle(ca_bundle_file)
     extra.update({path: (lambda body=body: body) for path, body in sorted(files.items())})
     return replace(EXPORT_BUNDLE, extra_files=extra)
 
@@ -83,7 +87,9 @@ class ExportToXlsx(Construct):
       ``secret_kms_key_arn`` through Secrets Manager only);
     - an alarm on any error, sent to ``alarm_topic``.
 
-    Exposes ``function``, ``role``, ``security_group``, ``log_group``, ``rules``
+    TLS is verified against the packaged Amazon RDS roots plus ``ca_bundle_file``'s certificates.
+
+    Exposes ``bundle`` (what its asset holds), ``function``, ``role``, ``security_group``, ``log_group``, ``rules``
     (export name -> rule), ``errors_alarm``, ``failure_queue``, ``failures_alarm``,
     and the endpoints it created as ``s3_endpoint`` / ``secrets_endpoint`` (or None).
     """
@@ -115,6 +121,7 @@ class ExportToXlsx(Construct):
         secrets_endpoint_security_group: ec2.ISecurityGroup | None = None,
         s3_endpoint_security_group: ec2.ISecurityGroup | None = None,
         secret_kms_key_arn: str | None = None,
+        ca_bundle_file: Path | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if not exports:
@@ -177,9 +184,10 @@ class ExportToXlsx(Construct):
         )
         self.failure_queue, self.failures_alarm = failures.queue, failures.alarm
 
+        self.bundle = export_bundle(exports, ca_bundle_file)
         built = pipeline_function(
             self,
-            bundle=export_bundle(exports),
+            bundle=self.bundle,
             description="Runs the configured SQL exports and uploads each result as .xlsx",
             role_description="ExportToXlsx: write its exports, log in to the database as its read-only user",
             errors_description="An export failed: no workbook was uploaded for it",

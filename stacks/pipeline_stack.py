@@ -88,6 +88,7 @@ class PipelineStack(Stack):
                 secrets_endpoint=self.database.secrets_endpoint,
                 auth=self.database.export_auth,
                 init_sql=db.init_sql,
+                ca_bundle_file=db.ca_bundle_file,
                 alarm_topic=self.alarm_topic,
                 log_retention=retention,
                 removal_policy=removal,
@@ -118,6 +119,7 @@ class PipelineStack(Stack):
             secrets_endpoint_security_group=secrets_endpoint_group,
             s3_endpoint_security_group=s3_endpoint_group,
             secret_kms_key_arn=db.secret_kms_key_arn if existing else None,
+            ca_bundle_file=db.ca_bundle_file,
         )
         self.replicator = BucketReplicator(
             self,
@@ -154,15 +156,15 @@ class PipelineStack(Stack):
 
         bound_cdk_custom_resources(self)
         if config.region is None:
-            self._require_supported_region()
+            self._require_supported_region(config)
         Tags.of(self).add("project", "mysql-xlsx-pipeline")
         Tags.of(self).add("environment", config.name)
         self._acknowledge(config)
 
-    def _require_supported_region(self) -> None:
+    def _require_supported_region(self, config: EnvironmentConfig) -> None:
         """An environment-agnostic stack learns its region at deploy time: refuse, before anything is
         created, a region whose RDS root certificates the export does not carry (config checks a given region)."""
-        regions = sorted(ca_bundle().regions)
+        regions = sorted(ca_bundle(config.database.ca_bundle_file).regions)
         CfnRule(self, "SupportedRegion", assertions=[CfnRuleAssertion(
             assert_=Fn.condition_contains(regions, Aws.REGION),
             assert_description="The export's Amazon RDS CA bundle has no root certificates for this region, so it "
