@@ -26,7 +26,7 @@ from .settings import CA_BUNDLE_FILE, INIT_SQL_FILE, Request, Settings, load_set
 log = logging.getLogger()
 
 #: At most 3 x (5 + 5) s per Secrets Manager call (it answers in milliseconds): the run fits in 3 minutes.
-AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=5)
+AWS_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=5, read_timeout=5)
 CONNECT_TIMEOUT = 10
 #: Seconds kept back from the function's remaining time: a statement still running then fails with the
 #: bootstrap's own message (its number, line and text) before Lambda stops the function.
