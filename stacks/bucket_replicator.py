@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack, Token
+from aws_cdk import Arn, ArnFormat, Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
@@ -42,7 +42,7 @@ class BucketReplicator(Construct):
       versions) under ``source_prefix`` and write (with the ``bucket-owner-full-control``
       ACL), abort and read back objects under ``destination_prefix`` in the destination;
       with ``destination_kms_key_arn``, copies are encrypted with that key and the role may
-      use it for exactly that;
+      use it for exactly that, only through S3 in the key's own region (the bucket's);
     - after each copy, one "Workbook Delivered" event on the account's default EventBridge
       bus; the role may ``events:PutEvents`` only there and only with that source and
       detail-type; an event that cannot be published is counted in the custom metric
@@ -115,8 +115,10 @@ class BucketReplicator(Construct):
         self.function, self.role = built.function, built.role
         self.log_group, self.errors_alarm = built.log_group, built.errors_alarm
 
-        # The key is used by S3 on the role's behalf only, never called directly.
-        through_s3 = {"StringEquals": {"kms:ViaService": f"s3.{Stack.of(self).region}.amazonaws.com"}}
+        # The key is used by S3 on the role's behalf only, never called directly. An SSE-KMS key lives in its
+        # bucket's region and S3 calls KMS from there: the key's own region, not the stack's.
+        through_s3 = {"StringEquals": {"kms:ViaService": f"s3.{key_region(destination_kms_key_arn)}.amazonaws.com"}} \
+            if destination_kms_key_arn else {}
         source_objects = [source_bucket.arn_for_objects(f"{source_prefix}*{suffix}") for suffix in shared.SUFFIXES]
         destination_objects = destination_bucket.arn_for_objects(f"{destination_prefix}*")
         self.role.add_to_policy(iam.PolicyStatement(actions=list(SOURCE_READ_ACTIONS), resources=source_objects))
@@ -183,3 +185,8 @@ class BucketReplicator(Construct):
             "Resource '*' only for X-Ray PutTraceSegments/PutTelemetryRecords, which take no resource.",
             findings=["Resource::*"],
         )
+
+
+def key_region(kms_key_arn: str) -> str:
+    """The region in a KMS key ARN (``arn:aws:kms:REGION:ACCOUNT:key/ID``); a token's region is resolved at deploy."""
+    return Arn.split(kms_key_arn, ArnFormat.SLASH_RESOURCE_NAME).region

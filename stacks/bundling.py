@@ -162,10 +162,11 @@ def function_code(spec: BundleSpec) -> lambda_.Code:
     )
 
 
-def rds_ca_bundle() -> bytes:
-    """The RDS regional roots and the Amazon roots RDS Proxy uses (see :mod:`stacks.rds_ca`)."""
+def rds_ca_bundle(extra_file: Path | None = None) -> bytes:
+    """The RDS regional roots and the Amazon roots RDS Proxy uses (see :mod:`stacks.rds_ca`), plus the
+    certificates of ``extra_file`` (``database.ca_bundle_file``)."""
     try:
-        return ca_bundle().pem
+        return ca_bundle(extra_file).pem
     except CaBundleError as exc:
         raise BundlingError(str(exc)) from None
 

@@ -37,7 +37,9 @@ _SECRET_ARN_RE = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:s
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _CIDR_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+/(\d|[12]\d|3[0-2])$")
-_KMS_KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$|^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/mrk-[0-9a-f]{32}$")
+#: A full key ARN; its region is the key's (and so its bucket's or secret's) region, which kms:ViaService names.
+_KMS_KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d:\d{12}:key/"
+                             r"([0-9a-f-]{36}|mrk-[0-9a-f]{32})$")
 _SG_RE = re.compile(r"^sg-[0-9a-f]+$")
 
 #: MySQL major versions RDS offers; RDS picks and upgrades the minor version itself.
@@ -84,6 +86,8 @@ class CreateDatabaseConfig:
     export_user: str = DEFAULT_EXPORT_USER
     #: Schema/seed SQL applied at deploy, once per content (absolute path, checked to exist and not be empty).
     init_sql: Path | None = None
+    #: A PEM file of the project whose CA certificates are trusted besides the packaged RDS roots.
+    ca_bundle_file: Path | None = None
     mode: Literal["create"] = "create"
 
 
@@ -104,12 +108,16 @@ class ExistingDatabaseConfig:
     vpc_cidr: str
     create_endpoints: tuple[str, ...] = ()
     secrets_endpoint_security_group_id: str | None = None
+    #: The security group of the VPC's S3 *interface* endpoint, when S3 is reached through one.
+    s3_endpoint_security_group_id: str | None = None
     secret_kms_key_arn: str | None = None
     #: ``secret`` (the default: works with any MySQL and needs nothing enabled on the server) or ``iam``.
     auth: Literal["iam", "secret"] = "secret"
     export_user: str = DEFAULT_EXPORT_USER
     #: The DbiResourceId of the instance or cluster (``auth: iam``): the export role's rds-db:connect names it.
     resource_id: str | None = None
+    #: A PEM file of the project whose CA certificates are trusted besides the packaged RDS roots.
+    ca_bundle_file: Path | None = None
     mode: Literal["existing"] = "existing"
 
 
@@ -181,6 +189,7 @@ def _read_database(env: Reader, retain: bool, root: Path) -> DatabaseConfig:
             auth=_read_auth(r, "iam"),
             export_user=_read_export_user(r),
             init_sql=_read_init_sql(r, root),
+            ca_bundle_file=_read_ca_bundle_file(r, root),
         )
     elif mode == "existing":
         azs = r.str_list("availability_zones", required=True, **az_check)
@@ -206,9 +215,13 @@ def _read_database(env: Reader, retain: bool, root: Path) -> DatabaseConfig:
             secrets_endpoint_security_group_id=r.str(
                 "secrets_endpoint_security_group_id", check=_SG_RE.match,
                 expect="the security group id of the VPC's existing Secrets Manager endpoint"),
+            s3_endpoint_security_group_id=r.str(
+                "s3_endpoint_security_group_id", check=_SG_RE.match,
+                expect="the security group id of the VPC's existing S3 interface endpoint"),
             secret_kms_key_arn=r.str("secret_kms_key_arn", check=_KMS_KEY_ARN_RE.match,
                                      expect="a full KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; not an alias)"),
             **_read_existing_auth(r),
+            ca_bundle_file=_read_ca_bundle_file(r, root),
         )
         if cfg.auth == "iam":
             for key, used in (("create_endpoints", "secretsmanager" in cfg.create_endpoints),
@@ -240,6 +253,25 @@ def _read_init_sql(r: Reader, root: Path) -> Path | None:
     if raw is None or r.attempt(lambda: read_project_file(root, raw), None, "init_sql") is None:
         return None
     return root / raw
+
+
+def _read_ca_bundle_file(r: Reader, root: Path) -> Path | None:
+    """A .pem file inside the project (e.g. AWS's global bundle), checked here: every certificate parses, is a CA
+    and has not expired."""
+    raw = r.str("ca_bundle_file")
+    if raw is None:
+        return None
+    relative = Path(raw)
+    if relative.is_absolute() or ".." in relative.parts or relative.suffix != ".pem" or "\\" in raw:
+        raise r.fail("ca_bundle_file", f"{raw!r} must be a .pem file inside the project, like 'certs/global-bundle.pem'")
+    file = root / relative
+    if not file.is_file():
+        raise r.fail("ca_bundle_file", f"{raw} does not exist (looked for {file})")
+    try:
+        ca_bundle(file, name=raw)
+    except CaBundleError as exc:
+        raise r.fail("ca_bundle_file", str(exc)) from None
+    return file
 
 
 def _read_existing_auth(r: Reader) -> dict[str, Any]:
@@ -302,11 +334,11 @@ def _endpoints(r: Reader) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _check_region(env: Reader, region: str | None) -> None:
+def _check_region(env: Reader, region: str | None, ca_bundle_file: Path | None, root: Path) -> None:
     if region is None:
         return  # environment-agnostic: the template's SupportedRegion rule checks at deploy time
     try:
-        bundle = ca_bundle()
+        bundle = ca_bundle(ca_bundle_file, name=ca_bundle_file and ca_bundle_file.relative_to(root).as_posix())
     except CaBundleError as exc:
         env.problem("region", str(exc))
         return
@@ -329,7 +361,6 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
     region = env.str("region", check=_REGION_RE.match, expect="a region name like 'eu-west-1'")
     if (account is None) != (region is None):
         env.problem(None, "give both account and region, or neither (environment-agnostic stack)")
-    _check_region(env, region)
     removal = env.str("removal_policy", "retain", check=lambda v: v in ("destroy", "retain"),
                       expect="one of 'destroy', 'retain'")
     retention = env.int("log_retention_days", 30, 1, 3653)
@@ -349,6 +380,8 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
                          and not v.startswith("/"), expect="empty or a key prefix ending in '/' (no '*' or '?')")
     exports = _read_exports(env, root)
     database = env.attempt(lambda: _read_database(env, retain=removal == "retain", root=root), None)
+    if database is not None:  # the packaged roots and the database's extra file
+        _check_region(env, region, database.ca_bundle_file, root)
     if account and isinstance(database, CreateDatabaseConfig) and not database.availability_zones:
         env.problem("database.availability_zones", "required when account and region are set "
                                                    "(synth must not look them up)")

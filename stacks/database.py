@@ -13,6 +13,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from stacks.custom_resources import sdk_call_resource
 from stacks.nag import acknowledge
 from stacks.pipeline_function import LOG_RETENTION
 from stacks.config import CreateDatabaseConfig, DatabaseConfig, ExistingDatabaseConfig
@@ -62,7 +63,7 @@ class Database(Construct):
       rotation function); only the deploy-time bootstrap reads it; deletion protection from config;
     - the export's own user (``export_user``): with ``auth: iam`` it logs in with an IAM token,
       with ``auth: secret`` with a generated password in a secret of its own (never the master's);
-    - a Secrets Manager interface endpoint in one subnet (for the bootstrap, and the export
+    - a Secrets Manager interface endpoint in both isolated subnets (for the bootstrap, and the export
       with ``auth: secret``) whose security group admits nobody until a construct admits itself;
     - a security group with no ingress: the export construct admits its own group.
 
@@ -119,8 +120,9 @@ class Database(Construct):
             },
         )
         self.subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
-        #: The one subnet of the Secrets Manager endpoint and the bootstrap function.
-        self.endpoint_subnets = ec2.SubnetSelection(subnets=[self.vpc.isolated_subnets[0]])
+        #: The subnets of the Secrets Manager endpoint and the bootstrap function: both AZs, so neither depends
+        #: on one zone.
+        self.endpoint_subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
         self.security_group = ec2.SecurityGroup(
             self, "SecurityGroup", vpc=self.vpc, allow_all_outbound=False,
             description="MySQL instance: admits only the export function",
@@ -194,8 +196,8 @@ class Database(Construct):
             acknowledge(export_secret, "SMG4",
                         "The bootstrap sets this read-only user's password at deploy; no rotation function runs in "
                         "the isolated VPC. auth 'iam' (the default) needs no stored password at all.")
-        # Reached only from inside the VPC (no internet route): one subnet keeps the idle cost at one
-        # endpoint ENI; the bootstrap runs in that subnet, and any subnet of the VPC reaches it.
+        # Reached only from inside the VPC (no internet route): one endpoint network interface per subnet, in both
+        # availability zones like the bootstrap function, so neither stops with one zone.
         endpoint_sg = ec2.SecurityGroup(
             self, "SecretsEndpointSecurityGroup", vpc=self.vpc, allow_all_outbound=False,
             description="Secrets Manager endpoint: HTTPS from the constructs that admit themselves only",
@@ -222,10 +224,11 @@ class Database(Construct):
             actions=["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:DeleteLogGroup"],
             resources=[self.log_groups_arn])])
         self.log_group_policies = []
+        sdk_logs = dict(log_retention=LOG_RETENTION[days], removal_policy=removal_policy)
         for log in EXPORTED_LOGS:
             name = Fn.join("", [prefix, log])
-            group = cr.AwsCustomResource(
-                self, f"{log.capitalize()}LogGroup", policy=policy, install_latest_aws_sdk=False,
+            group = sdk_call_resource(
+                self, f"{log.capitalize()}LogGroup", policy=policy, **sdk_logs,
                 on_create=cr.AwsSdkCall(
                     service="CloudWatchLogs", action="createLogGroup", parameters={"logGroupName": name},
                     physical_resource_id=cr.PhysicalResourceId.of(name),
@@ -240,8 +243,8 @@ class Database(Construct):
                 service="CloudWatchLogs", action="putRetentionPolicy",
                 parameters={"logGroupName": name, "retentionInDays": days},
                 physical_resource_id=cr.PhysicalResourceId.of(name))
-            retention = cr.AwsCustomResource(
-                self, f"{log.capitalize()}LogRetention", policy=policy, install_latest_aws_sdk=False,
+            retention = sdk_call_resource(
+                self, f"{log.capitalize()}LogRetention", policy=policy, **sdk_logs,
                 on_create=set_retention, on_update=set_retention)
             retention.node.add_dependency(group)
             self.log_group_policies += [r.node.find_child("CustomResourcePolicy") for r in (group, retention)]

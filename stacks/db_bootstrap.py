@@ -16,17 +16,26 @@ from constructs import Construct
 from lambdas.contract import CA_BUNDLE_FILE
 from lambdas.db_bootstrap import settings as contract
 from stacks.bundling import BundleSpec, rds_ca_bundle
+from stacks.custom_resources import service_timeout
 from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
 from stacks.export_to_xlsx import VPC_ENI_ACTIONS
 from stacks.nag import acknowledge, acknowledge_cdk_helper, nag_text
 from stacks.pipeline_function import pipeline_function
 
 RESOURCE_TYPE = "Custom::DatabaseBootstrap"
+#: The bootstrap finishes, or fails with its own message, within this (each statement is stopped before it).
+BOOTSTRAP_TIMEOUT = Duration.minutes(3)
+#: CDK's provider framework (aws-cdk-lib custom-resources/lib/provider-framework): its function runs at most
+#: 15 minutes; when invoking the bootstrap throws (the function not yet active, a lost connection), it waits up
+#: to 5 minutes for the function to be active and invokes it once more. Both runs and the wait fit in its time.
+FRAMEWORK_TIMEOUT = Duration.minutes(15)
+FRAMEWORK_ACTIVE_WAIT = Duration.minutes(5)
 
 
-def bootstrap_bundle(init_sql: Path | None) -> BundleSpec:
-    """The bootstrap's asset: its code, the RDS CA bundle and, when configured, the init SQL file."""
-    extra = {CA_BUNDLE_FILE: rds_ca_bundle}
+def bootstrap_bundle(init_sql: Path | None, ca_bundle_file: Path | None = None) -> BundleSpec:
+    """The bootstrap's asset: its code, the RDS CA bundle (with ``ca_bundle_file``'s certificates) and, when
+    configured, the init SQL file."""
+    extra = {CA_BUNDLE_FILE: lambda: rds_ca_bundle(ca_bundle_file)}
     if init_sql is not None:
         extra[contract.INIT_SQL_FILE] = init_sql.read_bytes
     return BundleSpec(package="db_bootstrap", extra_files=extra)
@@ -36,18 +45,22 @@ class DatabaseBootstrap(Construct):
     """A deploy-time custom resource that creates the export's database user and applies the init SQL.
 
     Default settings:
-    - the shared function defaults (``stacks.pipeline_function``), in ``subnets`` (one subnet,
-      where the Secrets Manager endpoint is) with a security group that reaches only the database
+    - the shared function defaults (``stacks.pipeline_function``), in ``subnets`` (those of the
+      Secrets Manager endpoint, one per availability zone) with a security group that reaches only the database
       port and the endpoint's HTTPS; an alarm on its errors, sent to ``alarm_topic``;
     - its role is the only one that may read ``master_secret`` (and, with secret auth, the
       export user's secret, to set that password); nothing else; logs with ``log_retention``;
     - connects as the master user over TLS verified against the bundled RDS CA, and creates
       ``auth``'s user with ``REQUIRE SSL`` and ``SELECT`` on ``database_name`` only;
     - applies ``init_sql`` (a file, bundled into the function) once per content;
-    - runs again whenever the user, auth mode, init SQL or its own code changes; on stack
-      delete it does nothing (no user, table or row is dropped);
+    - runs again whenever the user, auth mode, init SQL, its own code or the database it serves
+      (host, port, name, master secret: a replaced instance) changes; on stack delete it does
+      nothing (no user, table or row is dropped);
     - CDK's provider framework answers CloudFormation (the function has no route to the
-      response URL); the answer holds booleans and a checksum, never a credential.
+      response URL); the answer holds booleans and a checksum, never a credential;
+    - bounded: the function stops within ``BOOTSTRAP_TIMEOUT`` (3 minutes; a statement still
+      running near the end fails with its own message), which the framework's 15 minutes hold
+      twice over with its wait, and CloudFormation waits 16 minutes at most for the answer.
 
     Raises ValueError on an empty init SQL file. Exposes ``function``, ``role``,
     ``security_group``, ``log_group``, ``errors_alarm``, ``provider`` and ``resource``.
@@ -71,6 +84,7 @@ class DatabaseBootstrap(Construct):
         log_retention: logs.RetentionDays,
         removal_policy: RemovalPolicy,
         init_sql: Path | None = None,
+        ca_bundle_file: Path | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if init_sql is not None and not init_sql.read_text(encoding="utf-8").strip():
@@ -92,7 +106,7 @@ class DatabaseBootstrap(Construct):
         self.security_group.add_egress_rule(database_security_group, ec2.Port.tcp(database_port), "The database")
         secrets_endpoint.connections.allow_default_port_from(self.security_group, "Database bootstrap")
 
-        bundle = bootstrap_bundle(init_sql)
+        bundle = bootstrap_bundle(init_sql, ca_bundle_file)
         built = pipeline_function(
             self,
             bundle=bundle,
@@ -110,7 +124,7 @@ class DatabaseBootstrap(Construct):
             log_retention=log_retention,
             removal_policy=removal_policy,
             memory_mb=256,
-            timeout=Duration.minutes(10),
+            timeout=BOOTSTRAP_TIMEOUT,
             retry_attempts=0,  # called synchronously by the provider framework, never queued
             max_event_age=Duration.hours(1),
             vpc=vpc,
@@ -131,12 +145,19 @@ class DatabaseBootstrap(Construct):
             contract.PROP_AUTH: auth_mode,
             contract.PROP_INIT_SQL_SHA256: contract.sha256(init_sql.read_text(encoding="utf-8")) if init_sql else "",
             contract.PROP_CODE_HASH: bundle.asset_hash(),
+            # The database's identity: a change that replaces the instance runs the bootstrap on the new one.
+            contract.PROP_DB_HOST: database_host,
+            contract.PROP_DB_PORT: str(database_port),
+            contract.PROP_DB_NAME: database_name,
+            contract.PROP_MASTER_SECRET_ARN: master_secret.secret_arn,
         }
         if export_secret is not None:
             properties[contract.PROP_EXPORT_SECRET_ARN] = export_secret.secret_arn
         self.resource = CustomResource(
             self, "Resource", service_token=self.provider.service_token, resource_type=RESOURCE_TYPE,
             properties=properties,
+            # CloudFormation waits for the framework's answer this long at most, not its default hour.
+            service_timeout=service_timeout(FRAMEWORK_TIMEOUT),
         )
         # Run only once the network path is complete: the endpoint and every rule of the groups involved.
         for construct in (secrets_endpoint, *secrets_endpoint.connections.security_groups, database_security_group,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Sequence
 
 from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Stack
@@ -19,9 +20,10 @@ from constructs import Construct
 from lambdas import contract as shared
 from lambdas.export_to_xlsx import settings as contract
 from lambdas.export_to_xlsx.definition import ExportDefinition, encode_exports
-from stacks.bundling import EXPORT_BUNDLE, BundleSpec
+from stacks.bundling import EXPORT_BUNDLE, BundleSpec, rds_ca_bundle
 from stacks.config import ENDPOINT_NAMES as ENDPOINTS
 from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
+from stacks.custom_resources import sdk_call_resource
 from stacks.nag import acknowledge, objects_finding
 from stacks.pipeline_function import failure_queue, pipeline_function
 
@@ -39,11 +41,14 @@ VPC_ENI_ACTIONS = (
 HTTPS = 443
 
 
-def export_bundle(exports: Sequence[ExportDefinition]) -> BundleSpec:
-    """The function's asset: its code, the RDS CA bundle and every .sql file the exports read
-    (at the same path, ``sql/...``, inside the package), so a changed .sql changes the asset hash."""
+def export_bundle(exports: Sequence[ExportDefinition], ca_bundle_file: Path | None = None) -> BundleSpec:
+    """The function's asset: its code, the RDS CA bundle (with ``ca_bundle_file``'s certificates) and every .sql
+    file the exports read (at the same path, ``sql/...``, inside the package), so a changed .sql changes the
+    asset hash."""
     files = {path: body for e in exports for path, body in e.sql_files().items()}
     extra = dict(EXPORT_BUNDLE.extra_files)
+    if ca_bundle_file is not None:
+        extra[shared.CA_BUNDLE_FILE] = lambda: rds_ca_bundle(ca_bundle_file)
     extra.update({path: (lambda body=body: body) for path, body in sorted(files.items())})
     return replace(EXPORT_BUNDLE, extra_files=extra)
 
@@ -64,12 +69,16 @@ class ExportToXlsx(Construct):
       policy and the Secrets Manager endpoint admits HTTPS from the whole VPC CIDR;
     - ``secrets_endpoint_security_group``: an existing endpoint's group, to which one ingress rule
       for this function is added;
+    - ``s3_endpoint_security_group``: the group of an existing S3 *interface* endpoint (which the
+      prefix list does not cover): HTTPS egress to it and one ingress rule on it for this function;
     - one EventBridge rule per scheduled export, sending ``{"export": NAME}`` (parameters take
-      their defaults, evaluated when the run starts), two retries in two hours, then the event
-      goes to the failed-exports queue;
+      their defaults, evaluated when the run starts). EventBridge retries delivering the event to
+      Lambda up to twice within two hours, then puts it in the failed-exports queue; once Lambda
+      has accepted it, a function error follows the function's async invoke config below;
     - SQL from ``.sql`` files bundled into the code asset (``sql/...`` in the package) and
       read at cold start; only their paths are in the environment;
-    - no reserved concurrency unless ``reserved_concurrency`` is given; one async retry, then the
+    - no reserved concurrency unless ``reserved_concurrency`` is given; a function error in an
+      asynchronous run (scheduled or by hand) gets one async retry within six hours, then the
       event goes to the failed-exports queue (SQS-managed encryption, TLS only, 14 days,
       kept with the stack's data), with an alarm;
     - a role of its own that may only put objects (and abort its multipart uploads) under each
@@ -80,7 +89,9 @@ class ExportToXlsx(Construct):
       ``secret_kms_key_arn`` through Secrets Manager only);
     - an alarm on any error, sent to ``alarm_topic``.
 
-    Exposes ``function``, ``role``, ``security_group``, ``log_group``, ``rules``
+    TLS is verified against the packaged Amazon RDS roots plus ``ca_bundle_file``'s certificates.
+
+    Exposes ``bundle`` (what its asset holds), ``function``, ``role``, ``security_group``, ``log_group``, ``rules``
     (export name -> rule), ``errors_alarm``, ``failure_queue``, ``failures_alarm``,
     and the endpoints it created as ``s3_endpoint`` / ``secrets_endpoint`` (or None).
     """
@@ -110,7 +121,9 @@ class ExportToXlsx(Construct):
         endpoints: Sequence[str] = (),
         own_vpc: bool = False,
         secrets_endpoint_security_group: ec2.ISecurityGroup | None = None,
+        s3_endpoint_security_group: ec2.ISecurityGroup | None = None,
         secret_kms_key_arn: str | None = None,
+        ca_bundle_file: Path | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if not exports:
@@ -154,9 +167,14 @@ class ExportToXlsx(Construct):
             database_security_group, ec2.Port.tcp(database_port), "The export database"
         )
         self.security_group.add_egress_rule(
-            ec2.Peer.prefix_list(self._s3_prefix_list_id()), ec2.Port.tcp(HTTPS),
+            ec2.Peer.prefix_list(self._s3_prefix_list_id(log_retention, removal_policy)), ec2.Port.tcp(HTTPS),
             "HTTPS to S3 (its managed prefix list: through the gateway endpoint or a NAT)",
         )
+        if s3_endpoint_security_group is not None:  # an S3 interface endpoint: its addresses are the VPC's own
+            s3_endpoint_security_group.add_ingress_rule(
+                self.security_group, ec2.Port.tcp(HTTPS), "ExportToXlsx function")
+            self.security_group.add_egress_rule(
+                s3_endpoint_security_group, ec2.Port.tcp(HTTPS), "HTTPS to the S3 interface endpoint")
 
         failures = failure_queue(
             self, "FailedExports", alarm_topic=alarm_topic, removal_policy=removal_policy,
@@ -165,9 +183,10 @@ class ExportToXlsx(Construct):
         )
         self.failure_queue, self.failures_alarm = failures.queue, failures.alarm
 
+        self.bundle = export_bundle(exports, ca_bundle_file)
         built = pipeline_function(
             self,
-            bundle=export_bundle(exports),
+            bundle=self.bundle,
             description="Runs the configured SQL exports and uploads each result as .xlsx",
             role_description="ExportToXlsx: write its exports, log in to the database as its read-only user",
             errors_description="An export failed: no workbook was uploaded for it",
@@ -283,7 +302,7 @@ class ExportToXlsx(Construct):
             findings=["Resource::*"],
         )
 
-    def _s3_prefix_list_id(self) -> str:
+    def _s3_prefix_list_id(self, log_retention: logs.RetentionDays, removal_policy: RemovalPolicy) -> str:
         """S3's managed prefix list in the stack's region, looked up at deploy time (never at synth)."""
         call = cr.AwsSdkCall(
             service="EC2",
@@ -292,8 +311,9 @@ class ExportToXlsx(Construct):
             physical_resource_id=cr.PhysicalResourceId.of(f"s3-prefix-list-{Aws.REGION}"),
             output_paths=["PrefixLists.0.PrefixListId"],
         )
-        lookup = cr.AwsCustomResource(
-            self, "S3PrefixList", on_create=call, on_update=call, install_latest_aws_sdk=False,
+        lookup = sdk_call_resource(
+            self, "S3PrefixList", on_create=call, on_update=call, log_retention=log_retention,
+            removal_policy=removal_policy,
             policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
                 actions=["ec2:DescribeManagedPrefixLists"], resources=["*"])]),
         )

@@ -16,6 +16,7 @@ from constructs import Construct
 from stacks.bucket_replicator import BucketReplicator
 from stacks.config import EnvironmentConfig, ExistingDatabaseConfig
 from stacks.rds_ca import ca_bundle
+from stacks.custom_resources import bound_cdk_custom_resources
 from stacks.database import EXPORTED_LOGS, Database
 from stacks.db_bootstrap import DatabaseBootstrap
 from stacks.export_to_xlsx import ExportToXlsx
@@ -62,7 +63,10 @@ class PipelineStack(Stack):
                                  log_retention_days=config.log_retention_days)
         db = config.database
         existing = isinstance(db, ExistingDatabaseConfig)
-        secrets_endpoint_group = None
+        secrets_endpoint_group = s3_endpoint_group = None
+        if existing and db.s3_endpoint_security_group_id:
+            s3_endpoint_group = ec2.SecurityGroup.from_security_group_id(
+                self, "S3EndpointSecurityGroup", db.s3_endpoint_security_group_id, mutable=True)
         if existing and db.secrets_endpoint_security_group_id:
             secrets_endpoint_group = ec2.SecurityGroup.from_security_group_id(
                 self, "SecretsEndpointSecurityGroup", db.secrets_endpoint_security_group_id, mutable=True)
@@ -84,6 +88,7 @@ class PipelineStack(Stack):
                 secrets_endpoint=self.database.secrets_endpoint,
                 auth=self.database.export_auth,
                 init_sql=db.init_sql,
+                ca_bundle_file=db.ca_bundle_file,
                 alarm_topic=self.alarm_topic,
                 log_retention=retention,
                 removal_policy=removal,
@@ -112,7 +117,9 @@ class PipelineStack(Stack):
             endpoints=db.create_endpoints if existing else ("s3",),
             own_vpc=not existing,
             secrets_endpoint_security_group=secrets_endpoint_group,
+            s3_endpoint_security_group=s3_endpoint_group,
             secret_kms_key_arn=db.secret_kms_key_arn if existing else None,
+            ca_bundle_file=db.ca_bundle_file,
         )
         self.replicator = BucketReplicator(
             self,
@@ -147,16 +154,17 @@ class PipelineStack(Stack):
         for name, value in outputs.items():
             CfnOutput(self, name, value=value)
 
+        bound_cdk_custom_resources(self)
         if config.region is None:
-            self._require_supported_region()
+            self._require_supported_region(config)
         Tags.of(self).add("project", "mysql-xlsx-pipeline")
         Tags.of(self).add("environment", config.name)
         self._acknowledge(config)
 
-    def _require_supported_region(self) -> None:
+    def _require_supported_region(self, config: EnvironmentConfig) -> None:
         """An environment-agnostic stack learns its region at deploy time: refuse, before anything is
         created, a region whose RDS root certificates the export does not carry (config checks a given region)."""
-        regions = sorted(ca_bundle().regions)
+        regions = sorted(ca_bundle(config.database.ca_bundle_file).regions)
         CfnRule(self, "SupportedRegion", assertions=[CfnRuleAssertion(
             assert_=Fn.condition_contains(regions, Aws.REGION),
             assert_description="The export's Amazon RDS CA bundle has no root certificates for this region, so it "

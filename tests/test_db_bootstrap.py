@@ -8,6 +8,7 @@ is checked as the SQL text the bootstrap sends.
 from __future__ import annotations
 
 import json
+import time
 import pymysql
 import pytest
 
@@ -278,3 +279,27 @@ def test_handler_error_names_the_secret_not_its_value(handler_env, names, secret
     with pytest.raises(bs.BootstrapError) as err:
         bootstrap_handler.handler(event("Create", names, handler_env["export"]), None)
     assert "cannot connect to" in str(err.value) and "Wrong-Pa55" not in str(err.value)
+
+
+class LambdaContext:
+    """What Lambda passes the handler: the time left before the function's timeout."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self.deadline - time.monotonic()) * 1000)
+
+
+def test_a_statement_still_running_at_the_deadline_fails_with_its_own_message(handler_env, names, monkeypatch):
+    """Lambda stops a function at its timeout with only "Task timed out"
+    (https://docs.aws.amazon.com/lambda/latest/dg/configuration-timeout.html): the bootstrap stops a statement
+    DEADLINE_MARGIN seconds earlier, so the deploy fails naming it."""
+    # Given an init SQL statement that runs longer than the function has left (margin + 2 s)
+    monkeypatch.setattr(bootstrap_handler, "init_sql_text", lambda: "SELECT SLEEP(6);\n")
+    started = time.monotonic()
+    # When CloudFormation's request arrives, then the statement is stopped and named, before the function's timeout
+    with pytest.raises(bs.BootstrapError, match=r"init_sql statement 1 of 1 \(line 1\) failed: \(2013\) .*timed out"):
+        bootstrap_handler.handler(event("Create", names, handler_env["export"]),
+                                  LambdaContext(bootstrap_handler.DEADLINE_MARGIN + 2))
+    assert time.monotonic() - started < bootstrap_handler.DEADLINE_MARGIN + 2

@@ -128,6 +128,57 @@ def test_the_partner_gets_the_exact_statements_to_add(prod):
     assert key["Condition"] == {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}
 
 
+@pytest.fixture(scope="module")
+def partner_elsewhere():
+    """prod sending to a partner bucket (and key) in us-east-1, and dev (environment-agnostic) sending to one in
+    ap-southeast-2."""
+    from tests.conftest import _variant
+
+    def prod_change(prod):
+        prod["destination"]["kms_key_arn"] = PARTNER_KEY.format(region="us-east-1")
+
+    def dev_change(dev):
+        dev["destination"].update(bucket_name="partner-inbox-sydney",
+                                  kms_key_arn=PARTNER_KEY.format(region="ap-southeast-2"))
+
+    return {"us-east-1": _variant("prod", prod_change), "ap-southeast-2": _variant("dev", dev_change)}
+
+
+PARTNER_KEY = "arn:aws:kms:{region}:210987654321:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "ap-southeast-2"])
+def test_a_partner_key_in_another_region_is_used_through_s3_in_that_region(partner_elsewhere, region):
+    """An SSE-KMS key must be in its bucket's region
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/specifying-kms-encryption.html), and kms:ViaService
+    matches the service endpoint in the region that calls KMS, s3.<region>.amazonaws.com
+    (https://docs.aws.amazon.com/kms/latest/developerguide/conditions-kms.html#conditions-kms-via-service): the
+    condition names the key's region, whatever region the stack is deployed to."""
+    synth = partner_elsewhere[region]
+    key = PARTNER_KEY.format(region=region)
+    through_s3 = {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}
+    # Given a partner key outside the stack's region (prod: eu-west-1; dev: wherever it is deployed)
+    assert synth.config.region in ("eu-west-1", None)
+    # Then the role may use it through S3 in the key's region
+    kms = [st for st in replicator_statements(synth) if any(a.startswith("kms:") for a in st["Action"])]
+    assert kms == [{"Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Effect": "Allow", "Resource": key,
+                    "Condition": through_s3}]
+    # and the statement the partner adds to the key policy says the same
+    value = synth.stack.resolve(synth.template["Outputs"]["PartnerKeyPolicyStatement"]["Value"])
+    text = "".join(p if isinstance(p, str) else "ROLE" for p in value["Fn::Join"][1])
+    assert json.loads(text)["Condition"] == through_s3
+
+
+def test_config_reads_the_key_region_from_a_full_key_arn():
+    from pipeline_ops.synth import CDK_JSON
+    from stacks.config import ConfigError, load_environment
+
+    prod = json.loads(json.dumps(CDK_JSON["context"]["environments"]["prod"]))
+    prod["destination"]["kms_key_arn"] = "arn:aws:kms:europe:210987654321:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    with pytest.raises(ConfigError, match=r"environments.prod.destination.kms_key_arn: 'arn:aws:kms:europe:.*not a full KMS"):
+        load_environment({"environments": {"prod": prod}}, "prod")
+
+
 # --- notification ------------------------------------------------------------------------
 
 
@@ -255,6 +306,9 @@ def test_only_the_bootstrap_reads_the_master_secret(dev, dev_secret):
 
 
 def test_the_secrets_endpoint_admits_only_what_reads_a_secret(dev, dev_secret):
+    """An interface endpoint has one network interface per subnet it is given, each in that subnet's zone; Lambda
+    runs a VPC function in the subnets it is given (https://docs.aws.amazon.com/vpc/latest/privatelink/
+    create-interface-endpoint.html, https://docs.aws.amazon.com/lambda/latest/dg/configuration-vpc.html)."""
     for synth, readers in ((dev, [dev.stack.bootstrap]), (dev_secret, [dev_secret.stack.bootstrap,
                                                                       dev_secret.stack.export])):
         (endpoint,) = [r for r in synth.resources("AWS::EC2::VPCEndpoint").values()
@@ -266,8 +320,13 @@ def test_the_secrets_endpoint_admits_only_what_reads_a_secret(dev, dev_secret):
         assert sources == sorted(json.dumps({"Fn::GetAtt": [synth.logical_id(c.security_group), "GroupId"]})
                                  for c in readers)
         assert all(i["FromPort"] == 443 == i["ToPort"] for i in ingress)
-        # One subnet: one endpoint network interface to pay for while idle
-        assert len(endpoint["Properties"]["SubnetIds"]) == 1
+        # Both isolated subnets (two availability zones), as the bootstrap function: neither depends on one zone
+        subnets = sorted(endpoint["Properties"]["SubnetIds"], key=json.dumps)
+        assert subnets == sorted(({"Ref": k} for k in dev_subnets(synth)), key=json.dumps) and len(subnets) == 2
+        bootstrap_subnets = props(synth, synth.stack.bootstrap.function)["VpcConfig"]["SubnetIds"]
+        assert sorted(bootstrap_subnets, key=json.dumps) == subnets
+        zones = {json.dumps(synth.template["Resources"][s["Ref"]]["Properties"]["AvailabilityZone"]) for s in subnets}
+        assert len(zones) == 2
 
 
 def test_the_bootstrap_runs_at_deploy_with_what_the_database_must_look_like(dev, dev_secret, prod, prod_iam):
@@ -289,6 +348,93 @@ def test_the_bootstrap_runs_at_deploy_with_what_the_database_must_look_like(dev,
     assert set(env) == bootstrap_contract.ENV_NAMES and env[bootstrap_contract.ENV_DB_TLS] == "verify"
     # Nothing runs against an existing database
     assert prod.resources("Custom::DatabaseBootstrap") == prod_iam.resources("Custom::DatabaseBootstrap") == {}
+
+
+@pytest.fixture(scope="module")
+def dev_renamed():
+    """dev whose database_name changed: RDS sets DBName only when it creates an instance."""
+    from tests.conftest import _variant
+
+    return _variant("dev", lambda dev: dev["database"].update(database_name="sales"))
+
+
+def test_the_bootstrap_runs_again_on_a_replaced_database(dev, dev_renamed):
+    """DBName "Update requires: Replacement", and CloudFormation first creates the replacement instance, then
+    points the resources that reference it at the new one
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-rds-dbinstance.html);
+    a custom resource is sent an Update only when its properties change
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-cloudformation-customresource.html).
+    So the database's identity must be among the bootstrap's properties, or a new, empty database gets no user."""
+    from lambdas.db_bootstrap import settings as bootstrap_contract
+
+    instance = dev.logical_id(dev.stack.database.instance)
+    (resource,) = dev.resources("Custom::DatabaseBootstrap").values()
+    p = resource["Properties"]
+    # Given the bootstrap's properties: they name the instance's endpoint and its RDS-managed master secret
+    assert p[bootstrap_contract.PROP_DB_HOST] == {"Fn::GetAtt": [instance, "Endpoint.Address"]}
+    assert p[bootstrap_contract.PROP_MASTER_SECRET_ARN] == {"Fn::GetAtt": [instance, "MasterUserSecret.SecretArn"]}
+    assert p[bootstrap_contract.PROP_DB_NAME] == "app" and p[bootstrap_contract.PROP_DB_PORT] == "3306"
+    # When the database is renamed (a replaced instance), then the properties differ, so CloudFormation runs it
+    (renamed,) = dev_renamed.resources("Custom::DatabaseBootstrap").values()
+    assert renamed["Properties"][bootstrap_contract.PROP_DB_NAME] == "sales"
+    assert renamed["Properties"] != p
+    # and the function's environment, which it connects with, names the same database
+    env = function_env(dev, dev.stack.bootstrap)
+    assert env[bootstrap_contract.ENV_DB_HOST] == p[bootstrap_contract.PROP_DB_HOST]
+    assert env[bootstrap_contract.ENV_MASTER_SECRET_ARN] == p[bootstrap_contract.PROP_MASTER_SECRET_ARN]
+
+
+def handler_timeout(s, resource) -> int:
+    """The Timeout of the function behind a custom resource's ServiceToken."""
+    (function_id, _) = resource["Properties"]["ServiceToken"]["Fn::GetAtt"]
+    return s.template["Resources"][function_id]["Properties"]["Timeout"]
+
+
+@pytest.mark.parametrize("env", ["dev", "prod", "dev_secret"])
+def test_custom_resources_are_bounded(request, env):
+    """A custom resource's ServiceTimeout is how long CloudFormation waits for its answer: 1 to 3600 s, an hour by
+    default (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-cloudformation-customresource.html).
+    A function stops at its Timeout (https://docs.aws.amazon.com/lambda/latest/dg/configuration-timeout.html).
+    CDK's provider framework answers for the bootstrap; when invoking it throws, the framework waits up to 300 s for
+    the function to become active and invokes it once more (aws-cdk-lib custom-resources/lib/provider-framework/
+    runtime/outbound.js, `waitUntilFunctionActiveV2({maxWaitTime: 300})`)."""
+    from stacks import db_bootstrap
+    from stacks.custom_resources import RESPONSE_MARGIN
+
+    synth = request.getfixturevalue(env)
+    custom = {k: r for k, r in synth.template["Resources"].items()
+              if r["Type"].startswith("Custom::") or r["Type"] == "AWS::CloudFormation::CustomResource"}
+    assert custom
+    margin = RESPONSE_MARGIN.to_seconds()
+    for logical_id, resource in custom.items():
+        # Every custom resource: CloudFormation waits for its handler's whole run and a minute to answer, not an hour
+        timeout = resource["Properties"].get("ServiceTimeout")
+        assert timeout is not None, logical_id
+        assert handler_timeout(synth, resource) + margin <= int(timeout) < 3600, (logical_id, timeout)
+    if synth.stack.bootstrap is None:
+        return
+    # The bootstrap: two runs and the framework's wait fit in the framework's time, which fits in ServiceTimeout
+    (bootstrap,) = [r for r in custom.values() if r["Type"] == db_bootstrap.RESOURCE_TYPE]
+    bootstrap_seconds = props(synth, synth.stack.bootstrap.function)["Timeout"]
+    framework_seconds = handler_timeout(synth, bootstrap)
+    assert framework_seconds == db_bootstrap.FRAMEWORK_TIMEOUT.to_seconds()  # CDK's value, as the constant says
+    wait = db_bootstrap.FRAMEWORK_ACTIVE_WAIT.to_seconds()
+    assert 2 * bootstrap_seconds + wait + margin <= framework_seconds
+    assert framework_seconds + margin <= int(bootstrap["Properties"]["ServiceTimeout"]) <= 1000
+
+
+def test_the_bootstraps_own_steps_fit_in_its_timeout(dev):
+    """Each Secrets Manager call is bounded by botocore's attempts x (connect + read timeout)
+    (https://boto3.amazonaws.com/v1/documentation/api/latest/guide/retries.html); two such calls, the database
+    connect and the margin kept for the last statement's own error leave time for the SQL."""
+    from lambdas.db_bootstrap import handler as bootstrap_handler
+
+    timeout = props(dev, dev.stack.bootstrap.function)["Timeout"]
+    config = bootstrap_handler.AWS_CONFIG
+    bootstrap_handler.secrets_client()  # botocore rewrites a retries dict it is given: read it as the client uses it
+    per_call = config.retries["total_max_attempts"] * (config.connect_timeout + config.read_timeout)
+    fixed = 2 * per_call + bootstrap_handler.CONNECT_TIMEOUT + bootstrap_handler.DEADLINE_MARGIN
+    assert fixed <= timeout / 2, (fixed, timeout)
 
 
 def test_replicator_role_reads_only_what_the_filter_delivers_and_writes_the_destination(dev):
@@ -422,6 +568,52 @@ def test_export_group_reaches_the_database_s3_and_secrets_manager_only(request, 
         assert ingress == [{"Description": "ExportToXlsx function", "FromPort": 443, "ToPort": 443, "IpProtocol": "tcp",
                             "GroupId": group, "SourceSecurityGroupId": {
                                 "Fn::GetAtt": [synth.logical_id(synth.stack.export.security_group), "GroupId"]}}]
+
+
+S3_ENDPOINT_GROUP = "sg-0fedcba9876543210"
+
+
+@pytest.fixture(scope="module")
+def prod_s3_interface():
+    """prod in a VPC that reaches S3 through an S3 interface endpoint."""
+    from tests.conftest import _variant
+
+    return _variant("prod", lambda prod: prod["database"].update(s3_endpoint_security_group_id=S3_ENDPOINT_GROUP))
+
+
+def test_an_s3_interface_endpoint_is_reached_through_its_group(prod_s3_interface, prod):
+    """An S3 interface endpoint is network interfaces with private addresses in the VPC's subnets, behind the
+    endpoint's security groups (https://docs.aws.amazon.com/AmazonS3/latest/userguide/privatelink-interface-endpoints.html);
+    S3's managed prefix list holds S3's public ranges, the gateway endpoint's path
+    (https://docs.aws.amazon.com/vpc/latest/privatelink/vpc-endpoints-s3.html), so it does not cover them."""
+    synth = prod_s3_interface
+    own = {"Fn::GetAtt": [synth.logical_id(synth.stack.export.security_group), "GroupId"]}
+    # Then the export may send HTTPS to the endpoint's group, besides the database, the prefix list and Secrets Manager
+    to_endpoint = [r for r in egress_rules(synth) if r.get("DestinationSecurityGroupId") == S3_ENDPOINT_GROUP]
+    assert to_endpoint == [{"GroupId": own, "IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
+                            "DestinationSecurityGroupId": S3_ENDPOINT_GROUP,
+                            "Description": "HTTPS to the S3 interface endpoint"}]
+    assert len(egress_rules(synth)) == len(egress_rules(prod)) + 1
+    # and the endpoint's group admits the export on HTTPS, one rule and nothing else
+    ingress = [r["Properties"] for r in synth.resources("AWS::EC2::SecurityGroupIngress").values()
+               if r["Properties"]["GroupId"] == S3_ENDPOINT_GROUP]
+    assert ingress == [{"Description": "ExportToXlsx function", "FromPort": 443, "ToPort": 443, "IpProtocol": "tcp",
+                        "GroupId": S3_ENDPOINT_GROUP, "SourceSecurityGroupId": own}]
+    assert not [r for r in egress_rules(prod) if r.get("DestinationSecurityGroupId") == S3_ENDPOINT_GROUP]
+
+
+def test_the_s3_endpoint_group_is_for_an_existing_vpc_only():
+    from pipeline_ops.synth import CDK_JSON
+    from stacks.config import ConfigError, load_environment
+
+    dev = json.loads(json.dumps(CDK_JSON["context"]["environments"]["dev"]))
+    dev["database"]["s3_endpoint_security_group_id"] = S3_ENDPOINT_GROUP
+    with pytest.raises(ConfigError, match=r"environments.dev.database: unknown field\(s\) s3_endpoint_security_group_id"):
+        load_environment({"environments": {"dev": dev}}, "dev")
+    prod = json.loads(json.dumps(CDK_JSON["context"]["environments"]["prod"]))
+    prod["database"]["s3_endpoint_security_group_id"] = "vpce-0123"
+    with pytest.raises(ConfigError, match=r"s3_endpoint_security_group_id: 'vpce-0123' is not the security group id"):
+        load_environment({"environments": {"prod": prod}}, "prod")
 
 
 def test_an_existing_vpc_gets_no_endpoint_by_default(prod):
@@ -566,6 +758,38 @@ def test_rds_logs_are_written_and_kept_for_the_configured_retention(dev):
         assert statement["Resource"]["Fn::Join"][1][-2:] == [{"Ref": instance}, "/*"]
 
 
+def test_cdks_sdk_call_function_logs_with_the_environments_retention_and_removal(synth):
+    """CDK's AwsCustomResource singleton (the S3 prefix-list lookup, the RDS log-group calls) logs to the group its
+    LoggingConfig names (https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs-loggroups.html);
+    a Ref to the group makes CloudFormation create it before the function
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/intrinsic-function-reference-ref.html),
+    so before any invocation: Lambda never creates a default group first, which a later create would collide with."""
+    from stacks.pipeline_stack import AWS_CUSTOM_RESOURCE_ID
+
+    singleton = synth.stack.node.find_child(AWS_CUSTOM_RESOURCE_ID)
+    fn = props(synth, singleton)
+    group_ref = fn["LoggingConfig"]["LogGroup"]
+    group = synth.template["Resources"][group_ref["Ref"]]
+    assert group["Type"] == "AWS::Logs::LogGroup"
+    assert group["Properties"]["RetentionInDays"] == synth.config.log_retention_days
+    assert group["DeletionPolicy"] == ("Delete" if synth.config.removal_policy == "destroy" else "Retain")
+    # and no log group of the stack keeps CDK's defaults (731 days), whatever the environment says
+    retentions = {r["Properties"].get("RetentionInDays") for r in synth.resources("AWS::Logs::LogGroup").values()}
+    assert retentions == {synth.config.log_retention_days}
+
+
+def test_sdk_calls_of_a_stack_share_one_log_group_and_refuse_other_settings():
+    from stacks.custom_resources import sdk_calls_log_group
+
+    stack = cdk.Stack(cdk.App(), "S")
+    first = sdk_calls_log_group(stack, log_retention=logs.RetentionDays.ONE_WEEK, removal_policy=cdk.RemovalPolicy.DESTROY)
+    again = sdk_calls_log_group(stack,
+                                log_retention=logs.RetentionDays.ONE_WEEK, removal_policy=cdk.RemovalPolicy.DESTROY)
+    assert again.node.path == first.node.path
+    with pytest.raises(ValueError, match="share one log group"):
+        sdk_calls_log_group(stack, log_retention=logs.RetentionDays.ONE_YEAR, removal_policy=cdk.RemovalPolicy.DESTROY)
+
+
 def test_an_environment_agnostic_stack_refuses_regions_the_ca_bundle_does_not_cover(dev, prod):
     """Rules with Fn::Contains stop a stack create/update before any resource
     (https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/rules-section-structure.html)."""
@@ -614,6 +838,29 @@ def test_retries_then_a_failure_queue_kept_with_the_data(synth, function):
         "PolicyDocument": {"Statement": Match.array_with([Match.object_like({
             "Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})])},
     })
+
+
+def test_the_export_docstring_says_which_retries_apply_to_what(dev):
+    """A rule target's retry policy covers delivering the event to the target
+    (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-rule-retry-policy.html); Lambda, having accepted an
+    asynchronous invocation, retries function errors as the function's own asynchronous settings say
+    (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async.html)."""
+    import re
+
+    doc = " ".join(ExportToXlsx.__doc__.split())
+    # Given the template: the rule retries delivery twice within two hours; the function retries an error once in 6 h
+    (rule,) = [r for r in dev.resources("AWS::Events::Rule").values()
+               if "orders" in json.dumps(r["Properties"]["Targets"][0].get("Input", ""))]
+    assert rule["Properties"]["Targets"][0]["RetryPolicy"] == {"MaximumEventAgeInSeconds": 7200,
+                                                               "MaximumRetryAttempts": 2}
+    fn = dev.logical_id(dev.stack.export.function)
+    (invoke,) = [r["Properties"] for r in dev.resources("AWS::Lambda::EventInvokeConfig").values()
+                 if r["Properties"]["FunctionName"] == {"Ref": fn}]
+    assert invoke["MaximumRetryAttempts"] == 1 and invoke["MaximumEventAgeInSeconds"] == 6 * 3600
+    # Then the docstring gives the two hours to delivery and the function's errors to its own one retry
+    assert re.search(r"EventBridge retries delivering the event to Lambda up to twice within two hours", doc)
+    assert re.search(r"a function error follows the function's async invoke config", doc)
+    assert re.search(r"a function error in an asynchronous run .{0,40}gets one async retry within six hours", doc)
 
 
 def test_alarms_on_errors_and_failure_queues_go_to_the_topic(synth):

@@ -26,7 +26,9 @@ class TlsServer:
     ca_file: Path  # the CA that signed the server's certificate
 
 
-def _write_certificates(folder: Path) -> tuple[Path, Path, Path]:
+def _write_certificates(folder: Path, ca_pair=None) -> tuple[Path, Path, Path]:
+    """The CA (``ca_pair``: a (certificate, private key) of cryptography's, or a new test CA) and a server
+    certificate for 127.0.0.1 it signs."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -38,7 +40,7 @@ def _write_certificates(folder: Path) -> tuple[Path, Path, Path]:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("pipeline test CA")).issuer_name(name("pipeline test CA"))
+    ca = ca_pair[0] if ca_pair else (x509.CertificateBuilder().subject_name(name("pipeline test CA")).issuer_name(name("pipeline test CA"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=2))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -47,6 +49,8 @@ def _write_certificates(folder: Path) -> tuple[Path, Path, Path]:
                                        key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
           .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
           .sign(ca_key, hashes.SHA256()))
+    if ca_pair:
+        ca_key = ca_pair[1]
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -69,12 +73,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(folder: Path, *, grant_tables: bool = False):
+def start(folder: Path, *, grant_tables: bool = False, ca_pair=None):
     """Start the server; returns (TlsServer, stop function). Raises RuntimeError if it does not come up.
 
     Without ``grant_tables`` any user and password log in; with it, accounts and passwords are
-    checked as usual (``root`` from 127.0.0.1 has no password)."""
-    ca, cert, key = _write_certificates(folder)
+    checked as usual (``root`` from 127.0.0.1 has no password). ``ca_pair``: the CA that signs the server's
+    certificate (default: a new test CA)."""
+    ca, cert, key = _write_certificates(folder, ca_pair)
     data = folder / "data"
     install = subprocess.run([INSTALL_DB, "--no-defaults", f"--datadir={data}", "--user=root", "--skip-test-db",
                               "--auth-root-authentication-method=normal"], capture_output=True, text=True)

@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,12 @@ from .settings import INIT_SQL_FILE, Request, Settings, load_settings, read_requ
 
 log = logging.getLogger()
 
-AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
+#: At most 3 x (5 + 5) s per Secrets Manager call (it answers in milliseconds): the run fits in 3 minutes.
+AWS_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=5, read_timeout=5)
 CONNECT_TIMEOUT = 10
+#: Seconds kept back from the function's remaining time: a statement still running then fails with the
+#: bootstrap's own message (its number, line and text) before Lambda stops the function.
+DEADLINE_MARGIN = 10
 
 
 def secrets_client() -> Any:
@@ -51,15 +56,18 @@ def read_secret(client: Any, arn: str) -> dict:
         raise BootstrapError(f"the secret {arn} is not JSON with 'username' and 'password'") from None
 
 
-def connect(s: Settings, username: str, password: str) -> pymysql.connections.Connection:
-    """The master user's connection: verified TLS (RDS requires it), autocommit, no default database."""
+def connect(s: Settings, username: str, password: str,
+            timeout: float | None = None) -> pymysql.connections.Connection:
+    """The master user's connection: verified TLS (RDS requires it), autocommit, no default database; a read or
+    write that takes longer than ``timeout`` seconds fails."""
     tls: dict = {"ssl_disabled": True}
     if s.tls == "verify":
         tls = {"ssl_ca": str(Path(__file__).with_name(CA_BUNDLE_FILE)), "ssl_verify_cert": True,
                "ssl_verify_identity": True}
     try:
         return pymysql.connect(host=s.db_host, port=s.db_port, user=username, password=password, charset="utf8mb4",
-                               connect_timeout=CONNECT_TIMEOUT, autocommit=True, **tls)
+                               connect_timeout=CONNECT_TIMEOUT, read_timeout=timeout, write_timeout=timeout,
+                               autocommit=True, **tls)
     except (OSError, pymysql.err.MySQLError) as exc:
         message = str(exc).replace(password, "***") if password else str(exc)
         raise BootstrapError(f"cannot connect to {s.db_host}:{s.db_port} as {username!r}: {message}") from None
@@ -70,12 +78,19 @@ def init_sql_text() -> str | None:
     return path.read_text(encoding="utf-8") if path.exists() else None
 
 
-def run(request: Request) -> dict:
+def run(request: Request, deadline: float | None = None) -> dict:
+    """``deadline``: the ``time.monotonic()`` by which every statement must have answered."""
     s = settings()
     client = secrets_client()
     master = read_secret(client, s.master_secret_arn)
     password = read_secret(client, request.export_secret_arn)["password"] if request.export_secret_arn else None
-    connection = connect(s, master["username"], master["password"])
+    timeout = None
+    if deadline is not None:
+        timeout = deadline - time.monotonic()
+        if timeout < 1:
+            raise BootstrapError("no time left to reach the database after reading the secrets (Secrets Manager "
+                                 "answered slowly); deploy again")
+    connection = connect(s, master["username"], master["password"], timeout)
     try:
         return bootstrap(connection, database=s.db_name, user=request.user, auth=request.auth, password=password,
                          init_sql=init_sql_text())
@@ -91,7 +106,10 @@ def handler(event: dict, context: Any) -> dict:
         log.info(json.dumps({"request": kind, "resource": physical_id, "outcome": "kept (nothing is dropped)"}))
         return {"PhysicalResourceId": physical_id}
     request = read_request(props)
-    result = run(request)
+    deadline = None
+    if context is not None:  # Lambda's context: stop each statement before the function's own timeout
+        deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN
+    result = run(request, deadline)
     summary = {
         "UserCreated": str(result["user"]["created"]).lower(),
         "GrantsChanged": str(result["user"]["grants_changed"]).lower(),

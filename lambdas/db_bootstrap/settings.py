@@ -29,6 +29,12 @@ PROP_AUTH = "Auth"  # "iam" or "secret"
 PROP_EXPORT_SECRET_ARN = "ExportSecretArn"  # secret only: the export user's password
 PROP_INIT_SQL_SHA256 = "InitSqlSha256"  # "" without init SQL; a new value makes CloudFormation run it again
 PROP_CODE_HASH = "CodeHash"  # the asset hash: new bootstrap code runs again too
+#: The database served: a replaced instance (a new, empty database) has a new host and master secret, so
+#: CloudFormation sends an Update and the bootstrap runs there. The function reads them from its environment.
+PROP_DB_HOST = "DatabaseHost"
+PROP_DB_PORT = "DatabasePort"
+PROP_DB_NAME = "DatabaseName"
+PROP_MASTER_SECRET_ARN = "MasterSecretArn"
 
 AUTH_MODES = ("iam", "secret")
 #: Files the bundler writes into the package next to the code.
