@@ -55,6 +55,11 @@ STYLE_DATE, STYLE_DATETIME, STYLE_TIME, STYLE_HEADER = 1, 2, 3, 4
 # would read as the next day (or the year 10000).
 STYLE_DATETIME_MS, STYLE_TIME_MS = 5, 6
 
+#: zlib level, by measurement on the benchmark's rows (200k rows, 107 MiB of sheet XML, deflate alone): level 1
+#: 0.48 CPU s and 23.1 MiB, 2: 0.51 s and 21.4 MiB, 3: 0.65 s and 20.5 MiB, 4: 0.65 s and 19.6 MiB, 6: 1.63 s and
+#: 18.3 MiB. Level 2 costs 0.03 s more than 1 for a 7% smaller file; 4 would save 9% more file for 0.7 CPU s per
+#: million rows, more time than uploading the difference (about 9 MiB per million rows) takes.
+COMPRESSLEVEL = 2
 FLUSH_ROWS = 512
 #: A zip entry holds this much without ZIP64 (zipfile's limit), and SheetJS reads no ZIP64 at all: a
 #: sheet is written without it and continues on a new sheet before its XML could reach this size.
@@ -379,7 +384,7 @@ class XlsxStreamWriter:
         reserved_names: Iterable[str] = (),
         max_rows_per_sheet: int = MAX_DATA_ROWS_PER_SHEET,
         min_free_bytes: int = 32 * 1024 * 1024,
-        compresslevel: int = 3,
+        compresslevel: int = COMPRESSLEVEL,
         check: Callable[[], None] | None = None,
     ):
         if not 1 <= max_rows_per_sheet <= MAX_DATA_ROWS_PER_SHEET:
