@@ -289,7 +289,7 @@ def print_row(r: dict, floor: dict | None) -> None:
           f"{r['rss_mb']:>7} {rss_ratio:>6} {r['file_mb'] if r['file_mb'] is not None else '-':>8}", flush=True)
 
 
-def verdicts(by: dict, counts: list[int], paths: list[str]) -> None:
+def verdicts(by: dict, counts: list[int]) -> None:
     n = max(counts)
     print(f"\ntargets at {n:,} rows (ratios of this one run):")
     for name, ok in TARGETS:
@@ -342,7 +342,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
-    verdicts(by, counts, paths)
+    verdicts(by, counts)
     if args.json:
         args.json.write_text(json.dumps(list(by.values()), indent=2) + "\n")
 
