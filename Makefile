@@ -44,9 +44,11 @@ test: $(VENV)/.dev node_modules/.installed
 e2e: $(VENV)/.dev node_modules/.installed
 	$(VENV)/bin/pipeline-ops local
 
-## Export benchmark: 50k, 200k and 1M rows through the export, naive and fetch-only paths (~10 min).
+## Export benchmark: the fetch floor, the export (uploading to a local S3), rustpy-xlsxwriter and XlsxWriter
+## at 50k, 200k and 1M rows, each in its own process (~10 min); `make bench ROWS=50000,200000` for a subset.
+ROWS ?= 50000,200000,1000000
 bench: $(VENV)/.dev
-	$(PY) bench/export_bench.py
+	$(PY) bench/export_bench.py --rows $(ROWS)
 
 clean:
 	rm -rf cdk.out $(VENV) node_modules

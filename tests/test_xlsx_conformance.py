@@ -1,7 +1,8 @@
 """Workbooks the project writes, read by independent spreadsheet readers and checked against the ISO schemas.
 
 A table of values covering every MySQL type the README lists, hostile strings and the writer's past defects
-goes through the real MariaDB, the export's own QueryStream and XlsxStreamWriter, once per session. Then
+goes through the real MariaDB, the export's own QueryStream and XlsxStreamWriter (the server's text for DECIMAL and
+date/time types, per-column encoders, as the export reads them), once per session. Then
 openpyxl, python-calamine, SheetJS, ExcelJS (one Node.js process) and LibreOffice headless (one run, every
 sheet to CSV as shown on screen) read every workbook, and every cell must show what the README's rules say
 (pipeline_ops.xlsx_expect), except for the reader limits in its READER_LIMITS table. Every XML part of every
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from lambdas.export_to_xlsx.database import QueryStream
+from lambdas.export_to_xlsx.database import TEXT_CONVERSIONS, QueryStream
 from lambdas.export_to_xlsx.xlsx import XlsxStreamWriter, column_letter
 from pipeline_ops.xlsx_expect import READER_LIMITS, EMPTY, Expected, expected_rows, query
 from tests import xlsx_readers
@@ -88,10 +89,12 @@ def _header(columns) -> list[Expected]:
     return [Expected("text", c) for c in columns]
 
 
-def _write_sheet(writer: XlsxStreamWriter, conn, name: str, sql: str) -> tuple[list[str], list[list[Expected]]]:
-    """One sheet through the export's own path; what the database returns for the same query, as expected cells."""
-    stream = QueryStream(conn, sql, export="conformance")
-    writer.start_sheet(name, stream.columns)
+def _write_sheet(writer: XlsxStreamWriter, conns, name: str, sql: str) -> tuple[list[str], list[list[Expected]]]:
+    """One sheet through the export's own path (its connection reads the server's text); what the database
+    returns for the same query with the driver's default converters, as expected cells."""
+    export_conn, conn = conns
+    stream = QueryStream(export_conn, sql, export="conformance")
+    writer.start_sheet(name, stream.columns, stream.types)
     for batch in stream.batches():
         writer.write_rows(batch)
     stream.close()
@@ -104,6 +107,10 @@ def workbooks(mysql, tmp_path_factory) -> list[Workbook]:
     """The conformance workbooks, written once per session."""
     out = tmp_path_factory.mktemp("conformance")
     conn = mysql.connect()
+    export_conn = mysql.connect(conv=TEXT_CONVERSIONS)  # as database.connect() reads rows
+    conns = (export_conn, conn)
+    with export_conn.cursor() as cur:
+        cur.execute("SET SESSION time_zone = '+00:00'")
     with conn.cursor() as cur:
         cur.execute("SET SESSION time_zone = '+00:00'")
         cur.execute(f"DROP TABLE IF EXISTS {TABLE}")
@@ -124,15 +131,15 @@ def workbooks(mysql, tmp_path_factory) -> list[Workbook]:
     # 1. Every type and hostile value, one sheet.
     types = Workbook(out / "types.xlsx")
     writer = XlsxStreamWriter(types.path)
-    columns, rows = _write_sheet(writer, conn, "Types", f"SELECT * FROM {TABLE} ORDER BY id")
+    columns, rows = _write_sheet(writer, conns, "Types", f"SELECT * FROM {TABLE} ORDER BY id")
     writer.close()
     types.expected["Types"] = [_header(columns), *rows]
     books.append(types)
     # 2. Several sheets, rows continuing on new sheets, a name to quote, a number format: the package parts.
     parts = Workbook(out / "sheets.xlsx")
     writer = XlsxStreamWriter(parts.path, formats={"amount": "#,##0.00"}, max_rows_per_sheet=2)
-    columns, rows = _write_sheet(writer, conn, "O'Brien & <Co>", f"SELECT * FROM {ROWS_TABLE} ORDER BY n")
-    _, totals = _write_sheet(writer, conn, "Totals", f"SELECT SUM(amount) AS total FROM {ROWS_TABLE}")
+    columns, rows = _write_sheet(writer, conns, "O'Brien & <Co>", f"SELECT * FROM {ROWS_TABLE} ORDER BY n")
+    _, totals = _write_sheet(writer, conns, "Totals", f"SELECT SUM(amount) AS total FROM {ROWS_TABLE}")
     result = writer.close()
     assert result.sheet_names == ["O'Brien & <Co>", "O'Brien & <Co> (2)", "O'Brien & <Co> (3)", "Totals"]
     for i, name in enumerate(result.sheet_names[:3]):
@@ -144,6 +151,7 @@ def workbooks(mysql, tmp_path_factory) -> list[Workbook]:
         cur.execute(f"DROP TABLE IF EXISTS {TABLE}")
         cur.execute(f"DROP TABLE IF EXISTS {ROWS_TABLE}")
     conn.close()
+    export_conn.close()
     return books
 
 

@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import pymysql
+from pymysql import converters
 from pymysql.constants import CR, ER, FIELD_TYPE
 from pymysql.cursors import SSCursor
 
+from . import columns
+from .columns import ColumnType
 from .credentials import Credentials
 from .errors import ExportError
 
@@ -18,6 +21,32 @@ CONNECT_TIMEOUT = 10
 _LOGIN_ERRORS = {ER.ACCESS_DENIED_ERROR, ER.DBACCESS_DENIED_ERROR, 1698}  # 1698: access denied, no password
 _CONNECTION_ERRORS = {CR.CR_CONNECTION_ERROR, CR.CR_CONN_HOST_ERROR, CR.CR_SERVER_GONE_ERROR,
                       CR.CR_SERVER_LOST, CR.CR_UNKNOWN_HOST}
+
+
+#: Types whose values the export reads as the server's text: the writer parses that text straight into cell
+#: XML (columns.py) instead of the driver building Decimal and datetime objects it would turn back into text.
+TEXT_TYPES = (FIELD_TYPE.DECIMAL, FIELD_TYPE.NEWDECIMAL, FIELD_TYPE.DATE, FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP,
+              FIELD_TYPE.TIME)
+#: PyMySQL's converters (``conv=``) without those of TEXT_TYPES.
+TEXT_CONVERSIONS = {k: v for k, v in converters.conversions.items() if k not in TEXT_TYPES}
+
+_INTEGER = ColumnType(columns.INTEGER)
+_TEXT = ColumnType(columns.TEXT)
+#: Type code -> what the column holds; ``parse`` is the driver's default converter of the text types.
+COLUMN_TYPES = {
+    **dict.fromkeys((FIELD_TYPE.TINY, FIELD_TYPE.SHORT, FIELD_TYPE.INT24, FIELD_TYPE.LONG, FIELD_TYPE.LONGLONG,
+                     FIELD_TYPE.YEAR), _INTEGER),
+    **dict.fromkeys((FIELD_TYPE.FLOAT, FIELD_TYPE.DOUBLE), ColumnType(columns.FLOAT)),
+    **{code: ColumnType(columns.DECIMAL, converters.decoders[code])
+       for code in (FIELD_TYPE.DECIMAL, FIELD_TYPE.NEWDECIMAL)},
+    FIELD_TYPE.DATE: ColumnType(columns.DATE, converters.convert_date),
+    **{code: ColumnType(columns.DATETIME, converters.convert_datetime)
+       for code in (FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP)},
+    FIELD_TYPE.TIME: ColumnType(columns.TIME, converters.convert_timedelta),
+    **dict.fromkeys((FIELD_TYPE.VARCHAR, FIELD_TYPE.VAR_STRING, FIELD_TYPE.STRING, FIELD_TYPE.ENUM, FIELD_TYPE.SET,
+                     FIELD_TYPE.JSON, FIELD_TYPE.TINY_BLOB, FIELD_TYPE.MEDIUM_BLOB, FIELD_TYPE.LONG_BLOB,
+                     FIELD_TYPE.BLOB), _TEXT),
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +83,7 @@ def connect(endpoint: Endpoint, credentials: Credentials) -> pymysql.connections
             password=credentials.password,
             database=endpoint.database,
             charset="utf8mb4",
+            conv=TEXT_CONVERSIONS,
             connect_timeout=CONNECT_TIMEOUT,
             autocommit=False,
             **tls,
@@ -129,6 +159,8 @@ class QueryStream:
         if not description:
             raise ExportError(f"{self._where}: the SQL returned no result set (is it a SELECT?)")
         self.columns: list[str] = [d[0] for d in description]
+        #: What each column holds, for the writer's per-column encoders (anything unlisted: the reference path).
+        self.types: list[ColumnType] = [COLUMN_TYPES.get(d[1], columns.ANY) for d in description]
         self._converters = {
             i: _bit_converter(d[3] or 1) for i, d in enumerate(description) if d[1] == FIELD_TYPE.BIT
         }

@@ -131,7 +131,7 @@ def run_export(
             for sheet in export.sheets:
                 stream = QueryStream(connection, sheet.sql, export=export.name, params=values or None,
                                      sheet=sheet.name if len(export.sheets) > 1 else None)
-                writer.start_sheet(sheet.name, stream.columns)
+                writer.start_sheet(sheet.name, stream.columns, stream.types)
                 try:
                     for batch in stream.batches():
                         writer.write_rows(batch)
