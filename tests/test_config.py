@@ -471,3 +471,11 @@ def test_copies_whose_keys_would_pass_s3s_1024_bytes_are_refused_at_synth():
     with pytest.raises(ConfigError, match=r"destination.prefix: with key_prefix and export 'customers', copies get keys "
                                           r"of 1025 bytes, more than S3's 1024"):
         load_environment(with_change("prod", key_prefix(fits + 1)), "prod")
+
+
+def test_the_export_function_gets_one_full_vcpu_unless_config_says_otherwise():
+    """Lambda allocates CPU in proportion to memory, one vCPU at 1,769 MB
+    (https://docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html); the single-threaded export's cost
+    per row is the same below that size, so the default is the size at which it runs fastest."""
+    config = load_environment(with_change("prod", lambda env: env["export_function"].pop("memory_mb")), "prod")
+    assert config.export_function.memory_mb == 1769
