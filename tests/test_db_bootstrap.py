@@ -223,7 +223,8 @@ def handler_env(monkeypatch, secrets, mysql, names, tmp_path):
         {"username": names["user"], "password": "Generated-Pa55"}))["ARN"]
     for name, value in {contract.ENV_MASTER_SECRET_ARN: master, contract.ENV_DB_HOST: mysql.host,
                         contract.ENV_DB_PORT: str(mysql.port), contract.ENV_DB_NAME: mysql.database,
-                        contract.ENV_DB_TLS: "off"}.items():
+                        contract.ENV_DB_TLS: "off", contract.ENV_EXPORT_USER: names["user"],
+                        contract.ENV_EXPORT_AUTH: "secret", contract.ENV_EXPORT_SECRET_ARN: export}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(bs, "STATE_SCHEMA", names["schema"])
     monkeypatch.setattr(bootstrap_handler, "bootstrap",
@@ -276,3 +277,70 @@ def test_handler_error_names_the_secret_not_its_value(handler_env, names, secret
     with pytest.raises(bs.BootstrapError) as err:
         bootstrap_handler.handler(event("Create", names, handler_env["export"]), None)
     assert "cannot connect to" in str(err.value) and "Wrong-Pa55" not in str(err.value)
+
+
+def _user_exists(admin, user) -> bool:
+    with admin.cursor() as cur:
+        return bs.user_exists(cur, user)
+
+
+@pytest.mark.parametrize("change", [
+    {contract.PROP_EXPORT_USER: "intruder"},
+    {contract.PROP_EXPORT_USER: "root"},
+    {contract.PROP_AUTH: "iam", contract.PROP_EXPORT_SECRET_ARN: None},
+    {contract.PROP_EXPORT_SECRET_ARN: "master"},
+])
+def test_handler_refuses_any_other_user_auth_or_secret_before_reading_a_secret(handler_env, admin, names, monkeypatch,
+                                                                                change):
+    """Whoever may invoke the bootstrap could otherwise create, re-identify or re-grant any account (the master
+    included) with the master's rights: it serves only the user, auth mode and secret set at synth."""
+    # Given a request for something other than what the function's environment names
+    bad = event("Update", names, handler_env["export"])
+    for name, value in change.items():
+        bad["ResourceProperties"][name] = handler_env["master"] if value == "master" else value
+    bad["ResourceProperties"] = {k: v for k, v in bad["ResourceProperties"].items() if v is not None}
+    read = []
+    monkeypatch.setattr(bootstrap_handler, "secrets_client", lambda: read.append("secrets") or None)
+    # When it is invoked, it refuses naming what differs, having read no secret and opened no connection
+    with pytest.raises(contract.ConfigurationError, match=r"^refused: this bootstrap manages only the export user") as err:
+        bootstrap_handler.handler(bad, None)
+    assert all(name in str(err.value) for name in change) and read == []
+    assert not _user_exists(admin, "intruder") and not _user_exists(admin, names["user"])
+
+
+def test_a_rollback_to_the_previous_user_changes_nothing_and_succeeds(handler_env, admin, names, monkeypatch):
+    """CloudFormation rolls the custom resource back (old properties) before the function's environment: the
+    old identity is then not what the function serves; it must answer without acting, or the rollback fails."""
+    rollback = event("Update", names, handler_env["export"], PhysicalResourceId="db/old_user",
+                     OldResourceProperties=event("Update", names, handler_env["export"])["ResourceProperties"])
+    rollback["ResourceProperties"][contract.PROP_EXPORT_USER] = "old_user"
+    monkeypatch.setattr(bootstrap_handler, "secrets_client", lambda: pytest.fail("a rollback read a secret"))
+    answer = bootstrap_handler.handler(rollback, None)
+    assert answer["PhysicalResourceId"] == "db/old_user" and answer["Data"]["UserCreated"] == "false"
+    assert not _user_exists(admin, "old_user")
+    # Without the previous properties being exactly what it serves, the same request is refused
+    rollback["OldResourceProperties"][contract.PROP_EXPORT_USER] = "someone_else"
+    with pytest.raises(contract.ConfigurationError, match="refused"):
+        bootstrap_handler.handler(rollback, None)
+
+
+def test_the_readme_run_by_hand_event_still_runs(handler_env, admin, names):
+    # The README's event: RequestType and the three identity properties, nothing else
+    by_hand = {"RequestType": "Update", "ResourceProperties": {
+        contract.PROP_EXPORT_USER: names["user"], contract.PROP_AUTH: "secret",
+        contract.PROP_EXPORT_SECRET_ARN: handler_env["export"]}}
+    answer = bootstrap_handler.handler(by_hand, None)
+    assert answer["Data"]["UserCreated"] == "true" and _user_exists(admin, names["user"])
+
+
+def test_settings_refuse_an_environment_without_its_identity():
+    base = {contract.ENV_MASTER_SECRET_ARN: "arn", contract.ENV_DB_HOST: "h", contract.ENV_DB_PORT: "3306",
+            contract.ENV_DB_NAME: "app", contract.ENV_DB_TLS: "verify", contract.ENV_EXPORT_USER: "xlsx_export",
+            contract.ENV_EXPORT_AUTH: "iam"}
+    assert contract.load_settings(base).export_secret_arn is None
+    with pytest.raises(contract.ConfigurationError, match="missing environment variables: EXPORT_SECRET_ARN"):
+        contract.load_settings({**base, contract.ENV_EXPORT_AUTH: "secret"})
+    with pytest.raises(contract.ConfigurationError, match="missing environment variables: EXPORT_USER"):
+        contract.load_settings({k: v for k, v in base.items() if k != contract.ENV_EXPORT_USER})
+    with pytest.raises(contract.ConfigurationError, match="EXPORT_AUTH must be one of iam, secret"):
+        contract.load_settings({**base, contract.ENV_EXPORT_AUTH: "password"})

@@ -285,7 +285,15 @@ def test_the_bootstrap_runs_at_deploy_with_what_the_database_must_look_like(dev,
     assert secret_resource["Properties"][bootstrap_contract.PROP_AUTH] == "secret"
     assert secret_resource["Properties"][bootstrap_contract.PROP_INIT_SQL_SHA256] == ""
     env = function_env(dev, dev.stack.bootstrap)
-    assert set(env) == bootstrap_contract.ENV_NAMES and env[bootstrap_contract.ENV_DB_TLS] == "verify"
+    assert set(env) == bootstrap_contract.env_names("iam") and env[bootstrap_contract.ENV_DB_TLS] == "verify"
+    # The function serves exactly the identity the resource asks for, and refuses any other
+    for s, resource_props in ((dev, p), (dev_secret, secret_resource["Properties"])):
+        env = function_env(s, s.stack.bootstrap)
+        assert set(env) == bootstrap_contract.env_names(resource_props[bootstrap_contract.PROP_AUTH])
+        assert env[bootstrap_contract.ENV_EXPORT_USER] == resource_props[bootstrap_contract.PROP_EXPORT_USER]
+        assert env[bootstrap_contract.ENV_EXPORT_AUTH] == resource_props[bootstrap_contract.PROP_AUTH]
+        assert env.get(bootstrap_contract.ENV_EXPORT_SECRET_ARN) == resource_props.get(
+            bootstrap_contract.PROP_EXPORT_SECRET_ARN)
     # Nothing runs against an existing database
     assert prod.resources("Custom::DatabaseBootstrap") == prod_iam.resources("Custom::DatabaseBootstrap") == {}
 

@@ -20,7 +20,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .bootstrap import BootstrapError, bootstrap
-from .settings import CA_BUNDLE_FILE, INIT_SQL_FILE, Request, Settings, load_settings, read_request
+from .settings import (CA_BUNDLE_FILE, INIT_SQL_FILE, ConfigurationError, Request, Settings, check_request, differences,
+                       load_settings, read_request)
 
 log = logging.getLogger()
 
@@ -82,6 +83,14 @@ def run(request: Request) -> dict:
         connection.close()
 
 
+def _is_rollback(event: dict) -> bool:
+    """An Update from exactly what this function serves back to something else: a rollback's signature."""
+    try:
+        return not differences(read_request(event.get("OldResourceProperties") or {}), settings())
+    except ConfigurationError:
+        return False
+
+
 def handler(event: dict, context: Any) -> dict:
     kind = event.get("RequestType")
     props = event.get("ResourceProperties", {})
@@ -90,6 +99,13 @@ def handler(event: dict, context: Any) -> dict:
         log.info(json.dumps({"request": kind, "resource": physical_id, "outcome": "kept (nothing is dropped)"}))
         return {"PhysicalResourceId": physical_id}
     request = read_request(props)
+    if differences(request, settings()) and kind == "Update" and _is_rollback(event):
+        # CloudFormation rolls the resource back before the function: the old identity arrives while this
+        # environment already names the new one. Act on nothing (nothing is ever dropped) and let the rollback end.
+        log.info(json.dumps({"request": kind, "resource": physical_id, "outcome": "rollback: nothing to do"}))
+        return {"PhysicalResourceId": physical_id, "Data": {"UserCreated": "false", "GrantsChanged": "false",
+                                                            "InitSqlApplied": "false", "InitSqlStatements": "0"}}
+    check_request(request, settings())  # before any secret is read or connection opened
     result = run(request)
     summary = {
         "UserCreated": str(result["user"]["created"]).lower(),
