@@ -344,3 +344,15 @@ def test_settings_refuse_an_environment_without_its_identity():
         contract.load_settings({k: v for k, v in base.items() if k != contract.ENV_EXPORT_USER})
     with pytest.raises(contract.ConfigurationError, match="EXPORT_AUTH must be one of iam, secret"):
         contract.load_settings({**base, contract.ENV_EXPORT_AUTH: "password"})
+
+
+def test_no_password_or_token_is_logged_even_at_debug(handler_env, names, caplog, monkeypatch, mysql, secrets):
+    """At DEBUG botocore logs GetSecretValue's response (the master password) and the session token."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "Session-T0ken-Of-The-Role")
+    secrets.put_secret_value(SecretId=handler_env["master"], SecretString=mysql.secret_json(password="Master-Pa55"))
+    caplog.set_level("DEBUG")
+    with pytest.raises(bs.BootstrapError, match="cannot connect to"):  # a wrong master password: both secrets read
+        bootstrap_handler.handler(event("Create", names, handler_env["export"]), None)
+    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
+    for secret in ("Master-Pa55", "Generated-Pa55", "Session-T0ken-Of-The-Role", "SecretString", "Signature"):
+        assert secret not in logged

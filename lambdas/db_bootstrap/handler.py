@@ -25,6 +25,12 @@ from .settings import (CA_BUNDLE_FILE, INIT_SQL_FILE, ConfigurationError, Reques
 
 log = logging.getLogger()
 
+#: The AWS SDK's loggers stay at WARNING whatever the function's log level: at DEBUG botocore logs response
+#: bodies (a secret's value) and request signing (the session token, signatures), urllib3 every request.
+SDK_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
+for _name in SDK_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
 AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
 CONNECT_TIMEOUT = 10
 
