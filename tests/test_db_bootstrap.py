@@ -371,3 +371,27 @@ def test_no_password_or_token_is_logged_even_at_debug(handler_env, names, caplog
     logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
     for secret in ("Master-Pa55", "Generated-Pa55", "Session-T0ken-Of-The-Role", "SecretString", "Signature"):
         assert secret not in logged
+
+
+def test_a_master_password_outside_latin1_is_a_clear_error(handler_env, names, secrets, mysql):
+    secrets.put_secret_value(SecretId=handler_env["master"], SecretString=mysql.secret_json(password="Pr1ce-€-Pa55"))
+    with pytest.raises(bs.BootstrapError, match=r"^cannot connect to .* as 'root': the password holds a character "
+                                                r"outside Latin-1") as err:
+        bootstrap_handler.handler(event("Create", names, handler_env["export"]), None)
+    assert "€" not in str(err.value) and "Pa55" not in str(err.value)
+
+
+def test_plain_tcp_is_refused_inside_lambda(handler_env, names, monkeypatch):
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "bootstrap-fn")
+    bootstrap_handler.settings.cache_clear()
+    with pytest.raises(contract.ConfigurationError, match=r"^DB_TLS=off is for local runs only: inside Lambda"):
+        bootstrap_handler.handler(event("Create", names, handler_env["export"]), None)
+    bootstrap_handler.settings.cache_clear()
+
+
+def test_a_huge_property_is_not_echoed_whole(handler_env, names):
+    bad = event("Create", names, handler_env["export"])
+    bad["ResourceProperties"][contract.PROP_EXPORT_USER] = "u" * 300_000
+    with pytest.raises(contract.ConfigurationError, match="is not a MySQL user name") as err:
+        bootstrap_handler.handler(bad, None)
+    assert len(str(err.value)) < 200

@@ -267,11 +267,14 @@ def test_several_exports_by_schedule_each_get_their_own_workbook(env, s3):
     ({"export": 3}, "unknown export 3"),
     ({"export": "numbers", "sql": "DROP TABLE x"}, "SQL comes from the deployment config"),
     (["numbers"], "must be a JSON object"),
+    ({"export": "x" * 300_000}, "unknown export 'xxxxxxxxxx"),
+    ({"f" * 300_000: 1, **{f"field{i}": 1 for i in range(1000)}}, "the event has unknown field(s) 'fffff"),
 ])
 def test_bad_events_are_refused_before_anything_runs(env, s3, event, message):
-    with pytest.raises(ExportError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ExportError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         export_handler.handler(event, Context())
     assert all_keys(s3) == []
+    assert len(str(err.value)) < 600  # what the event echoes is cut short (a 300 KB name was echoed whole)
 
 
 # --- failures leave nothing behind ---------------------------------------------------
@@ -304,6 +307,26 @@ def test_bad_credentials_are_reread_once_then_fail_clearly(env, s3, secrets, mys
         export_handler.handler({"export": "numbers"}, Context())
     assert "wrong" not in str(err.value)
     assert_nothing_left(s3, tmp_files)
+
+
+def test_a_password_outside_latin1_is_a_clear_login_error(env, s3, secrets, mysql, tmp_files):
+    """PyMySQL sends passwords as Latin-1: a hand-made '€' raised an unhandled UnicodeEncodeError quoting it."""
+    secrets.put_secret_value(SecretId=env[contract.ENV_DB_SECRET_ARN],
+                             SecretString=mysql.secret_json(username="nobody", password="Pr1ce-in-€-Pa55"))
+    with pytest.raises(ExportError, match=r"^database login to .* failed for user 'nobody': the "
+                                          r"password holds a character outside Latin-1") as err:
+        export_handler.handler({"export": "numbers"}, Context())
+    assert "€" not in str(err.value) and "Pa55" not in str(err.value) and "position" not in str(err.value)
+    assert_nothing_left(s3, tmp_files)
+
+
+def test_plain_tcp_is_refused_inside_lambda(monkeypatch, env):
+    """DB_TLS=off exists for local runs; a console edit of a deployed function must not turn TLS off."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "export-fn")
+    export_handler.runtime.cache_clear()
+    with pytest.raises(contract.ConfigurationError, match=r"^DB_TLS=off is for local runs only: inside Lambda"):
+        export_handler.handler({"export": "one"}, Context())
+    export_handler.runtime.cache_clear()
 
 
 @pytest.fixture

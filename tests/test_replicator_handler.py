@@ -134,6 +134,7 @@ def test_url_encoded_keys_are_decoded_and_copied(env, buckets, key):
     (lambda v: event_for(("exports/orders/data.xlsx", v), bucket="someone-elses"), "not the source bucket"),
     (lambda v: event_for(("exports/orders/data.xlsx", v), name="ObjectRemoved:DeleteMarkerCreated"),
      "is not an object creation"),
+    (lambda v: event_for(("exports/orders/data.xlsx", v), name="X" * 300_000), "XXXX...(300000 characters) is not"),
 ])
 def test_what_is_not_ours_is_skipped_with_a_log_line(env, buckets, caplog, event, reason):
     version = put(buckets, "exports/orders/data.csv")

@@ -66,6 +66,9 @@ def connect(s: Settings, username: str, password: str) -> pymysql.connections.Co
     try:
         return pymysql.connect(host=s.db_host, port=s.db_port, user=username, password=password, charset="utf8mb4",
                                connect_timeout=CONNECT_TIMEOUT, autocommit=True, **tls)
+    except UnicodeEncodeError:  # PyMySQL sends a password as Latin-1; its error would quote the character
+        raise BootstrapError(f"cannot connect to {s.db_host}:{s.db_port} as {username!r}: the password holds a "
+                             "character outside Latin-1, which the MySQL client cannot send") from None
     except (OSError, pymysql.err.MySQLError) as exc:
         message = str(exc).replace(password, "***") if password else str(exc)
         raise BootstrapError(f"cannot connect to {s.db_host}:{s.db_port} as {username!r}: {message}") from None

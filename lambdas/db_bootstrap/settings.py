@@ -26,8 +26,10 @@ ENV_EXPORT_SECRET_ARN = "EXPORT_SECRET_ARN"
 ENV_NAMES = frozenset({ENV_MASTER_SECRET_ARN, ENV_DB_HOST, ENV_DB_PORT, ENV_DB_NAME, ENV_DB_TLS, ENV_EXPORT_USER,
                        ENV_EXPORT_AUTH})
 
-#: ``verify``: TLS checked against the bundled Amazon RDS CA; ``off``: local tests only.
+#: ``verify``: TLS checked against the bundled Amazon RDS CA; ``off``: local tests only, refused inside Lambda.
 TLS_MODES = ("verify", "off")
+#: Set by Lambda in every function's environment.
+ENV_LAMBDA_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
 #: The custom resource's properties: what the database must look like after a deploy.
 PROP_EXPORT_USER = "ExportUser"
@@ -87,7 +89,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigurationError(f"{ENV_DB_PORT} must be a TCP port number, got {port!r}")
     if environ[ENV_DB_TLS] not in TLS_MODES:
-        raise ConfigurationError(f"{ENV_DB_TLS} must be one of {', '.join(TLS_MODES)}, got {environ[ENV_DB_TLS]!r}")
+        raise ConfigurationError(f"{ENV_DB_TLS} must be one of {', '.join(TLS_MODES)}, got {shown(environ[ENV_DB_TLS])}")
+    if environ[ENV_DB_TLS] == "off" and environ.get(ENV_LAMBDA_FUNCTION_NAME):
+        raise ConfigurationError(f"{ENV_DB_TLS}=off is for local runs only: inside Lambda ({ENV_LAMBDA_FUNCTION_NAME} "
+                                 "is set) the database is reached over verified TLS only")
     if not DATABASE_RE.match(environ[ENV_DB_NAME]):
         raise ConfigurationError(f"{ENV_DB_NAME} {environ[ENV_DB_NAME]!r} is not a database name")
     return Settings(environ[ENV_MASTER_SECRET_ARN], environ[ENV_DB_HOST], int(port), environ[ENV_DB_NAME],

@@ -18,6 +18,7 @@ from .credentials import CredentialSource, IamToken, SecretCache
 from .database import Endpoint
 from .errors import ExportError
 from .export import Target, remove_stale_files, run_export
+from .params import shown
 from .settings import CA_BUNDLE_FILE, ExportDefinition, Settings, load_settings
 
 log = logging.getLogger()  # level and JSON format come from the function's logging config (the stack)
@@ -86,8 +87,9 @@ def select_exports(event: Any, exports: dict[str, ExportDefinition]) -> list[Exp
     if {"sql", "query"} & event.keys():
         raise ExportError("the event may only name an export; SQL comes from the deployment config")
     unknown = sorted(set(event) - set(EVENT_KEYS))
-    if unknown:
-        raise ExportError(f"the event has unknown field(s) {', '.join(map(repr, unknown))}; "
+    if unknown:  # an invoke may carry megabytes: quote a few names, each cut short
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ExportError(f"the event has unknown field(s) {', '.join(map(shown, unknown[:5]))}{more}; "
                           'expected {"export": NAME, "params": {NAME: VALUE}}')
     name = event.get("export")
     if name is None:
@@ -95,7 +97,7 @@ def select_exports(event: Any, exports: dict[str, ExportDefinition]) -> list[Exp
             raise ExportError('"params" needs "export": parameters belong to one export')
         return list(exports.values())
     if not isinstance(name, str) or name not in exports:
-        raise ExportError(f"unknown export {name!r}; valid names: {', '.join(sorted(exports))}")
+        raise ExportError(f"unknown export {shown(name)}; valid names: {', '.join(sorted(exports))}")
     return [exports[name]]
 
 
