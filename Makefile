@@ -4,16 +4,31 @@ PY := $(VENV)/bin/python
 ENV ?= dev
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: synth test e2e bench clean
+# Every package comes from a hash-locked file (`make lock` writes them from the *.in files) and pip checks each
+# file it installs against the lock (--require-hashes); the operator command is then installed editable on top,
+# with no dependency and no build download (its build backend, setuptools, is in the lock).
+PIP_LOCKED := $(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps
+PIP_PROJECT := $(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+
+# The functions' locks are for Lambda's platform (stacks/bundling.py: LAMBDA_PYTHON_VERSION, LAMBDA_PLATFORM).
+LAMBDA_LOCK := --python-version 3.14 --python-platform aarch64-manylinux2014
+# The venv's locks hold every platform's wheels (markers where they differ), from this project's oldest Python.
+VENV_LOCK := --universal --python-version 3.11
+# `make lock` keeps the locked versions the *.in files still allow; `make lock UPGRADE=1` takes the newest.
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --generate-hashes $(if $(UPGRADE),--upgrade)
+
+.PHONY: synth test e2e bench clean lock
 
 $(VENV)/.synth: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PIP_LOCKED) -r requirements.txt
+	$(PIP_PROJECT)
 	touch $@
 
 $(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PIP_LOCKED) -r requirements-dev.txt
+	$(PIP_PROJECT)
 	touch $@ $(VENV)/.synth
 
 node_modules/.installed: package.json package-lock.json
@@ -36,6 +51,13 @@ e2e: $(VENV)/.dev node_modules/.installed
 ## Export benchmark: 50k, 200k and 1M rows through the export, naive and fetch-only paths (~10 min).
 bench: $(VENV)/.dev
 	$(PY) bench/export_bench.py
+
+## Compile the hash locks: requirements.txt and requirements-dev.txt for this venv, lambdas/*/requirements.txt
+## for Lambda's platform, each from its requirements.in. Commit the *.in and *.txt files together.
+lock: $(VENV)/.dev
+	$(UV_COMPILE) $(VENV_LOCK) requirements.in -o requirements.txt
+	$(UV_COMPILE) $(VENV_LOCK) requirements-dev.in -o requirements-dev.txt
+	for fn in lambdas/*/; do $(UV_COMPILE) $(LAMBDA_LOCK) $${fn}requirements.in -o $${fn}requirements.txt || exit 1; done
 
 clean:
 	rm -rf cdk.out $(VENV) node_modules
