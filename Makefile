@@ -13,18 +13,33 @@ FOUND_PYTHON := $(firstword $(wildcard $(PYENV_ROOT)/versions/$(LAMBDA_PYTHON).*
 BASE_PYTHON := $(or $(FOUND_PYTHON),python3)
 VENV_STAMP := $(VENV)/.python-$(LAMBDA_PYTHON)$(if $(FOUND_PYTHON),,-fallback)
 
-.PHONY: synth test e2e bench clean
+# Every package comes from a hash-locked file (`make lock` writes them from the *.in files) and pip checks each
+# file it installs against the lock (--require-hashes); the operator command is then installed editable on top,
+# with no dependency and no build download (its build backend, setuptools, is in the lock).
+PIP_LOCKED := $(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps
+PIP_PROJECT := $(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+
+# The functions' locks are for Lambda's platform (stacks/bundling.py: LAMBDA_PYTHON_VERSION, LAMBDA_PLATFORM).
+LAMBDA_LOCK := --python-version $(LAMBDA_PYTHON) --python-platform aarch64-manylinux2014
+# The venv's locks hold every platform's wheels (markers where they differ), from the oldest Python it may use.
+VENV_LOCK := --universal --python-version 3.11
+# `make lock` keeps the locked versions the *.in files still allow; `make lock UPGRADE=1` takes the newest.
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --generate-hashes $(if $(UPGRADE),--upgrade)
+
+.PHONY: synth test e2e bench clean lock
 
 $(VENV_STAMP):
 	@[ -n "$(FOUND_PYTHON)" ] || echo "warning: Python $(LAMBDA_PYTHON) (the functions' Lambda runtime) not found; the venv uses $$(python3 --version) instead"
 	rm -rf $(VENV) && $(BASE_PYTHON) -m venv $(VENV) && touch $@
 
 $(VENV)/.synth: requirements.txt pyproject.toml | $(VENV_STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PIP_LOCKED) -r requirements.txt
+	$(PIP_PROJECT)
 	touch $@
 
 $(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml | $(VENV_STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PIP_LOCKED) -r requirements-dev.txt
+	$(PIP_PROJECT)
 	touch $@ $(VENV)/.synth
 
 node_modules/.installed: package.json package-lock.json
@@ -49,6 +64,13 @@ e2e: $(VENV)/.dev node_modules/.installed
 ROWS ?= 50000,200000,1000000
 bench: $(VENV)/.dev
 	$(PY) bench/export_bench.py --rows $(ROWS)
+
+## Compile the hash locks: requirements.txt and requirements-dev.txt for this venv, lambdas/*/requirements.txt
+## for Lambda's platform, each from its requirements.in. Commit the *.in and *.txt files together.
+lock: $(VENV)/.dev
+	$(UV_COMPILE) $(VENV_LOCK) requirements.in -o requirements.txt
+	$(UV_COMPILE) $(VENV_LOCK) requirements-dev.in -o requirements-dev.txt
+	for fn in lambdas/*/; do $(UV_COMPILE) $(LAMBDA_LOCK) $${fn}requirements.in -o $${fn}requirements.txt || exit 1; done
 
 clean:
 	rm -rf cdk.out $(VENV) node_modules

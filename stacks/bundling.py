@@ -2,14 +2,18 @@
 
 The function folder ``lambdas/<name>/`` is copied into the asset as the package
 ``lambdas.<name>``, beside ``lambdas/contract.py`` (the facts every function shares), so code is
-imported the same way in the project, the tests and Lambda; its ``requirements.txt`` is installed next to it with pip for the
+imported the same way in the project, the tests and Lambda; its lock ``requirements.txt`` is installed next to it with pip for the
 Lambda platform (``--platform ... --only-binary=:all:``), so no compiler and no
-Docker engine is needed. Files a function needs beside its code (the Amazon RDS CA
-bundle) are written in by ``extra_files``.
+Docker engine is needed. The lock is compiled by ``make lock`` from ``requirements.in``
+for that platform and pins every package with the sha256 of its files; pip installs it
+with ``--require-hashes``, so a wheel that is not exactly the locked one stops synth.
+Files a function needs beside its code (the Amazon RDS CA bundle) are written in by
+``extra_files``.
 
-The asset hash is computed here from the function's files, its requirements, the
-bundler's settings and the extra files, so two synths of unchanged code give the
-same hash and any change to one of these gives a new one.
+The asset hash is computed here from the function's files (its lock, and so every
+locked wheel's hash, included), the bundler's settings and the extra files, so two
+synths of unchanged code give the same hash and any change to one of these, a new
+locked wheel too, gives a new one.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ ARCHITECTURE = lambda_.Architecture.ARM_64
 LAMBDA_PYTHON_VERSION = "3.13"
 LAMBDA_PLATFORM = "manylinux2014_aarch64"
 
-_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "requirements.txt")
+#: The function's top-level requirements and their lock, which ``make lock`` compiles from them.
+REQUIREMENTS_IN, LOCK_FILE = "requirements.in", "requirements.txt"
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", REQUIREMENTS_IN, LOCK_FILE)
 #: Files of ``lambdas/`` every function's package holds beside its own folder.
 SHARED_FILES = ("__init__.py", "contract.py")
 
@@ -68,12 +74,16 @@ class BundleSpec:
         return f"{self.root.name}.{self.package}.handler.handler"
 
     @property
+    def lock_file(self) -> Path:
+        return self.source_dir / LOCK_FILE
+
+    @property
     def requirements(self) -> list[str]:
-        path = self.source_dir / "requirements.txt"
-        if not path.exists():
+        """The lock's requirements (``name==version``), without their hashes."""
+        if not self.lock_file.exists():
             return []
-        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-        return [line for line in lines if line]
+        lines = (line.split("#", 1)[0].strip().rstrip("\\").strip() for line in self.lock_file.read_text().splitlines())
+        return [line for line in lines if line and not line.startswith("--")]
 
     def source_files(self) -> list[Path]:
         own = (p for p in self.source_dir.rglob("*")
@@ -86,7 +96,7 @@ class BundleSpec:
             "package": self.package,
             "python_version": self.python_version,
             "platform": self.platform,
-            "pip_args": _pip_args(self, "<target>", "<requirements.txt>"),
+            "pip_args": _pip_args(self, "<target>", f"<{LOCK_FILE}>"),
         }
         digest.update(json.dumps(settings, sort_keys=True).encode())
         for path in self.source_files():
@@ -105,6 +115,8 @@ def _pip_args(spec: BundleSpec, target: str, requirements: str) -> list[str]:
         "--implementation", "cp",
         "--python-version", spec.python_version,
         "--only-binary=:all:",
+        "--require-hashes",  # every wheel must be the one the lock names (make lock writes the hashes)
+        "--no-deps",  # the lock holds every package already; nothing unlocked may come in
         "--requirement", requirements,
     ]
 
@@ -124,7 +136,7 @@ def bundle(spec: BundleSpec, output_dir: Path) -> None:
     if not spec.requirements:
         return
     result = subprocess.run(
-        [sys.executable, "-m", "pip", *_pip_args(spec, str(output_dir), str(spec.source_dir / "requirements.txt"))],
+        [sys.executable, "-m", "pip", *_pip_args(spec, str(output_dir), str(spec.lock_file))],
         capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
@@ -132,7 +144,7 @@ def bundle(spec: BundleSpec, output_dir: Path) -> None:
             line for line in result.stderr.splitlines() if "is ignored: it is neither a file nor a directory" not in line
         )
         raise BundlingError(
-            f"pip could not install {spec.source_dir / 'requirements.txt'} for {spec.platform} / Python "
+            f"pip could not install {spec.lock_file} for {spec.platform} / Python "
             f"{spec.python_version} (exit {result.returncode}):\n{stderr.strip()}"
         )
 

@@ -53,6 +53,8 @@ class DatabaseBootstrap(Construct):
     - connects as the master user over TLS verified against the bundled RDS CA, and creates
       ``auth``'s user with ``REQUIRE SSL`` and ``SELECT`` on ``database_name`` only;
     - applies ``init_sql`` (a file, bundled into the function) once per content;
+    - serves only ``auth``'s user, auth mode and secret, set in its environment at synth: an invoke
+      asking for another is refused before any secret is read;
     - runs again whenever the user, auth mode, init SQL, its own code or the database it serves
       (host, port, name, master secret: a replaced instance) changes; on stack delete it does
       nothing (no user, table or row is dropped);
@@ -119,6 +121,9 @@ class DatabaseBootstrap(Construct):
                 contract.ENV_DB_PORT: str(database_port),
                 contract.ENV_DB_NAME: database_name,
                 contract.ENV_DB_TLS: "verify",
+                contract.ENV_EXPORT_USER: user,
+                contract.ENV_EXPORT_AUTH: auth_mode,
+                **({contract.ENV_EXPORT_SECRET_ARN: export_secret.secret_arn} if export_secret is not None else {}),
             },
             alarm_topic=alarm_topic,
             log_retention=log_retention,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from aws_cdk import Duration, RemovalPolicy, Size
+from aws_cdk import Aws, Duration, RemovalPolicy, Size
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_ec2 as ec2
@@ -54,6 +54,40 @@ def alarm_on(scope: Construct, construct_id: str, *, metric: cloudwatch.IMetric,
     )
     alarm.add_alarm_action(cw_actions.SnsAction(topic))
     return alarm
+
+
+#: The service principal that publishes a CloudWatch alarm's notification to its SNS action.
+CLOUDWATCH = "cloudwatch.amazonaws.com"
+
+
+def admit_alarms(topic: sns.Topic, alarms: Sequence[cloudwatch.Alarm]) -> None:
+    """Let CloudWatch publish the notifications of ``alarms`` (and of no other alarm) to ``topic``.
+
+    A topic policy replaces SNS's default policy, so without this statement nothing may publish and
+    every alarm action fails with "not authorized to perform: SNS:Publish". The statement names the
+    service principal and holds the confused-deputy conditions: ``aws:SourceAccount`` is this account
+    and ``aws:SourceArn`` one of these alarms. If the topic is encrypted with a customer managed key,
+    the key admits CloudWatch for this account's alarms in this region (the key cannot name the alarms:
+    they refer to the topic, which refers to the key); an AWS managed key cannot admit it at all.
+    """
+    if not alarms:
+        raise ValueError("admit_alarms: no alarms given; an empty aws:SourceArn list would admit no one")
+    conditions = {
+        "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+        "ArnLike": {"aws:SourceArn": [alarm.alarm_arn for alarm in alarms]},
+    }
+    topic.add_to_resource_policy(iam.PolicyStatement(
+        sid="AllowStackAlarmsToPublish", principals=[iam.ServicePrincipal(CLOUDWATCH)],
+        actions=["sns:Publish"], resources=[topic.topic_arn], conditions=conditions,
+    ))
+    if topic.master_key is not None:
+        topic.master_key.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowStackAlarmsToUseTheTopicKey", principals=[iam.ServicePrincipal(CLOUDWATCH)],
+            actions=["kms:Decrypt", "kms:GenerateDataKey*"], resources=["*"], conditions={
+                "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                "ArnLike": {"aws:SourceArn": f"arn:{Aws.PARTITION}:cloudwatch:{Aws.REGION}:{Aws.ACCOUNT_ID}:alarm:*"},
+            },
+        ))
 
 
 @dataclass(frozen=True)

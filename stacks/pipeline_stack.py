@@ -21,7 +21,7 @@ from stacks.database import EXPORTED_LOGS, Database
 from stacks.db_bootstrap import DatabaseBootstrap
 from stacks.export_to_xlsx import ExportToXlsx
 from stacks.nag import acknowledge, acknowledge_cdk_helper, nag_text
-from stacks.pipeline_function import LOG_RETENTION
+from stacks.pipeline_function import LOG_RETENTION, admit_alarms
 from stacks.secure_bucket import SecureBucket
 
 
@@ -136,6 +136,7 @@ class PipelineStack(Stack):
 
         # Every alarm of the stack, wherever a construct made it, for `pipeline-ops status`.
         alarms = [c for c in self.node.find_all() if isinstance(c, cloudwatch.Alarm)]
+        admit_alarms(self.alarm_topic, alarms)  # a topic policy replaces SNS's default: CloudWatch must be let in
         outputs = {
             "SourceBucketName": self.source.bucket.bucket_name,
             "DestinationBucketName": self.destination_bucket.bucket_name,

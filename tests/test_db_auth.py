@@ -123,6 +123,19 @@ def test_iam_mode_needs_no_secret_and_refuses_plain_tcp(monkeypatch):
         contract.load_settings(dict(os.environ))
 
 
+def test_the_token_and_its_signing_are_never_logged_even_at_debug(function_credentials, monkeypatch, caplog):
+    """At DEBUG botocore logs the canonical request, string to sign and signature of every token it signs."""
+    iam_env(monkeypatch, host="127.0.0.1", port=1)  # nothing listens: the run fails right after signing
+    caplog.set_level("DEBUG")
+    with pytest.raises(ExportError):
+        export_handler.handler({"export": "one"}, None)
+    export_handler.runtime.cache_clear()
+    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
+    assert '"outcome": "failed"' in logged  # the function's own line is there
+    for secret in (SESSION_TOKEN, SECRET_KEY, "X-Amz-Signature", "Signature:", "StringToSign", "CanonicalRequest"):
+        assert secret not in logged
+
+
 def test_a_token_is_never_sent_without_tls(function_credentials, mysql):
     from lambdas.export_to_xlsx.database import connect
 

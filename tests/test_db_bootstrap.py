@@ -107,15 +107,14 @@ def test_init_sql_runs_again_only_when_its_content_changes(admin, mysql, names):
     assert not any(names["schema"] in g for g in grants(admin, names["user"]))
 
 
-def test_a_broken_statement_stops_with_its_line_text_and_mysql_message(admin, mysql, names):
+def test_a_broken_statement_stops_with_its_number_line_and_error_code(admin, mysql, names):
     script = ("-- seed\nCREATE TABLE IF NOT EXISTS boot_orders (id INT PRIMARY KEY);\n"
               "INSERT INTO boot_orders VALUES (1);\n\nINSERT INTO no_such_table VALUES (2);\n"
               "INSERT INTO boot_orders VALUES (3);\n")
     with pytest.raises(bs.BootstrapError) as err:
         run(admin, mysql, names, init_sql=script)
     message = str(err.value)
-    assert "init_sql statement 3 of 4 (line 5) failed: (1146)" in message
-    assert "no_such_table" in message and "statement: INSERT INTO no_such_table VALUES (2)" in message
+    assert "init_sql statement 3 of 4 (line 5, INSERT) failed: MySQL error 1146 (ER_NO_SUCH_TABLE)" in message
     assert "the 2 statement(s) before it were applied, none after it" in message
     with admin.cursor() as cur:
         cur.execute(f"SELECT id FROM `{mysql.database}`.boot_orders")
@@ -124,6 +123,22 @@ def test_a_broken_statement_stops_with_its_line_text_and_mysql_message(admin, my
     assert bs.applied_checksums(admin, mysql.database, names["schema"]) == []
     # And the export user was set up before the init SQL, so it exists with its SELECT grant
     assert any(g.startswith("GRANT SELECT ON") for g in grants(admin, names["user"]))
+
+
+@pytest.mark.parametrize("script", [
+    "CREATE TABLE IF NOT EXISTS boot_customers (email VARCHAR(100) PRIMARY KEY);\n"
+    "INSERT INTO boot_customers VALUES ('alice@example.com');\nINSERT INTO boot_customers VALUES ('alice@example.com');",
+    "CREATE TABLE IF NOT EXISTS boot_customers (email VARCHAR(10));\n"
+    "INSERT INTO boot_customers VALUES ('alice@example.com', 'Alice Example');",
+    "INSERT INTO boot_customers VALUES ('alice@example.com' 'unterminated);",
+])
+def test_a_failing_statement_reports_no_row_value(admin, mysql, names, script):
+    """The error becomes a CloudFormation event: MySQL's own message would quote the row (Duplicate entry
+    'alice@example.com' for key ...; a syntax error quotes the statement)."""
+    with pytest.raises(bs.BootstrapError, match=r"^init_sql statement \d of \d \(line \d, [A-Z]+\) failed: MySQL error "
+                                                r"\d+( \(ER_[A-Z_]+\))?; ") as err:
+        run(admin, mysql, names, init_sql=script)
+    assert "alice" not in str(err.value) and "Alice" not in str(err.value)
 
 
 @pytest.mark.parametrize("password", ["s3cr3t-Pa55", "it's-a-secret", "back\\slash", 'dou"ble'])
@@ -226,7 +241,8 @@ def handler_env(monkeypatch, secrets, mysql, names, tmp_path):
         {"username": names["user"], "password": "Generated-Pa55"}))["ARN"]
     for name, value in {contract.ENV_MASTER_SECRET_ARN: master, contract.ENV_DB_HOST: mysql.host,
                         contract.ENV_DB_PORT: str(mysql.port), contract.ENV_DB_NAME: mysql.database,
-                        contract.ENV_DB_TLS: "off"}.items():
+                        contract.ENV_DB_TLS: "off", contract.ENV_EXPORT_USER: names["user"],
+                        contract.ENV_EXPORT_AUTH: "secret", contract.ENV_EXPORT_SECRET_ARN: export}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(bs, "STATE_SCHEMA", names["schema"])
     monkeypatch.setattr(bootstrap_handler, "bootstrap",
@@ -299,7 +315,110 @@ def test_a_statement_still_running_at_the_deadline_fails_with_its_own_message(ha
     monkeypatch.setattr(bootstrap_handler, "init_sql_text", lambda: "SELECT SLEEP(6);\n")
     started = time.monotonic()
     # When CloudFormation's request arrives, then the statement is stopped and named, before the function's timeout
-    with pytest.raises(bs.BootstrapError, match=r"init_sql statement 1 of 1 \(line 1\) failed: \(2013\) .*timed out"):
+    with pytest.raises(bs.BootstrapError, match=r"init_sql statement 1 of 1 \(line 1, SELECT\) failed: MySQL error 2013"):
         bootstrap_handler.handler(event("Create", names, handler_env["export"]),
                                   LambdaContext(bootstrap_handler.DEADLINE_MARGIN + 2))
     assert time.monotonic() - started < bootstrap_handler.DEADLINE_MARGIN + 2
+
+
+def _user_exists(admin, user) -> bool:
+    with admin.cursor() as cur:
+        return bs.user_exists(cur, user)
+
+
+@pytest.mark.parametrize("change", [
+    {contract.PROP_EXPORT_USER: "intruder"},
+    {contract.PROP_EXPORT_USER: "root"},
+    {contract.PROP_AUTH: "iam", contract.PROP_EXPORT_SECRET_ARN: None},
+    {contract.PROP_EXPORT_SECRET_ARN: "master"},
+])
+def test_handler_refuses_any_other_user_auth_or_secret_before_reading_a_secret(handler_env, admin, names, monkeypatch,
+                                                                                change):
+    """Whoever may invoke the bootstrap could otherwise create, re-identify or re-grant any account (the master
+    included) with the master's rights: it serves only the user, auth mode and secret set at synth."""
+    # Given a request for something other than what the function's environment names
+    bad = event("Update", names, handler_env["export"])
+    for name, value in change.items():
+        bad["ResourceProperties"][name] = handler_env["master"] if value == "master" else value
+    bad["ResourceProperties"] = {k: v for k, v in bad["ResourceProperties"].items() if v is not None}
+    read = []
+    monkeypatch.setattr(bootstrap_handler, "secrets_client", lambda: read.append("secrets") or None)
+    # When it is invoked, it refuses naming what differs, having read no secret and opened no connection
+    with pytest.raises(contract.ConfigurationError, match=r"^refused: this bootstrap manages only the export user") as err:
+        bootstrap_handler.handler(bad, None)
+    assert all(name in str(err.value) for name in change) and read == []
+    assert not _user_exists(admin, "intruder") and not _user_exists(admin, names["user"])
+
+
+def test_a_rollback_to_the_previous_user_changes_nothing_and_succeeds(handler_env, admin, names, monkeypatch):
+    """CloudFormation rolls the custom resource back (old properties) before the function's environment: the
+    old identity is then not what the function serves; it must answer without acting, or the rollback fails."""
+    rollback = event("Update", names, handler_env["export"], PhysicalResourceId="db/old_user",
+                     OldResourceProperties=event("Update", names, handler_env["export"])["ResourceProperties"])
+    rollback["ResourceProperties"][contract.PROP_EXPORT_USER] = "old_user"
+    monkeypatch.setattr(bootstrap_handler, "secrets_client", lambda: pytest.fail("a rollback read a secret"))
+    answer = bootstrap_handler.handler(rollback, None)
+    assert answer["PhysicalResourceId"] == "db/old_user" and answer["Data"]["UserCreated"] == "false"
+    assert not _user_exists(admin, "old_user")
+    # Without the previous properties being exactly what it serves, the same request is refused
+    rollback["OldResourceProperties"][contract.PROP_EXPORT_USER] = "someone_else"
+    with pytest.raises(contract.ConfigurationError, match="refused"):
+        bootstrap_handler.handler(rollback, None)
+
+
+def test_the_readme_run_by_hand_event_still_runs(handler_env, admin, names):
+    # The README's event: RequestType and the three identity properties, nothing else
+    by_hand = {"RequestType": "Update", "ResourceProperties": {
+        contract.PROP_EXPORT_USER: names["user"], contract.PROP_AUTH: "secret",
+        contract.PROP_EXPORT_SECRET_ARN: handler_env["export"]}}
+    answer = bootstrap_handler.handler(by_hand, None)
+    assert answer["Data"]["UserCreated"] == "true" and _user_exists(admin, names["user"])
+
+
+def test_settings_refuse_an_environment_without_its_identity():
+    base = {contract.ENV_MASTER_SECRET_ARN: "arn", contract.ENV_DB_HOST: "h", contract.ENV_DB_PORT: "3306",
+            contract.ENV_DB_NAME: "app", contract.ENV_DB_TLS: "verify", contract.ENV_EXPORT_USER: "xlsx_export",
+            contract.ENV_EXPORT_AUTH: "iam"}
+    assert contract.load_settings(base).export_secret_arn is None
+    with pytest.raises(contract.ConfigurationError, match="missing environment variables: EXPORT_SECRET_ARN"):
+        contract.load_settings({**base, contract.ENV_EXPORT_AUTH: "secret"})
+    with pytest.raises(contract.ConfigurationError, match="missing environment variables: EXPORT_USER"):
+        contract.load_settings({k: v for k, v in base.items() if k != contract.ENV_EXPORT_USER})
+    with pytest.raises(contract.ConfigurationError, match="EXPORT_AUTH must be one of iam, secret"):
+        contract.load_settings({**base, contract.ENV_EXPORT_AUTH: "password"})
+
+
+def test_no_password_or_token_is_logged_even_at_debug(handler_env, names, caplog, monkeypatch, mysql, secrets):
+    """At DEBUG botocore logs GetSecretValue's response (the master password) and the session token."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "Session-T0ken-Of-The-Role")
+    secrets.put_secret_value(SecretId=handler_env["master"], SecretString=mysql.secret_json(password="Master-Pa55"))
+    caplog.set_level("DEBUG")
+    with pytest.raises(bs.BootstrapError, match="cannot connect to"):  # a wrong master password: both secrets read
+        bootstrap_handler.handler(event("Create", names, handler_env["export"]), None)
+    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
+    for secret in ("Master-Pa55", "Generated-Pa55", "Session-T0ken-Of-The-Role", "SecretString", "Signature"):
+        assert secret not in logged
+
+
+def test_a_master_password_outside_latin1_is_a_clear_error(handler_env, names, secrets, mysql):
+    secrets.put_secret_value(SecretId=handler_env["master"], SecretString=mysql.secret_json(password="Pr1ce-€-Pa55"))
+    with pytest.raises(bs.BootstrapError, match=r"^cannot connect to .* as 'root': the password holds a character "
+                                                r"outside Latin-1") as err:
+        bootstrap_handler.handler(event("Create", names, handler_env["export"]), None)
+    assert "€" not in str(err.value) and "Pa55" not in str(err.value)
+
+
+def test_plain_tcp_is_refused_inside_lambda(handler_env, names, monkeypatch):
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "bootstrap-fn")
+    bootstrap_handler.settings.cache_clear()
+    with pytest.raises(contract.ConfigurationError, match=r"^DB_TLS=off is for local runs only: inside Lambda"):
+        bootstrap_handler.handler(event("Create", names, handler_env["export"]), None)
+    bootstrap_handler.settings.cache_clear()
+
+
+def test_a_huge_property_is_not_echoed_whole(handler_env, names):
+    bad = event("Create", names, handler_env["export"])
+    bad["ResourceProperties"][contract.PROP_EXPORT_USER] = "u" * 300_000
+    with pytest.raises(contract.ConfigurationError, match="is not a MySQL user name") as err:
+        bootstrap_handler.handler(bad, None)
+    assert len(str(err.value)) < 200

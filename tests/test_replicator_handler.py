@@ -134,6 +134,7 @@ def test_url_encoded_keys_are_decoded_and_copied(env, buckets, key):
     (lambda v: event_for(("exports/orders/data.xlsx", v), bucket="someone-elses"), "not the source bucket"),
     (lambda v: event_for(("exports/orders/data.xlsx", v), name="ObjectRemoved:DeleteMarkerCreated"),
      "is not an object creation"),
+    (lambda v: event_for(("exports/orders/data.xlsx", v), name="X" * 300_000), "XXXX...(300000 characters) is not"),
 ])
 def test_what_is_not_ours_is_skipped_with_a_log_line(env, buckets, caplog, event, reason):
     version = put(buckets, "exports/orders/data.csv")
@@ -513,3 +514,16 @@ def test_metadata_near_s3s_2kb_limit_still_copies_without_the_redundant_source_k
     small = "exports/orders/short.xlsx"
     replicator.handler(event_for((small, put(buckets, small))), None)
     assert buckets.head_object(Bucket=DESTINATION, Key=small)["Metadata"][replicate_module.META_SOURCE_KEY] == small
+
+
+def test_no_credential_is_logged_even_at_debug(env, buckets, caplog, monkeypatch):
+    """At DEBUG botocore logs every request's headers (the session token, the signature) and response."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "Session-T0ken-Of-The-Role")
+    replicator.runtime.cache_clear()
+    version = put(buckets, "daily/report.xlsx")
+    caplog.set_level("DEBUG")
+    replicator.handler(event_for(("daily/report.xlsx", version)), None)
+    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
+    assert "daily/report.xlsx" in logged  # the function's own line is there
+    for secret in ("Session-T0ken-Of-The-Role", "Signature", "Authorization", "testing"):
+        assert secret not in logged

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import time
 import zipfile
 from decimal import Decimal
 
@@ -266,6 +267,14 @@ def test_hostile_values_are_bound_never_spliced_into_the_sql(env, s3, orders, ho
     ({"i": "99999999999999999999"}, r"parameter 'i': value .* is not a"),
     ({"x": 0.1}, r"parameter 'x': value 0.1 is not a decimal number \(give it as text"),
     ({"x": "NaN"}, r"parameter 'x': value 'NaN' is not a finite decimal"),
+    ({"x": "1e999999999"}, r"parameter 'x': value '1e999999999' is not a decimal number below 10\^65 in magnitude"),
+    ({"x": "1e1000000000000000000"}, r"parameter 'x': value '1e1000000000000000000' is not a decimal number"),
+    ({"x": "-1e-999999999"}, r"parameter 'x': value .* with at most 65 decimal places"),
+    ({"x": "0e999999999"}, r"parameter 'x': value .* below 10\^65 in magnitude"),
+    ({"x": 10**70}, r"parameter 'x': value a number of 71 digits is not a decimal number below 10\^65"),
+    ({"x": "1" * 10**6}, r"parameter 'x': value '1111.*'\.\.\.\(1000000 characters\) is not a decimal number of at most 100"),
+    ({"d": "x" * 300_000}, r"parameter 'd': value 'xxxx.*\(300000 characters\) is not a date \(ISO"),
+    ({"n" * 300_000: 1}, r"unknown parameter\(s\) 'nnnn.*\(300000 characters\); declared"),
     ({"s": ["a"]}, r"parameter 's': value \['a'\] is not text"),
     ({"s": "x" * 201}, r"parameter 's': value is longer than 200 characters"),
     ({"t": "0001-01-01T00:00:00+05:00"}, r"parameter 't': value .* is not a datetime that exists in the export's"),
@@ -282,6 +291,27 @@ def test_a_bad_parameter_fails_before_connecting_naming_it(env, s3, monkeypatch,
     with pytest.raises(ExportError, match=message):
         run(TYPED, given)
     assert all_keys(s3) == [] and list(tmp_files.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["1e999999999", "1e-999999999", "1e1000000000000000000", "9" * 10**6, 10**4000],
+                         ids=["exponent", "negative-exponent", "exponent-of-19-digits", "million-digits", "json-int"])
+def test_a_huge_decimal_is_refused_in_milliseconds(value):
+    """PyMySQL writes a Decimal out in full: '1e999999999' was a gigabyte literal, '1e18' digits a MemoryError."""
+    definition = ParameterDefinition("x", "decimal")
+    started = time.perf_counter()
+    with pytest.raises(params_module.ParameterError, match=r"^parameter 'x': value .{1,120} is not a decimal number"):
+        params_module.resolve([definition], {"x": value}, dt.datetime.now(dt.timezone.utc), "UTC", export="e")
+    assert time.perf_counter() - started < 0.05
+
+
+@pytest.mark.parametrize("value", ["-" + "9" * 65, "9.99999999999999999999999999999999999999999999999999999999999999E+64",
+                                   "1e-65", "0.5", "-0"])
+def test_decimals_within_mysql_decimal_range_are_accepted(value):
+    from decimal import Decimal
+
+    definition = ParameterDefinition("x", "decimal")
+    resolved = params_module.resolve([definition], {"x": value}, dt.datetime.now(dt.timezone.utc), "UTC", export="e")
+    assert resolved == {"x": Decimal(value)}
 
 
 def test_a_parameter_without_default_must_be_given(env, s3):

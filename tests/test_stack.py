@@ -345,7 +345,15 @@ def test_the_bootstrap_runs_at_deploy_with_what_the_database_must_look_like(dev,
     assert secret_resource["Properties"][bootstrap_contract.PROP_AUTH] == "secret"
     assert secret_resource["Properties"][bootstrap_contract.PROP_INIT_SQL_SHA256] == ""
     env = function_env(dev, dev.stack.bootstrap)
-    assert set(env) == bootstrap_contract.ENV_NAMES and env[bootstrap_contract.ENV_DB_TLS] == "verify"
+    assert set(env) == bootstrap_contract.env_names("iam") and env[bootstrap_contract.ENV_DB_TLS] == "verify"
+    # The function serves exactly the identity the resource asks for, and refuses any other
+    for s, resource_props in ((dev, p), (dev_secret, secret_resource["Properties"])):
+        env = function_env(s, s.stack.bootstrap)
+        assert set(env) == bootstrap_contract.env_names(resource_props[bootstrap_contract.PROP_AUTH])
+        assert env[bootstrap_contract.ENV_EXPORT_USER] == resource_props[bootstrap_contract.PROP_EXPORT_USER]
+        assert env[bootstrap_contract.ENV_EXPORT_AUTH] == resource_props[bootstrap_contract.PROP_AUTH]
+        assert env.get(bootstrap_contract.ENV_EXPORT_SECRET_ARN) == resource_props.get(
+            bootstrap_contract.PROP_EXPORT_SECRET_ARN)
     # Nothing runs against an existing database
     assert prod.resources("Custom::DatabaseBootstrap") == prod_iam.resources("Custom::DatabaseBootstrap") == {}
 
@@ -876,6 +884,100 @@ def test_alarms_on_errors_and_failure_queues_go_to_the_topic(synth):
     queues = {a["Dimensions"][0]["Value"]["Fn::GetAtt"][0] for a in alarms if a["Namespace"] == "AWS/SQS"}
     assert queues == {synth.logical_id(synth.stack.export.failure_queue),
                       synth.logical_id(synth.stack.replicator.failure_queue)}
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _why_cloudwatch_cannot_notify(resources: dict, alarm_id: str) -> list[str]:
+    """What stops CloudWatch from publishing alarm ``alarm_id``'s notifications to each topic in its
+    AlarmActions (empty: nothing). A topic with a policy accepts only what the policy allows; the alarm
+    must be admitted by the service principal with aws:SourceAccount and aws:SourceArn (this alarm); a
+    deny must not apply to a TLS publish; a topic under a KMS key needs that key to admit CloudWatch too."""
+    problems = []
+    # The alarm's own ARN; a key (which cannot name the alarm without a cycle) may admit the account's alarms.
+    this_alarm = [{"Fn::GetAtt": [alarm_id, "Arn"]}]
+    account_alarms = this_alarm + [{"Fn::Join": ["", [
+        "arn:", {"Ref": "AWS::Partition"}, ":cloudwatch:", {"Ref": "AWS::Region"}, ":", {"Ref": "AWS::AccountId"},
+        ":alarm:*"]]}]
+    conditions_ok = lambda c, arns: (c.get("StringEquals", {}).get("aws:SourceAccount") == {"Ref": "AWS::AccountId"}
+                                     and any(arn in _as_list(c.get("ArnLike", {}).get("aws:SourceArn", []))
+                                             for arn in arns))
+    admits = lambda st, actions, arns: (
+        st["Effect"] == "Allow" and _as_list(st.get("Principal", {}).get("Service")) == ["cloudwatch.amazonaws.com"]
+        and set(actions) <= {a.lower() for a in _as_list(st["Action"])} and conditions_ok(st.get("Condition", {}), arns))
+    for action in resources[alarm_id]["Properties"].get("AlarmActions", []):
+        topic_id = action["Ref"]
+        if resources[topic_id]["Type"] != "AWS::SNS::Topic":
+            problems.append(f"{alarm_id}: action {topic_id} is not a topic of the stack")
+            continue
+        policies = [r["Properties"]["PolicyDocument"]["Statement"] for r in resources.values()
+                    if r["Type"] == "AWS::SNS::TopicPolicy" and {"Ref": topic_id} in r["Properties"]["Topics"]]
+        statements = [st for policy in policies for st in policy]
+        if not any(admits(st, {"sns:publish"}, this_alarm) and {"Ref": topic_id} in _as_list(st["Resource"]) for st in statements):
+            problems.append(f"{alarm_id}: no statement of {topic_id}'s policy lets CloudWatch publish this alarm")
+        for st in statements:
+            if st["Effect"] == "Deny" and st.get("Condition") != {"Bool": {"aws:SecureTransport": "false"}}:
+                problems.append(f"{alarm_id}: {topic_id}'s policy denies more than non-TLS requests: {st}")
+        key = resources[topic_id].get("Properties", {}).get("KmsMasterKeyId")
+        if key is not None:
+            key_id = (key.get("Fn::GetAtt") or [key.get("Ref")])[0] if isinstance(key, dict) else None
+            if key_id not in resources:
+                problems.append(f"{alarm_id}: {topic_id} is encrypted with {key}, whose policy the stack cannot change")
+            elif not any(admits(st, {"kms:decrypt", "kms:generatedatakey*"}, account_alarms)
+                         for st in resources[key_id]["Properties"]["KeyPolicy"]["Statement"]):
+                problems.append(f"{alarm_id}: key {key_id} of {topic_id} does not let CloudWatch use it")
+    return problems
+
+
+def test_every_alarm_can_notify_its_topic(synth):
+    """Each alarm action reaches people only if the topic lets CloudWatch publish: a topic policy
+    replaces SNS's default one, so the service principal cloudwatch.amazonaws.com needs an Allow, held
+    to this account and these alarms by aws:SourceAccount and aws:SourceArn (confused-deputy guard);
+    an alarm otherwise shows "is not authorized to perform: SNS:Publish" in its history.
+    https://docs.aws.amazon.com/sns/latest/dg/sns-access-policy-use-cases.html
+    https://repost.aws/knowledge-center/cloudwatch-receive-sns-for-alarm-trigger
+    An encrypted topic also needs its KMS key to admit CloudWatch (kms:Decrypt, kms:GenerateDataKey*):
+    https://docs.aws.amazon.com/sns/latest/dg/sns-key-management.html"""
+    resources = synth.template["Resources"]
+    alarms = synth.resources("AWS::CloudWatch::Alarm")
+    assert alarms and all(a["Properties"]["AlarmActions"] for a in alarms.values())
+    assert [p for alarm_id in alarms for p in _why_cloudwatch_cannot_notify(resources, alarm_id)] == []
+    # Still: no publish or subscribe without TLS.
+    template(synth).has_resource_properties("AWS::SNS::TopicPolicy", {
+        "Topics": [{"Ref": synth.logical_id(synth.stack.alarm_topic)}],
+        "PolicyDocument": {"Statement": Match.array_with([Match.object_like({
+            "Effect": "Deny", "Principal": "*", "Action": "sns:Publish",
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}}})])},
+    })
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_alarm_check_catches_a_topic_that_does_not_admit_cloudwatch(encrypted):
+    """The walk above fails a topic with only the TLS deny (SNS's default policy replaced) and, for an
+    encrypted topic, a key that does not admit CloudWatch; admit_alarms fixes both."""
+    from aws_cdk import aws_cloudwatch as cloudwatch
+    from aws_cdk import aws_kms as kms
+
+    from stacks.pipeline_function import admit_alarms, alarm_on
+
+    def build(admit: bool) -> dict:
+        stack = cdk.Stack(cdk.App())
+        key = kms.Key(stack, "K") if encrypted else None
+        topic = sns.Topic(stack, "T", enforce_ssl=True, master_key=key)
+        alarm = alarm_on(stack, "A", metric=cloudwatch.Metric(namespace="N", metric_name="M"),
+                         description="d", topic=topic)
+        if admit:
+            admit_alarms(topic, [alarm])
+        resources = Template.from_stack(stack).to_json()["Resources"]
+        alarm_id = stack.resolve(alarm.node.default_child.logical_id)
+        return _why_cloudwatch_cannot_notify(resources, alarm_id)
+
+    found = build(admit=False)
+    assert any("lets CloudWatch publish" in p for p in found)
+    assert any("does not let CloudWatch use it" in p for p in found) == encrypted
+    assert build(admit=True) == []
 
 
 def test_alarm_email_is_subscribed_only_when_configured(dev, prod):

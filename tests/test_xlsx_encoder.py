@@ -370,3 +370,31 @@ def test_dates_across_mysqls_range_round_trip(value):
                      dt.timedelta(hours=838, minutes=59, seconds=59, microseconds=999_999)))
 def test_times_across_mysqls_range_round_trip(value):
     assert_round_trips(value)
+
+
+#: Excel's grid: "Total number of rows and columns on a worksheet: 1,048,576 rows by 16,384 columns"
+#: (https://support.microsoft.com/en-us/office/excel-specifications-and-limits-1672b34d-7043-467e-8e27-269d656771c3).
+EXCEL_MAX_ROWS = 1_048_576
+
+
+def test_a_full_sheet_ends_on_excels_last_row_and_the_next_row_starts_a_new_sheet(tmp_path):
+    """The header is row 1, so a sheet holds 1,048,575 data rows; one more data row (a row number Excel does not
+    have) would make the whole workbook unreadable, so it goes on the next sheet."""
+    assert xlsx.MAX_DATA_ROWS_PER_SHEET + 1 == EXCEL_MAX_ROWS  # the default, spelt out
+    path = tmp_path / "full.xlsx"
+    writer = XlsxStreamWriter(path, sheet_name="full", columns=["n"])  # the default limit, as every export uses
+    writer.write_rows((i,) for i in range(1, EXCEL_MAX_ROWS + 1))  # 1,048,576 data rows: one past a sheet
+    result = writer.close()
+    with zipfile.ZipFile(path) as z:
+        first = z.read("xl/worksheets/sheet1.xml")
+        second = etree.fromstring(z.read("xl/worksheets/sheet2.xml"))
+        book = etree.fromstring(z.read("xl/workbook.xml"))
+    # The first sheet: header and data up to row 1,048,576, Excel's last, and no row past it
+    tail = first[first.rindex(b"<row "):]
+    assert tail.startswith(f'<row r="{EXCEL_MAX_ROWS}"'.encode()) and f"<v>{EXCEL_MAX_ROWS - 1}</v>".encode() in tail
+    assert first.count(b"<row ") == EXCEL_MAX_ROWS
+    # The second: the header again and the one row left over
+    rows = second.findall("m:sheetData/m:row", NS)
+    assert [r.get("r") for r in rows] == ["1", "2"] and rows[1].findtext("m:c/m:v", namespaces=NS) == str(EXCEL_MAX_ROWS)
+    assert [s.get("name") for s in book.iterfind("m:sheets/m:sheet", NS)] == ["full", "full (2)"]
+    assert result.rows == EXCEL_MAX_ROWS

@@ -10,6 +10,15 @@ from ..contract import SUFFIXES, is_replicated
 from .settings import Settings
 
 
+#: How much of an event's own text (event name, bucket) a skip reason quotes: an invoke may carry megabytes.
+SHOWN_CHARS = 100
+
+
+def _shown(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + f"...({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class CopyRequest:
     key: str  # decoded
@@ -48,10 +57,10 @@ def _parse_record(record: Any, settings: Settings) -> CopyRequest | Skipped:
         key = unquote_plus(obj["key"])
     except (KeyError, TypeError):
         return Skipped(None, "malformed record")
-    if not record.get("eventSource", "aws:s3") == "aws:s3" or not name.startswith("ObjectCreated:"):
-        return Skipped(key, f"event {name} is not an object creation")
+    if not record.get("eventSource", "aws:s3") == "aws:s3" or not str(name).startswith("ObjectCreated:"):
+        return Skipped(key, f"event {_shown(name)} is not an object creation")
     if bucket != settings.source_bucket:
-        return Skipped(key, f"record from bucket {bucket!r}, not the source bucket")
+        return Skipped(key, f"record from bucket {_shown(repr(bucket))}, not the source bucket")
     if not is_replicated(key, settings.source_prefix):
         where = f"is not under {settings.source_prefix!r} or " if settings.source_prefix else ""
         return Skipped(key, f"key {where}does not end in {' or '.join(SUFFIXES)}")

@@ -20,6 +20,12 @@ from .settings import Settings, load_settings
 
 log = logging.getLogger()  # level and JSON format come from the function's logging config (the stack)
 
+#: The AWS SDK's loggers stay at WARNING whatever the function's log level: at DEBUG botocore logs response
+#: bodies (a secret's value) and request signing (the session token, signatures), urllib3 every request.
+SDK_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
+for _name in SDK_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
 #: Throttling and transient errors are retried with exponential backoff inside the invocation.
 AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5, read_timeout=120)
 

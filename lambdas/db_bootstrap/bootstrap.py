@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlparse
+from pymysql.constants import ER
 from pymysql.converters import escape_string
 
 from .settings import sha256
@@ -19,8 +20,6 @@ from .settings import sha256
 #: The schema of the bookkeeping table; the export user has no grant on it.
 STATE_SCHEMA = "xlsx_pipeline"
 STATE_TABLE = "init_sql_applied"
-#: How much of a failing statement the error (and so the CloudFormation event) quotes.
-STATEMENT_QUOTE_CHARS = 300
 
 
 class BootstrapError(Exception):
@@ -69,12 +68,30 @@ def _code(exc: Exception) -> object:
     return exc.args[0] if exc.args else "?"
 
 
+#: MySQL's error names by number (``ER_DUP_ENTRY`` for 1062), from PyMySQL's table.
+_ERROR_NAMES = {value: f"ER_{name}" for name, value in vars(ER).items() if name.isupper() and isinstance(value, int)}
+
+
+def _error_code(exc: Exception) -> str:
+    """MySQL's error number and name only: its message may quote row values (``Duplicate entry 'alice@...'``)."""
+    code = _code(exc)
+    if not isinstance(code, int):
+        return f"a {type(exc).__name__} without a MySQL error code"
+    return f"MySQL error {code}" + (f" ({_ERROR_NAMES[code]})" if code in _ERROR_NAMES else "")
+
+
 def _message(exc: Exception, secret: str | None) -> str:
     text = str(exc.args[-1]) if exc.args else str(exc)
     if secret:  # the server quotes the statement with the password as it was sent: escaped
         for form in sorted({secret, escape_string(secret)}, key=len, reverse=True):
             text = text.replace(form, "***")
     return text
+
+
+def _verb(sql: str) -> str:
+    """The statement's first keyword (``INSERT``), which says what kind of statement failed and holds no value."""
+    word = sql.split(None, 1)[0].upper() if sql.split() else ""
+    return word if word.isalpha() and len(word) <= 20 else "statement"
 
 
 def show_grants(cursor: Any, user: str) -> list[str]:
@@ -151,8 +168,8 @@ def apply_init_sql(connection: Any, text: str, *, database: str, schema: str = S
     """Run ``text`` in ``database`` unless this exact content was applied there before.
 
     Statements run one by one in file order on an autocommit connection; the first that
-    fails stops the run with its line, its text and MySQL's message, and nothing after it
-    is sent. The content is recorded only once every statement has succeeded, so a fixed
+    fails stops the run with its number, line, first keyword and MySQL's error code (never its
+    text or MySQL's message, which may quote row values), and nothing after it is sent. The content is recorded only once every statement has succeeded, so a fixed
     file (new content) runs again from its first statement.
     """
     digest = sha256(text)
@@ -167,11 +184,12 @@ def apply_init_sql(connection: Any, text: str, *, database: str, schema: str = S
                 while cursor.nextset():
                     pass
             except Exception as exc:
-                quoted = sql if len(sql) <= STATEMENT_QUOTE_CHARS else sql[:STATEMENT_QUOTE_CHARS] + " ..."
+                # Number, line and error code only: MySQL's message and the statement may hold row values, and
+                # this error becomes a CloudFormation stack event anyone who may describe the stack reads.
                 raise BootstrapError(
-                    f"init_sql statement {number} of {len(statements)} (line {line}) failed: "
-                    f"({_code(exc)}) {_message(exc, None)}; statement: {quoted}; "
-                    f"the {number - 1} statement(s) before it were applied, none after it. Fix the file and deploy "
+                    f"init_sql statement {number} of {len(statements)} (line {line}, {_verb(sql)}) failed: "
+                    f"{_error_code(exc)}; the {number - 1} statement(s) before it were applied, none after it. "
+                    "Run that statement by hand for the server's full message. Fix the file and deploy "
                     "again: changed content runs again from its first statement, so write statements that can run "
                     "twice (CREATE TABLE IF NOT EXISTS, INSERT IGNORE)"
                 ) from None

@@ -22,9 +22,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .bootstrap import BootstrapError, bootstrap
 from ..contract import CA_BUNDLE_FILE
-from .settings import INIT_SQL_FILE, Request, Settings, load_settings, read_request
+from .settings import (INIT_SQL_FILE, ConfigurationError, Request, Settings, check_request, differences, load_settings,
+                       read_request)
 
 log = logging.getLogger()
+
+#: The AWS SDK's loggers stay at WARNING whatever the function's log level: at DEBUG botocore logs response
+#: bodies (a secret's value) and request signing (the session token, signatures), urllib3 every request.
+SDK_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
+for _name in SDK_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 #: At most 3 x (5 + 5) s per Secrets Manager call (it answers in milliseconds): the run fits in 3 minutes.
 AWS_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=5, read_timeout=5)
@@ -68,6 +75,9 @@ def connect(s: Settings, username: str, password: str,
         return pymysql.connect(host=s.db_host, port=s.db_port, user=username, password=password, charset="utf8mb4",
                                connect_timeout=CONNECT_TIMEOUT, read_timeout=timeout, write_timeout=timeout,
                                autocommit=True, **tls)
+    except UnicodeEncodeError:  # PyMySQL sends a password as Latin-1; its error would quote the character
+        raise BootstrapError(f"cannot connect to {s.db_host}:{s.db_port} as {username!r}: the password holds a "
+                             "character outside Latin-1, which the MySQL client cannot send") from None
     except (OSError, pymysql.err.MySQLError) as exc:
         message = str(exc).replace(password, "***") if password else str(exc)
         raise BootstrapError(f"cannot connect to {s.db_host}:{s.db_port} as {username!r}: {message}") from None
@@ -98,6 +108,14 @@ def run(request: Request, deadline: float | None = None) -> dict:
         connection.close()
 
 
+def _is_rollback(event: dict) -> bool:
+    """An Update from exactly what this function serves back to something else: a rollback's signature."""
+    try:
+        return not differences(read_request(event.get("OldResourceProperties") or {}), settings())
+    except ConfigurationError:
+        return False
+
+
 def handler(event: dict, context: Any) -> dict:
     kind = event.get("RequestType")
     props = event.get("ResourceProperties", {})
@@ -106,6 +124,13 @@ def handler(event: dict, context: Any) -> dict:
         log.info(json.dumps({"request": kind, "resource": physical_id, "outcome": "kept (nothing is dropped)"}))
         return {"PhysicalResourceId": physical_id}
     request = read_request(props)
+    if differences(request, settings()) and kind == "Update" and _is_rollback(event):
+        # CloudFormation rolls the resource back before the function: the old identity arrives while this
+        # environment already names the new one. Act on nothing (nothing is ever dropped) and let the rollback end.
+        log.info(json.dumps({"request": kind, "resource": physical_id, "outcome": "rollback: nothing to do"}))
+        return {"PhysicalResourceId": physical_id, "Data": {"UserCreated": "false", "GrantsChanged": "false",
+                                                            "InitSqlApplied": "false", "InitSqlStatements": "0"}}
+    check_request(request, settings())  # before any secret is read or connection opened
     deadline = None
     if context is not None:  # Lambda's context: stop each statement before the function's own timeout
         deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN

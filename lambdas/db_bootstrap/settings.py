@@ -16,12 +16,20 @@ ENV_DB_HOST = "DB_HOST"
 ENV_DB_PORT = "DB_PORT"
 ENV_DB_NAME = "DB_NAME"
 ENV_DB_TLS = "DB_TLS"
+#: The one export user this function manages, how it logs in and (secret auth only) its password's secret:
+#: set at synth, so an invoke cannot make the bootstrap manage another account with the master's rights.
+ENV_EXPORT_USER = "EXPORT_USER"
+ENV_EXPORT_AUTH = "EXPORT_AUTH"
+ENV_EXPORT_SECRET_ARN = "EXPORT_SECRET_ARN"
 
-#: Every variable the function reads; the stack must set exactly these.
-ENV_NAMES = frozenset({ENV_MASTER_SECRET_ARN, ENV_DB_HOST, ENV_DB_PORT, ENV_DB_NAME, ENV_DB_TLS})
+#: Every variable the function reads with either auth mode; the stack must set exactly ``env_names(auth)``.
+ENV_NAMES = frozenset({ENV_MASTER_SECRET_ARN, ENV_DB_HOST, ENV_DB_PORT, ENV_DB_NAME, ENV_DB_TLS, ENV_EXPORT_USER,
+                       ENV_EXPORT_AUTH})
 
-#: ``verify``: TLS checked against the bundled Amazon RDS CA; ``off``: local tests only.
+#: ``verify``: TLS checked against the bundled Amazon RDS CA; ``off``: local tests only, refused inside Lambda.
 TLS_MODES = ("verify", "off")
+#: Set by Lambda in every function's environment.
+ENV_LAMBDA_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
 #: The custom resource's properties: what the database must look like after a deploy.
 PROP_EXPORT_USER = "ExportUser"
@@ -37,6 +45,12 @@ PROP_DB_NAME = "DatabaseName"
 PROP_MASTER_SECRET_ARN = "MasterSecretArn"
 
 AUTH_MODES = ("iam", "secret")
+
+
+def env_names(auth: str) -> frozenset[str]:
+    """The variables the stack sets for ``auth``: the export user's secret only with ``secret``."""
+    return ENV_NAMES | ({ENV_EXPORT_SECRET_ARN} if auth == "secret" else set())
+
 #: Files the bundler writes into the package next to the code.
 INIT_SQL_FILE = "init.sql"
 
@@ -60,21 +74,34 @@ class Settings:
     db_port: int
     db_name: str
     tls: str
+    export_user: str
+    auth: str
+    export_secret_arn: str | None
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
-    missing = sorted(n for n in ENV_NAMES if not environ.get(n))
+    auth = environ.get(ENV_EXPORT_AUTH, "")
+    if auth and auth not in AUTH_MODES:
+        raise ConfigurationError(f"{ENV_EXPORT_AUTH} must be one of {', '.join(AUTH_MODES)}, got {auth[:20]!r}")
+    missing = sorted(n for n in env_names(auth) if not environ.get(n))
     if missing:
         raise ConfigurationError(f"missing environment variables: {', '.join(missing)}")
+    if auth == "iam" and environ.get(ENV_EXPORT_SECRET_ARN):
+        raise ConfigurationError(f"{ENV_EXPORT_SECRET_ARN} is set only with {ENV_EXPORT_AUTH}=secret")
+    if not USER_RE.match(environ[ENV_EXPORT_USER]):
+        raise ConfigurationError(f"{ENV_EXPORT_USER} {environ[ENV_EXPORT_USER][:40]!r} is not a MySQL user name")
     port = environ[ENV_DB_PORT]
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigurationError(f"{ENV_DB_PORT} must be a TCP port number, got {port!r}")
     if environ[ENV_DB_TLS] not in TLS_MODES:
-        raise ConfigurationError(f"{ENV_DB_TLS} must be one of {', '.join(TLS_MODES)}, got {environ[ENV_DB_TLS]!r}")
+        raise ConfigurationError(f"{ENV_DB_TLS} must be one of {', '.join(TLS_MODES)}, got {shown(environ[ENV_DB_TLS])}")
+    if environ[ENV_DB_TLS] == "off" and environ.get(ENV_LAMBDA_FUNCTION_NAME):
+        raise ConfigurationError(f"{ENV_DB_TLS}=off is for local runs only: inside Lambda ({ENV_LAMBDA_FUNCTION_NAME} "
+                                 "is set) the database is reached over verified TLS only")
     if not DATABASE_RE.match(environ[ENV_DB_NAME]):
         raise ConfigurationError(f"{ENV_DB_NAME} {environ[ENV_DB_NAME]!r} is not a database name")
     return Settings(environ[ENV_MASTER_SECRET_ARN], environ[ENV_DB_HOST], int(port), environ[ENV_DB_NAME],
-                    environ[ENV_DB_TLS])
+                    environ[ENV_DB_TLS], environ[ENV_EXPORT_USER], auth, environ.get(ENV_EXPORT_SECRET_ARN) or None)
 
 
 @dataclass(frozen=True)
@@ -86,13 +113,41 @@ class Request:
     export_secret_arn: str | None
 
 
+#: How much of a value an error message quotes: an invoke may carry megabytes.
+SHOWN_CHARS = 60
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, cut to :data:`SHOWN_CHARS` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "...(cut)"
+
+
 def read_request(props: Mapping[str, object]) -> Request:
     user, auth = props.get(PROP_EXPORT_USER), props.get(PROP_AUTH)
     if not isinstance(user, str) or not USER_RE.match(user):
-        raise ConfigurationError(f"{PROP_EXPORT_USER} {user!r} is not a MySQL user name")
+        raise ConfigurationError(f"{PROP_EXPORT_USER} {shown(user)} is not a MySQL user name")
     if auth not in AUTH_MODES:
-        raise ConfigurationError(f"{PROP_AUTH} must be one of {', '.join(AUTH_MODES)}, got {auth!r}")
+        raise ConfigurationError(f"{PROP_AUTH} must be one of {', '.join(AUTH_MODES)}, got {shown(auth)}")
     secret = props.get(PROP_EXPORT_SECRET_ARN) or None
     if (auth == "secret") != (secret is not None):
         raise ConfigurationError(f"{PROP_EXPORT_SECRET_ARN} is required with auth 'secret' and only then")
     return Request(user, auth, secret)  # type: ignore[arg-type]
+
+
+def differences(request: Request, settings: Settings) -> list[str]:
+    """The properties in which ``request`` asks for something other than what this bootstrap serves."""
+    served = {PROP_EXPORT_USER: settings.export_user, PROP_AUTH: settings.auth,
+              PROP_EXPORT_SECRET_ARN: settings.export_secret_arn}
+    asked = {PROP_EXPORT_USER: request.user, PROP_AUTH: request.auth, PROP_EXPORT_SECRET_ARN: request.export_secret_arn}
+    return [name for name in served if served[name] != asked[name]]
+
+
+def check_request(request: Request, settings: Settings) -> None:
+    """Refuse a request for any user, auth mode or secret other than the ones set at synth."""
+    wrong = differences(request, settings)
+    if wrong:
+        raise ConfigurationError(
+            f"refused: this bootstrap manages only the export user {settings.export_user!r} (auth {settings.auth!r}"
+            + (", its secret in " + ENV_EXPORT_SECRET_ARN if settings.export_secret_arn else "")
+            + f"); the request's {', '.join(wrong)} differ{'s' if len(wrong) == 1 else ''}")

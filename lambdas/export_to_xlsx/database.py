@@ -88,6 +88,11 @@ def connect(endpoint: Endpoint, credentials: Credentials) -> pymysql.connections
             autocommit=False,
             **tls,
         )
+    except UnicodeEncodeError:
+        # PyMySQL sends a password as Latin-1; its own error would quote the character and its position.
+        raise LoginFailed(f"database login to {endpoint.host}:{endpoint.port}/{endpoint.database} failed for user "
+                          f"{credentials.username!r}: the password holds a character outside Latin-1, which the "
+                          "MySQL client cannot send; set a password of ASCII characters") from None
     except pymysql.err.OperationalError as exc:
         where = f"{endpoint.host}:{endpoint.port}/{endpoint.database}"
         if _code(exc) in _LOGIN_ERRORS:

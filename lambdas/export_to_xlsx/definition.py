@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from .params import ParameterDefinition, ParameterError, check_definition, check_placeholders, time_zone
+from .params import ParameterDefinition, ParameterError, check_definition, check_placeholders, shown, time_zone
 
 T = TypeVar("T")
 
@@ -112,7 +112,7 @@ class Reader:
             self.problem(key, f"expected a string, got {value!r}")
             return default
         if check is not None and not check(value):
-            self.problem(key, f"{clip(value, 120)} is not {expect}")
+            self.problem(key, f"{shown(value)} is not {expect}")
             return default
         return value
 
@@ -552,7 +552,7 @@ def decode_exports(raw: str, package_dir: Path, variable: str = "EXPORTS") -> di
     problems: list[str] = []
     exports = {}
     for name, body in data.items():
-        r = Reader(body, f"{variable}[{clip(name)}]", problems)
+        r = Reader(body, f"{variable}[{shown(name)}]", problems)
         if isinstance(body, Mapping) and "name" in body:
             r.problem("name", "the export's name is its key in " + variable)
             continue
@@ -562,9 +562,3 @@ def decode_exports(raw: str, package_dir: Path, variable: str = "EXPORTS") -> di
     if problems:
         raise DefinitionError(problems)
     return exports
-
-
-def clip(value: object, limit: int = 80) -> str:
-    """``repr`` of a value from outside, cut to ``limit`` characters so an error line stays short."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"…({len(text)} characters)"

@@ -19,10 +19,17 @@ from .database import Endpoint
 from .errors import ExportError
 from .export import Target, remove_stale_files, run_export
 from ..contract import CA_BUNDLE_FILE, EVENT_EXPORT, EVENT_KEYS, EVENT_PARAMS
-from .definition import ExportDefinition, clip
+from .definition import ExportDefinition
+from .params import shown
 from .settings import Settings, load_settings
 
 log = logging.getLogger()  # level and JSON format come from the function's logging config (the stack)
+
+#: The AWS SDK's loggers stay at WARNING whatever the function's log level: at DEBUG botocore logs response
+#: bodies (a secret's value) and request signing (the session token, signatures), urllib3 every request.
+SDK_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
+for _name in SDK_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60)
 
@@ -77,8 +84,9 @@ def select_exports(event: Any, exports: dict[str, ExportDefinition]) -> list[Exp
     if {"sql", "query"} & event.keys():
         raise ExportError("the event may only name an export; SQL comes from the deployment config")
     unknown = sorted(set(event) - set(EVENT_KEYS))
-    if unknown:
-        raise ExportError(f"the event has unknown field(s) {', '.join(map(repr, unknown))}; "
+    if unknown:  # an invoke may carry megabytes: quote a few names, each cut short
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ExportError(f"the event has unknown field(s) {', '.join(map(shown, unknown[:5]))}{more}; "
                           'expected {"export": NAME, "params": {NAME: VALUE}}')
     if EVENT_EXPORT not in event:
         if EVENT_PARAMS in event:
@@ -86,10 +94,10 @@ def select_exports(event: Any, exports: dict[str, ExportDefinition]) -> list[Exp
         return list(exports.values())
     name = event[EVENT_EXPORT]
     if not isinstance(name, str):
-        raise ExportError(f'"{EVENT_EXPORT}" must be an export\'s name (text), got {clip(name)}; '
+        raise ExportError(f'"{EVENT_EXPORT}" must be an export\'s name (text), got {shown(name)}; '
                           "leave it out to run every export")
     if name not in exports:
-        raise ExportError(f"unknown export {clip(name)}; valid names: {', '.join(sorted(exports))}")
+        raise ExportError(f"unknown export {shown(name)}; valid names: {', '.join(sorted(exports))}")
     return [exports[name]]
 
 

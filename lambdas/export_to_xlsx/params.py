@@ -32,6 +32,23 @@ RELATIVE_WORDS = ("today", "yesterday", "start_of_month", "start_of_previous_mon
 PLACEHOLDER_RE = re.compile(r"%(%|\(([A-Za-z_][A-Za-z0-9_]*)\)s)?")
 MAX_STR_CHARS = 200
 MAX_INT = 2**63 - 1
+#: A decimal's bounds: MySQL's DECIMAL holds up to 65 digits, so nothing it stores is 10^65 or more in
+#: magnitude or has more than 65 decimal places. PyMySQL writes a Decimal out in full ('1e999999999' would be a
+#: gigabyte of zeros), so a value must be within these before it goes anywhere near the driver.
+MAX_DECIMAL_DIGITS = 65
+MAX_DECIMAL_TEXT = 100
+#: How much of a value (or name) an error message quotes: an event may carry megabytes.
+SHOWN_CHARS = 60
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for an error message, cut to :data:`SHOWN_CHARS` characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**SHOWN_CHARS:
+        return f"a number of {len(str(abs(value)))} digits" if abs(value) < 10**4000 else "a number of over 4000 digits"
+    if isinstance(value, str) and len(value) > SHOWN_CHARS:
+        return repr(value[:SHOWN_CHARS]) + f"...({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "...(cut)"
 
 
 class ParameterError(ValueError):
@@ -113,7 +130,7 @@ def parse_value(p: ParameterDefinition, raw: Any, now: dt.datetime, zone: ZoneIn
     """``raw`` (from JSON) as ``p``'s type; relative dates are taken at ``now`` in ``zone``."""
 
     def bad(expect: str) -> ParameterError:
-        return ParameterError(f"parameter {p.name!r}: {what} {raw!r} is not {expect}")
+        return ParameterError(f"parameter {p.name!r}: {what} {shown(raw)} is not {expect}")
 
     if p.type in ("date", "datetime"):
         if not isinstance(raw, str):
@@ -150,12 +167,20 @@ def parse_value(p: ParameterDefinition, raw: Any, now: dt.datetime, zone: ZoneIn
     if p.type == "decimal":
         if isinstance(raw, bool) or not isinstance(raw, (int, str)):
             raise bad("a decimal number (give it as text, e.g. \"12.50\", to keep every digit)")
+        if isinstance(raw, int) and abs(raw) >= 10**MAX_DECIMAL_DIGITS:
+            raise bad(f"a decimal number below 10^{MAX_DECIMAL_DIGITS} in magnitude")
+        text = str(raw).strip()
+        if len(text) > MAX_DECIMAL_TEXT:
+            raise bad(f"a decimal number of at most {MAX_DECIMAL_TEXT} characters")
         try:
-            value = Decimal(str(raw).strip())
+            value = Decimal(text)
         except InvalidOperation:
             raise bad("a decimal number") from None
-        if not value.is_finite() or len(value.as_tuple().digits) > 65:
-            raise bad("a finite decimal number of at most 65 digits")
+        if not value.is_finite() or len(value.as_tuple().digits) > MAX_DECIMAL_DIGITS:
+            raise bad(f"a finite decimal number of at most {MAX_DECIMAL_DIGITS} digits")
+        if value.adjusted() >= MAX_DECIMAL_DIGITS or -value.as_tuple().exponent > MAX_DECIMAL_DIGITS:
+            raise bad(f"a decimal number below 10^{MAX_DECIMAL_DIGITS} in magnitude with at most "
+                      f"{MAX_DECIMAL_DIGITS} decimal places")
         return value
     # str
     if not isinstance(raw, str):
@@ -163,7 +188,8 @@ def parse_value(p: ParameterDefinition, raw: Any, now: dt.datetime, zone: ZoneIn
     if len(raw) > MAX_STR_CHARS:
         raise ParameterError(f"parameter {p.name!r}: {what} is longer than {MAX_STR_CHARS} characters")
     if p.allowed and raw not in p.allowed:
-        raise ParameterError(f"parameter {p.name!r}: {what} {raw!r} is not one of {', '.join(map(repr, p.allowed))}")
+        raise ParameterError(f"parameter {p.name!r}: {what} {shown(raw)} is not one of "
+                             f"{', '.join(map(repr, p.allowed))}")
     return raw
 
 
@@ -178,8 +204,8 @@ def resolve(definitions: Sequence[ParameterDefinition], given: Any, now: dt.date
     unknown = sorted(set(given) - set(declared))
     if unknown:
         valid = ", ".join(declared) or "none"
-        raise ParameterError(f"export {export!r}: unknown parameter(s) {', '.join(map(repr, unknown))}; "
-                             f"declared: {valid}")
+        names = ", ".join(map(shown, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ParameterError(f"export {export!r}: unknown parameter(s) {names}; declared: {valid}")
     zone = time_zone(zone_name)
     values = {}
     for p in definitions:

@@ -39,6 +39,8 @@ ENV_NAMES = frozenset(
     }
 )
 
+#: Set by Lambda in every function's environment: where it is, ``DB_TLS=off`` (local runs) is refused.
+ENV_LAMBDA_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 #: ``iam``: log in as ``DB_USER`` with an RDS IAM token signed by the function's own role.
 #: ``secret``: log in with the user and password of the secret ``DB_SECRET_ARN``.
 AUTH_ENV_NAMES = {"iam": frozenset({ENV_DB_USER}), "secret": frozenset({ENV_DB_SECRET_ARN})}
@@ -92,6 +94,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     tls = environ[ENV_DB_TLS]
     if tls not in TLS_MODES:
         raise ConfigurationError(f"{ENV_DB_TLS} must be one of {', '.join(TLS_MODES)}, got {tls!r}")
+    if tls == "off" and environ.get(ENV_LAMBDA_FUNCTION_NAME):
+        raise ConfigurationError(f"{ENV_DB_TLS}=off is for local runs only: inside Lambda ({ENV_LAMBDA_FUNCTION_NAME} "
+                                 "is set) the database is reached over verified TLS only")
     if auth == "iam" and tls != "verify":
         raise ConfigurationError(f"{ENV_DB_AUTH}=iam needs {ENV_DB_TLS}=verify: the token is sent as a clear-text "
                                  "password and is only ever sent over verified TLS")

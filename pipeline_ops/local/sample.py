@@ -68,5 +68,7 @@ def first_run_values(export, deploy_day) -> dict:
 
     from lambdas.export_to_xlsx.params import resolve
 
+    if isinstance(deploy_day, str):  # a connection that reads DATE as the server's text
+        deploy_day = dt.date.fromisoformat(deploy_day)
     now = dt.datetime.combine(deploy_day + dt.timedelta(days=1), dt.time(6), tzinfo=dt.timezone.utc)
     return resolve(export.parameters, {}, now, export.time_zone, export=export.name)
