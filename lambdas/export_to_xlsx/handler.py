@@ -107,15 +107,16 @@ def select_exports(event: Any, exports: dict[str, ExportDefinition]) -> list[Exp
 
 
 def trigger_of(event: dict[str, Any]) -> str:
-    """Who asked for the run: ``schedule: NAME`` for a scheduled event (its ``schedule`` field), else the
-    event's ``trigger`` (``manual``, ``backfill``, ``replay``), ``manual`` when it names none."""
-    schedule = event.get(EVENT_SCHEDULE)
-    if schedule:
-        return f"schedule: {schedule}" if isinstance(schedule, str) else "schedule"
-    trigger = event.get(EVENT_TRIGGER, "manual")
-    if trigger not in TRIGGERS:
+    """Who asked for the run: the event's ``trigger`` (``manual``, ``backfill``, ``replay``: pipeline-ops sends
+    them; a replayed scheduled event is a replay), else ``schedule: NAME`` for a scheduled event (its
+    ``schedule`` field), else ``manual``."""
+    trigger = event.get(EVENT_TRIGGER)
+    if trigger is not None and trigger not in TRIGGERS:
         raise ExportError(f'"{EVENT_TRIGGER}" must be one of {", ".join(TRIGGERS)}, got {clip(trigger)}')
-    return trigger
+    schedule = event.get(EVENT_SCHEDULE)
+    if trigger is None and schedule:
+        return f"schedule: {schedule}" if isinstance(schedule, str) else "schedule"
+    return trigger or "manual"
 
 
 def one_line(text: str, limit: int = 500) -> str:
