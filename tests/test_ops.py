@@ -385,7 +385,7 @@ def test_replay_re_runs_failed_exports_with_their_event(deployed):
     deployed.fake.answers[export_fn] = lambda e: ({"exports": [upload("orders")]}, None)
     result = deployed.cli("replay")
     assert result.exit_code == 0, result.output
-    assert deployed.fake.payloads(export_fn) == [event]
+    assert deployed.fake.payloads(export_fn) == [{**event, "trigger": "replay"}]  # its ledger item says replay
     assert deployed.queue_bodies("FailedExportsQueueUrl") == []
     assert 'orders {"day": "2026-11-20"}' in result.stdout and "RetriesExhausted: orders: SQL error 1146" \
         in result.stdout
@@ -402,7 +402,7 @@ def test_replay_re_runs_a_schedules_dead_letter(deployed):
     deployed.fake.answers[export_fn] = lambda e: ({"exports": [upload("customers")]}, None)
     result = deployed.cli("replay")
     assert result.exit_code == 0, result.output
-    assert deployed.fake.payloads(export_fn) == [{"export": "customers"}]
+    assert deployed.fake.payloads(export_fn) == [{"export": "customers", "trigger": "replay"}]
     assert "SDK_CLIENT_ERROR: Rate exceeded" in result.stdout
     assert deployed.queue_bodies("FailedExportsQueueUrl") == []
 

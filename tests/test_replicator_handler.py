@@ -307,6 +307,7 @@ def test_the_role_in_the_template_allows_exactly_the_calls_the_code_makes(env, b
         f"{dev.logical_id(dev.stack.destination_bucket)}.Arn": f"arn:aws:s3:::{DESTINATION}",
         f"{dev.logical_id(dev.stack.replicator.log_group)}.Arn": "arn:aws:logs:us-east-1:1:log-group:r:*",
         f"{dev.logical_id(dev.stack.replicator.failure_queue)}.Arn": "arn:aws:sqs:us-east-1:1:failed",
+        f"{dev.logical_id(dev.stack.ledger.table)}.Arn": "arn:aws:dynamodb:us-east-1:1:table/run-ledger",
     }
     statements = role_statements(dev.template, dev.logical_id(dev.stack.replicator.role), names)
     prefix = dev.config.destination.prefix
@@ -395,6 +396,7 @@ def test_prods_role_allows_the_calls_of_a_copy_into_a_partners_kms_bucket(env, b
         f"{prod.logical_id(prod.stack.source.bucket)}.Arn": f"arn:aws:s3:::{SOURCE}",
         f"{prod.logical_id(prod.stack.replicator.log_group)}.Arn": "arn:aws:logs:eu-west-1:1:log-group:r:*",
         f"{prod.logical_id(prod.stack.replicator.failure_queue)}.Arn": "arn:aws:sqs:eu-west-1:1:failed",
+        f"{prod.logical_id(prod.stack.ledger.table)}.Arn": "arn:aws:dynamodb:eu-west-1:1:table/run-ledger",
     }
     statements = role_statements(prod.template, prod.logical_id(prod.stack.replicator.role), names)
     buckets.create_bucket(Bucket=partner)
