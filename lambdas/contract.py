@@ -20,11 +20,58 @@ META_ROWS = "rows"
 META_SHEETS = "sheets"
 META_PARAMS = "params"
 META_SQL_SHA256 = "sql-sha256"
+#: SHA-256 (hex) of the whole workbook, hashed by the export as it wrote the file. S3's own SHA256 checksum
+#: is this same digest only for an object stored in one request; a multipart upload's is a checksum of its
+#: parts' checksums (composite), so the full-object digest travels here.
+META_SHA256 = "sha256"
+#: The run's id: with ``export``, the key of the run's ledger item, which the replicator completes.
+META_RUN_ID = "run-id"
 
 #: The function's event: ``{"export": NAME, "params": {NAME: VALUE}}``.
 EVENT_EXPORT = "export"
 EVENT_PARAMS = "params"
-EVENT_KEYS = (EVENT_EXPORT, EVENT_PARAMS)
+#: Who asked for the run, recorded in the ledger: ``manual`` (the default), ``backfill`` or ``replay``
+#: (sent by pipeline-ops). A scheduled run's event names its schedule in ``schedule``.
+EVENT_TRIGGER = "trigger"
+EVENT_SCHEDULE = "schedule"
+EVENT_KEYS = (EVENT_EXPORT, EVENT_PARAMS, EVENT_TRIGGER, EVENT_SCHEDULE)
+TRIGGERS = ("manual", "backfill", "replay")
+
+#: The run ledger (a DynamoDB table of the stack): one item per run, partition key the export's name
+#: (a workbook put in by hand: LEDGER_HAND_PARTITION, which no export name can be), sort key the run id,
+#: which starts with the run's UTC start time so an export's items sort by time.
+LEDGER_EXPORT = "export"
+LEDGER_RUN_ID = "run_id"
+LEDGER_HAND_PARTITION = "(by hand)"
+LEDGER_TRIGGER = "trigger"
+LEDGER_PARAMS_REQUESTED = "params_requested"
+LEDGER_PARAMS = "params"
+LEDGER_STARTED = "started"
+LEDGER_FINISHED = "finished"
+LEDGER_OUTCOME = "outcome"  # "uploaded" | "skipped: empty" | "failed"
+LEDGER_ERROR = "error"  # one line
+LEDGER_ROWS = "rows"
+LEDGER_ROWS_PER_SHEET = "rows_per_sheet"
+LEDGER_BYTES = "bytes"
+LEDGER_SECONDS = "seconds"
+LEDGER_BUCKET = "bucket"
+LEDGER_KEY = "key"
+LEDGER_VERSION_ID = "version_id"
+LEDGER_SHA256 = "sha256"
+#: The delivery the replicator adds: a map of bucket, key, version_id, at, sha256 (the copy's, as S3
+#: computed it) and verified (it equals the workbook's).
+LEDGER_DELIVERY = "delivery"
+#: Epoch seconds after which DynamoDB deletes the item (the table's TTL attribute).
+LEDGER_EXPIRES = "expires_at"
+DEFAULT_HISTORY_DAYS = 400
+#: Custom metric (namespace MysqlXlsxPipeline, dimension FunctionName) counting ledger writes that failed.
+METRIC_NAMESPACE = "MysqlXlsxPipeline"
+METRIC_LEDGER_NOT_WRITTEN = "LedgerWritesFailed"
+
+
+def run_id(started_iso: str, unique: str) -> str:
+    """``<started, ISO UTC to the millisecond>#<unique>``: sorts by time within an export."""
+    return f"{started_iso}#{unique}"
 
 #: The Amazon RDS CA bundle, written by the bundler into each package that connects to the database.
 CA_BUNDLE_FILE = "rds-ca-bundle.pem"

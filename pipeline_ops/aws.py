@@ -23,11 +23,12 @@ from stacks.config import CONTEXT_KEY, ConfigError, EnvironmentConfig, load_envi
 
 #: The stack outputs the commands read (stacks/pipeline_stack.py); the optional ones exist in newer stacks only.
 OUTPUTS = ("SourceBucketName", "DestinationBucketName", "ExportFunctionName", "ReplicatorFunctionName",
-           "FailedCopiesQueueUrl", "FailedExportsQueueUrl", "AlarmNames")
-OPTIONAL_OUTPUTS = frozenset({"FailedExportsQueueUrl"})
+           "FailedCopiesQueueUrl", "FailedExportsQueueUrl", "AlarmNames", "RunLedgerTableName")
+OPTIONAL_OUTPUTS = frozenset({"FailedExportsQueueUrl", "RunLedgerTableName"})
 
 #: IAM actions of calls whose AccessDenied answer does not name one (S3 answers 403 with no message).
-ACTIONS = {"ListObjectsV2": "s3:ListBucket", "HeadObject": "s3:GetObject", "GetObject": "s3:GetObject"}
+ACTIONS = {"ListObjectsV2": "s3:ListBucket", "HeadObject": "s3:GetObject", "GetObject": "s3:GetObject",
+           "Query": "dynamodb:Query", "GetItem": "dynamodb:GetItem"}
 
 _NOT_AUTHORIZED_RE = re.compile(r"not authorized to perform:? ([\w-]+:[\w*]+)")
 

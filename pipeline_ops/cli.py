@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lambdas.contract import EVENT_EXPORT, EVENT_PARAMS
+from lambdas.contract import EVENT_EXPORT, EVENT_PARAMS, EVENT_TRIGGER
 from pipeline_ops.aws import (INVOKE_CONFIG, Deployment, Invocation, OperatorError, SessionFactory, calling, connect,
                               invoke, load_config)
 
@@ -192,7 +192,8 @@ def backfill(deployment: Deployment, export: str, params: tuple[str, list[str], 
         for day in days:
             progress.update(task, description=f"{export} {name}={day}")
             try:
-                results[day] = run_export(deployment, export_event(deployment.config, export, {**fixed, name: day}))
+                event = {**export_event(deployment.config, export, {**fixed, name: day}), EVENT_TRIGGER: "backfill"}
+                results[day] = run_export(deployment, event)
             except OperatorError as exc:  # throttled, timed out, denied: this day failed, the table still prints
                 results[day] = Invocation(ok=False, answer=None, error=str(exc))
             progress.advance(task)
@@ -260,11 +261,11 @@ def status(deployment: Deployment, grace_minutes: int) -> int:
     exports = st.exports(deployment, now=now, grace=dt.timedelta(minutes=grace_minutes))
     checks = st.queues(deployment) + st.alarms(deployment)
     table = Table(title=f"exports of {deployment.config.stack_name}")
-    for column in ("export", "latest workbook", "written (UTC)", "rows", "destination"):
+    for column in ("export", "last run (ledger)", "latest workbook", "written (UTC)", "rows", "destination"):
         table.add_column(column, overflow="fold")
     for e in exports:
         written = e.modified.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if e.modified else ""
-        table.add_row(escape(e.export), escape(e.key or "-"), written, escape(str(e.rows or "")),
+        table.add_row(escape(e.export), escape(e.last_run), escape(e.key or "-"), written, escape(str(e.rows or "")),
                       _state(e.delivered, with_detail=True))
     out.print(table)
     table = Table(title="failure queues and alarms")
@@ -279,6 +280,84 @@ def status(deployment: Deployment, grace_minutes: int) -> int:
         return 1
     out.print("all well")
     return 0
+
+
+# --- the run ledger ------------------------------------------------------------------------------------
+
+
+def _day(value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected a date YYYY-MM-DD") from None
+
+
+def _history_line(item: dict) -> dict:
+    delivery = item.get("delivery") or {}
+    return {
+        "run_id": item.get("run_id"), "export": item.get("export"), "started": item.get("started"),
+        "trigger": item.get("trigger"), "params": item.get("params", {}), "outcome": item.get("outcome"),
+        "error": item.get("error"), "rows": item.get("rows"), "rows_per_sheet": item.get("rows_per_sheet"),
+        "bytes": item.get("bytes"), "key": item.get("key"), "version_id": item.get("version_id"),
+        "sha256": item.get("sha256"),
+        "delivery": ({"bucket": delivery.get("bucket"), "key": delivery.get("key"),
+                      "version_id": delivery.get("version_id"), "at": delivery.get("at"),
+                      "checksum_matched": bool(delivery.get("verified")) and delivery.get("sha256") in (None, item.get("sha256"))}
+                     if delivery else None),
+    }
+
+
+@cli.command()
+@click.argument("export")
+@click.option("--since", callback=lambda c, p, v: _day(v), metavar="DATE", help="First UTC day (YYYY-MM-DD).")
+@click.option("--until", callback=lambda c, p, v: _day(v), metavar="DATE", help="Last UTC day (YYYY-MM-DD).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@aws_command
+def history(deployment: Deployment, export: str, since: dt.date | None, until: dt.date | None, as_json: bool) -> int:
+    """An export's runs from the run ledger, newest first: trigger, parameters, outcome, rows, delivery."""
+    import json
+
+    from pipeline_ops.history import delivery_state, runs
+
+    table = deployment.output("RunLedgerTableName")
+    lines = [_history_line(i) for i in runs(deployment.client("dynamodb"), table, export, since=since, until=until)]
+    if as_json:
+        for line in lines:
+            click.echo(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
+        return 0
+    view = Table(title=f"runs of {export} ({deployment.config.stack_name})")
+    for column in ("started (UTC)", "trigger", "params", "outcome", "rows", "delivered", "checksum"):
+        view.add_column(column, overflow="fold")
+    for line in lines:
+        delivery = line["delivery"]
+        outcome = line["outcome"] + (f": {line['error']}" if line.get("error") else "")
+        view.add_row(escape(line["started"] or ""), escape(line["trigger"] or ""), escape(_params_text(line["params"])),
+                     escape(outcome), escape(str(line["rows"] if line["rows"] is not None else "")),
+                     escape(delivery["at"] if delivery else "-"),
+                     ("matched" if delivery["checksum_matched"] else "[red]MISMATCH[/red]") if delivery else "-")
+    out.print(view)
+    out.print(f"{len(lines)} run(s)")
+    return 0
+
+
+@cli.command()
+@click.argument("key")
+@aws_command
+def verify(deployment: Deployment, key: str) -> int:
+    """Download a workbook and its copy and check both against the run ledger's SHA-256; exit 1 on a mismatch."""
+    from lambdas.contract import destination_key
+    from pipeline_ops.history import verify as check
+
+    item, verdicts = check(deployment.client("s3"), deployment.client("dynamodb"),
+                           deployment.output("RunLedgerTableName"), deployment.output("SourceBucketName"),
+                           deployment.output("DestinationBucketName"),
+                           destination_key(deployment.config.destination.prefix, key), key)
+    out.print(f"run {item.get('run_id')} of {item.get('export')}: ledger SHA-256 {item.get('sha256')}", markup=False)
+    for v in verdicts:
+        out.print(f"{'ok' if v.ok else 'MISMATCH'}  {v.what}: {v.detail}", markup=False, soft_wrap=True)
+    return 0 if all(v.ok for v in verdicts) else 1
 
 
 def _state(check: Any, *, with_detail: bool = False) -> str:

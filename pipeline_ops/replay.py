@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import unquote_plus
 
+from lambdas.contract import EVENT_TRIGGER
 from pipeline_ops.aws import INVOKE_CONFIG, OPTIONAL_OUTPUTS, Deployment, OperatorError, calling, invoke
 
 BATCH = 10
@@ -145,8 +146,11 @@ def _replay_one(sqs: Any, lambda_client: Any, url: str, function_name: str, queu
         return Outcome(queue.label, waiting.subject, waiting.reason, "left")
     if dry_run:
         return Outcome(queue.label, waiting.subject, waiting.reason, "would replay")
+    event = waiting.event
+    if isinstance(event, dict) and "Records" not in event:  # an export's event: its ledger item says "replay"
+        event = {**event, EVENT_TRIGGER: "replay"}
     try:
-        answer = invoke(lambda_client, function_name, waiting.event)
+        answer = invoke(lambda_client, function_name, event)
     except OperatorError as exc:  # throttled, timed out, denied: this message stays, the others go on
         return Outcome(queue.label, waiting.subject, waiting.reason, f"failed: {exc}")
     if not answer.ok:

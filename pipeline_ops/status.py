@@ -33,6 +33,7 @@ class ExportStatus:
     modified: dt.datetime | None
     rows: str | None
     delivered: Check
+    last_run: str = "-"  # from the run ledger: outcome, start time and trigger of the newest run
 
 
 def latest_workbook(s3: Any, bucket: str, prefix: str) -> dict | None:
@@ -73,18 +74,27 @@ def exports(deployment: Deployment, *, now: dt.datetime, grace: dt.timedelta) ->
     s3 = deployment.client("s3")
     source_bucket = deployment.output("SourceBucketName")
     destination_bucket = deployment.output("DestinationBucketName")
+    table = deployment.outputs.get("RunLedgerTableName")  # absent on a stack deployed before the ledger
+    dynamodb = deployment.client("dynamodb") if table else None
     out = []
     for export in config.exports:
+        last = "-"
+        if table:
+            from pipeline_ops.history import latest_run
+
+            run = latest_run(dynamodb, table, export.name)
+            if run is not None:
+                last = f"{run.get('outcome')} {run.get('started')} ({run.get('trigger')})"
         latest = latest_workbook(s3, source_bucket, f"{config.key_prefix}{export.name}/")
         if latest is None:
-            out.append(ExportStatus(export.name, None, None, None, Check("", "no workbook yet")))
+            out.append(ExportStatus(export.name, None, None, None, Check("", "no workbook yet"), last))
             continue
         with calling(f"reading s3://{source_bucket}/{latest['Key']}"):
             head = s3.head_object(Bucket=source_bucket, Key=latest["Key"])
         source = {**latest, "VersionId": head.get("VersionId")}
         delivered = _delivery(s3, source, destination_bucket, config.destination.prefix + latest["Key"], now, grace)
         out.append(ExportStatus(export.name, latest["Key"], latest["LastModified"],
-                                head.get("Metadata", {}).get("rows"), delivered))
+                                head.get("Metadata", {}).get("rows"), delivered, last))
     return out
 
 

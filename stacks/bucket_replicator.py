@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from aws_cdk import Arn, ArnFormat, Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
@@ -16,6 +18,7 @@ from lambdas.bucket_replicator import settings as contract
 from stacks.bundling import REPLICATOR_BUNDLE
 from stacks.nag import acknowledge, objects_finding
 from stacks.pipeline_function import alarm_on, failure_queue, pipeline_function
+from stacks.run_ledger import RunLedger
 
 #: Read the exact version that triggered the event (HeadObject, CopyObject, UploadPartCopy).
 SOURCE_READ_ACTIONS = ("s3:GetObject", "s3:GetObjectVersion")
@@ -66,6 +69,8 @@ class BucketReplicator(Construct):
         alarm_topic: sns.ITopic,
         log_retention: logs.RetentionDays,
         removal_policy: RemovalPolicy,
+        ledger: RunLedger,
+        exports: Sequence[str],
         source_prefix: str = "",
         destination_prefix: str = "",
         destination_kms_key_arn: str | None = None,
@@ -102,6 +107,8 @@ class BucketReplicator(Construct):
                 contract.ENV_DESTINATION_BUCKET: destination_bucket.bucket_name,
                 contract.ENV_DESTINATION_PREFIX: destination_prefix,
                 contract.ENV_DESTINATION_KMS_KEY_ARN: destination_kms_key_arn or "",
+                contract.ENV_LEDGER_TABLE: ledger.table.table_name,
+                contract.ENV_HISTORY_DAYS: str(ledger.history_days),
             },
             alarm_topic=alarm_topic,
             log_retention=log_retention,
@@ -148,6 +155,20 @@ class BucketReplicator(Construct):
                         "the function's log names the key",
             metric=cloudwatch.Metric(
                 namespace=contract.METRIC_NAMESPACE, metric_name=contract.METRIC_NOT_PUBLISHED,
+                dimensions_map={"FunctionName": self.function.function_name},
+                period=Duration.minutes(5), statistic="Sum",
+            ),
+        )
+
+        # Deliveries go onto the export runs' items; a workbook put in by hand gets an item of its own. UpdateItem
+        # creates an item that does not exist yet, so no PutItem (which could replace an export's item).
+        ledger.grant_run_writes(self.role, [*exports, shared.LEDGER_HAND_PARTITION])
+        self.ledger_alarm = alarm_on(
+            self, "LedgerWritesFailedAlarm", topic=alarm_topic,
+            description="A delivery could not be recorded in the run ledger (the copy stands); the function's "
+                        "log names the key",
+            metric=cloudwatch.Metric(
+                namespace=shared.METRIC_NAMESPACE, metric_name=shared.METRIC_LEDGER_NOT_WRITTEN,
                 dimensions_map={"FunctionName": self.function.function_name},
                 period=Duration.minutes(5), statistic="Sum",
             ),

@@ -47,7 +47,7 @@ ENGINE_VERSIONS = ("8.0", "8.4")
 #: Lambda always keeps 100 concurrent executions of an account unreserved.
 MAX_RESERVED_CONCURRENCY = 1000
 #: VPC endpoints the stack can add to an existing VPC.
-ENDPOINT_NAMES = ("s3", "secretsmanager")
+ENDPOINT_NAMES = ("s3", "secretsmanager", "dynamodb")
 #: The DbiResourceId of an instance (``db-...``) or an Aurora cluster (``cluster-...``), as RDS shows it.
 _RESOURCE_ID_RE = re.compile(r"^(db|cluster)-[A-Z0-9]{1,255}$")
 
@@ -149,6 +149,8 @@ class EnvironmentConfig:
     database: DatabaseConfig
     destination: DestinationConfig = field(default_factory=DestinationConfig)
     source_bucket_name: str | None = None
+    #: Days a run's ledger item is kept (the table's TTL).
+    history_days: int = 400
 
     @property
     def stack_name(self) -> str:
@@ -368,6 +370,7 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
         env.problem("log_retention_days", f"{retention} is not a CloudWatch Logs retention; pick one of "
                                              f"{', '.join(map(str, LOG_RETENTION_DAYS))}")
     email = env.str("alarm_email", check=_EMAIL_RE.match, expect="an e-mail address")
+    history_days = env.int("history_days", 400, 1, 36500)
     fn = env.obj("export_function")
     export_function = LambdaConfig(
         memory_mb=fn.int("memory_mb", LambdaConfig.memory_mb, 128, 10240),
@@ -420,6 +423,7 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
         database=database,
         destination=destination,
         source_bucket_name=source_name,
+        history_days=history_days,
     )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -25,7 +26,8 @@ from stacks.config import ENDPOINT_NAMES as ENDPOINTS
 from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
 from stacks.custom_resources import sdk_call_resource
 from stacks.nag import acknowledge, objects_finding
-from stacks.pipeline_function import failure_queue, pipeline_function
+from stacks.pipeline_function import alarm_on, failure_queue, pipeline_function
+from stacks.run_ledger import RunLedger
 
 #: The S3 actions the export needs on its own keys: write an object, abort its multipart uploads.
 EXPORT_S3_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload")
@@ -111,6 +113,7 @@ class ExportToXlsx(Construct):
         database_port: int,
         database_name: str,
         auth: DatabaseAuth,
+        ledger: RunLedger,
         alarm_topic: sns.ITopic,
         log_retention: logs.RetentionDays,
         removal_policy: RemovalPolicy,
@@ -175,6 +178,10 @@ class ExportToXlsx(Construct):
                 self.security_group, ec2.Port.tcp(HTTPS), "ExportToXlsx function")
             self.security_group.add_egress_rule(
                 s3_endpoint_security_group, ec2.Port.tcp(HTTPS), "HTTPS to the S3 interface endpoint")
+        self.security_group.add_egress_rule(
+            ec2.Peer.prefix_list(self._prefix_list_id("dynamodb", "DynamoDbPrefixList", log_retention, removal_policy)), ec2.Port.tcp(HTTPS),
+            "HTTPS to DynamoDB, the run ledger (its managed prefix list: through the gateway endpoint or a NAT)",
+        )
 
         failures = failure_queue(
             self, "FailedExports", alarm_topic=alarm_topic, removal_policy=removal_policy,
@@ -199,6 +206,8 @@ class ExportToXlsx(Construct):
                 contract.ENV_DB_NAME: database_name,
                 contract.ENV_DB_TLS: "verify",
                 contract.ENV_EXPORTS: encode_exports(exports),
+                contract.ENV_LEDGER_TABLE: ledger.table.table_name,
+                contract.ENV_HISTORY_DAYS: str(ledger.history_days),
             },
             alarm_topic=alarm_topic,
             log_retention=log_retention,
@@ -219,6 +228,17 @@ class ExportToXlsx(Construct):
 
         object_arns = [source_bucket.arn_for_objects(shared.export_prefix(key_prefix, name) + "*") for name in names]
         self.role.add_to_policy(iam.PolicyStatement(actions=list(EXPORT_S3_ACTIONS), resources=object_arns))
+        ledger.grant_run_writes(self.role, names)
+        self.ledger_alarm = alarm_on(
+            self, "LedgerWritesFailedAlarm", topic=alarm_topic,
+            description="A run could not be recorded in the run ledger (the run's outcome stands); the "
+                        "function's log names the export and run id",
+            metric=cloudwatch.Metric(
+                namespace=shared.METRIC_NAMESPACE, metric_name=shared.METRIC_LEDGER_NOT_WRITTEN,
+                dimensions_map={"FunctionName": self.function.function_name},
+                period=Duration.minutes(5), statistic="Sum",
+            ),
+        )
         if isinstance(auth, IamDatabaseAuth):
             self.role.add_to_policy(iam.PolicyStatement(actions=["rds-db:connect"], resources=[db_user_arn(self, auth)]))
         else:
@@ -234,6 +254,16 @@ class ExportToXlsx(Construct):
 
         self.s3_endpoint: ec2.GatewayVpcEndpoint | None = None
         self.secrets_endpoint: ec2.InterfaceVpcEndpoint | None = None
+        self.dynamodb_endpoint: ec2.GatewayVpcEndpoint | None = None
+        if "dynamodb" in endpoints:
+            self.dynamodb_endpoint = ec2.GatewayVpcEndpoint(
+                self, "DynamoDbEndpoint", vpc=vpc, service=ec2.GatewayVpcEndpointAwsService.DYNAMODB,
+                subnets=[subnets],
+            )
+            if own_vpc:  # nobody else routes through it: only the ledger writes
+                self.dynamodb_endpoint.add_to_policy(iam.PolicyStatement(
+                    principals=[iam.AnyPrincipal()], actions=["dynamodb:UpdateItem"],
+                    resources=[ledger.table.table_arn]))
         if "s3" in endpoints:
             self.s3_endpoint = ec2.GatewayVpcEndpoint(
                 self, "S3Endpoint", vpc=vpc, service=ec2.GatewayVpcEndpointAwsService.S3, subnets=[subnets],
@@ -303,23 +333,27 @@ class ExportToXlsx(Construct):
         )
 
     def _s3_prefix_list_id(self, log_retention: logs.RetentionDays, removal_policy: RemovalPolicy) -> str:
-        """S3's managed prefix list in the stack's region, looked up at deploy time (never at synth)."""
+        return self._prefix_list_id("s3", "S3PrefixList", log_retention, removal_policy)
+
+    def _prefix_list_id(self, service: str, construct_id: str, log_retention: logs.RetentionDays,
+                        removal_policy: RemovalPolicy) -> str:
+        """A service's managed prefix list in the stack's region, looked up at deploy time (never at synth)."""
         call = cr.AwsSdkCall(
             service="EC2",
             action="describeManagedPrefixLists",
-            parameters={"Filters": [{"Name": "prefix-list-name", "Values": [f"com.amazonaws.{Aws.REGION}.s3"]}]},
-            physical_resource_id=cr.PhysicalResourceId.of(f"s3-prefix-list-{Aws.REGION}"),
+            parameters={"Filters": [{"Name": "prefix-list-name", "Values": [f"com.amazonaws.{Aws.REGION}.{service}"]}]},
+            physical_resource_id=cr.PhysicalResourceId.of(f"{service}-prefix-list-{Aws.REGION}"),
             output_paths=["PrefixLists.0.PrefixListId"],
         )
         lookup = sdk_call_resource(
-            self, "S3PrefixList", on_create=call, on_update=call, log_retention=log_retention,
+            self, construct_id, on_create=call, on_update=call, log_retention=log_retention,
             removal_policy=removal_policy,
             policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
                 actions=["ec2:DescribeManagedPrefixLists"], resources=["*"])]),
         )
         acknowledge(
             lookup.node.find_child("CustomResourcePolicy"), "IAM5",
-            "ec2:DescribeManagedPrefixLists takes no resource; it only reads S3's prefix list id at deploy time.",
+            f"ec2:DescribeManagedPrefixLists takes no resource; it only reads {service}'s prefix list id at deploy time.",
             findings=["Resource::*"],
         )
         return lookup.get_response_field("PrefixLists.0.PrefixListId")

@@ -22,6 +22,7 @@ from stacks.db_bootstrap import DatabaseBootstrap
 from stacks.export_to_xlsx import ExportToXlsx
 from stacks.nag import acknowledge, acknowledge_cdk_helper, nag_text
 from stacks.pipeline_function import LOG_RETENTION, admit_alarms
+from stacks.run_ledger import RunLedger
 from stacks.secure_bucket import SecureBucket
 
 
@@ -58,6 +59,8 @@ class PipelineStack(Stack):
         self.alarm_topic = sns.Topic(self, "Alarms", display_name=f"{config.stack_name} alarms", enforce_ssl=True)
         if config.alarm_email:
             self.alarm_topic.add_subscription(subscriptions.EmailSubscription(config.alarm_email))
+
+        self.ledger = RunLedger(self, "RunLedger", removal_policy=removal, history_days=config.history_days)
 
         self.database = Database(self, "Database", config=config.database, removal_policy=removal,
                                  log_retention_days=config.log_retention_days)
@@ -106,6 +109,7 @@ class PipelineStack(Stack):
             database_port=self.database.port,
             database_name=self.database.database_name,
             auth=self.database.export_auth,
+            ledger=self.ledger,
             alarm_topic=self.alarm_topic,
             log_retention=retention,
             removal_policy=removal,
@@ -114,7 +118,7 @@ class PipelineStack(Stack):
             ephemeral_storage_mb=config.export_function.ephemeral_storage_mb,
             reserved_concurrency=config.export_function.reserved_concurrency,
             # Our own VPC gets the S3 endpoint, narrowed to the export; a shared VPC only what config asks for.
-            endpoints=db.create_endpoints if existing else ("s3",),
+            endpoints=db.create_endpoints if existing else ("s3", "dynamodb"),
             own_vpc=not existing,
             secrets_endpoint_security_group=secrets_endpoint_group,
             s3_endpoint_security_group=s3_endpoint_group,
@@ -129,6 +133,8 @@ class PipelineStack(Stack):
             source_prefix=config.destination.source_prefix,
             destination_prefix=config.destination.prefix,
             destination_kms_key_arn=config.destination.kms_key_arn,
+            ledger=self.ledger,
+            exports=[e.name for e in config.exports],
             alarm_topic=self.alarm_topic,
             log_retention=retention,
             removal_policy=removal,
@@ -145,6 +151,7 @@ class PipelineStack(Stack):
             "FailedCopiesQueueUrl": self.replicator.failure_queue.queue_url,
             "FailedExportsQueueUrl": self.export.failure_queue.queue_url,
             "AlarmTopicArn": self.alarm_topic.topic_arn,
+            "RunLedgerTableName": self.ledger.table.table_name,
             "ReplicatorRoleArn": self.replicator.role.role_arn,
             "AlarmNames": Fn.join(",", [alarm.alarm_name for alarm in alarms]),
         }

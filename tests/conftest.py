@@ -92,6 +92,41 @@ def s3(moto_aws):
     return boto3.client("s3", region_name="us-east-1")
 
 
+LEDGER_TABLE = "run-ledger"
+
+
+class LedgerTable:
+    """The run ledger in moto, keyed as the stack's table (names from lambdas/contract.py)."""
+
+    def __init__(self, client, name: str):
+        self.client, self.name = client, name
+
+    def items(self) -> list[dict]:
+        from lambdas.ledger import item_of
+
+        return [item_of(i) for i in self.client.scan(TableName=self.name)["Items"]]
+
+
+def create_ledger_table(client, name: str = LEDGER_TABLE) -> LedgerTable:
+    from lambdas import contract as shared
+
+    client.create_table(
+        TableName=name, BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": shared.LEDGER_EXPORT, "KeyType": "HASH"},
+                   {"AttributeName": shared.LEDGER_RUN_ID, "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": shared.LEDGER_EXPORT, "AttributeType": "S"},
+                              {"AttributeName": shared.LEDGER_RUN_ID, "AttributeType": "S"}],
+    )
+    return LedgerTable(client, name)
+
+
+@pytest.fixture
+def ledger(moto_aws) -> LedgerTable:
+    import boto3
+
+    return create_ledger_table(boto3.client("dynamodb", region_name="us-east-1"))
+
+
 @pytest.fixture
 def secrets(moto_aws):
     import boto3

@@ -98,7 +98,7 @@ _DELETE = object()
     ("dev", ["database", "engine_version"], "5.7", r"engine_version: '5.7' is not one of '8.0', '8.4'$"),
     ("dev", ["export_function", "reserved_concurrency"], 0, r"export_function.reserved_concurrency: 0 is outside"),
     ("prod", ["database", "create_endpoints"], True, r"database.create_endpoints: True is not a list of distinct"),
-    ("prod", ["database", "create_endpoints"], ["s3", "dynamodb"], r"create_endpoints: \['s3', 'dynamodb'\] is not"),
+    ("prod", ["database", "create_endpoints"], ["s3", "sqs"], r"create_endpoints: \['s3', 'sqs'\] is not"),
     ("prod", ["database", "create_endpoints"], ["secretsmanager"],
      "secrets_endpoint_security_group_id: names an existing Secrets Manager endpoint, so create_endpoints must not"),
     ("prod", ["database", "vpc_cidr"], _DELETE, "environments.prod.database.vpc_cidr: required field is missing"),

@@ -69,7 +69,8 @@ def iam_env(monkeypatch, host=HOST, port=PORT, user=USER):
     values = {contract.ENV_SOURCE_BUCKET: "source-bucket", contract.ENV_KEY_PREFIX: "exports/",
               contract.ENV_DB_AUTH: "iam", contract.ENV_DB_USER: user, contract.ENV_DB_HOST: host,
               contract.ENV_DB_PORT: str(port), contract.ENV_DB_NAME: "app", contract.ENV_DB_TLS: "verify",
-              contract.ENV_EXPORTS: json.dumps({"one": {"sql": "SELECT 1 AS one", "sheet_name": "one"}})}
+              contract.ENV_EXPORTS: json.dumps({"one": {"sql": "SELECT 1 AS one", "sheet_name": "one"}}),
+              contract.ENV_LEDGER_TABLE: "run-ledger", contract.ENV_HISTORY_DAYS: "400"}
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv(contract.ENV_DB_SECRET_ARN, raising=False)

@@ -92,6 +92,16 @@ def test_the_pipeline_end_to_end(dev, sample_tables, tmp_files):
         (announced,) = [e for e in report["delivered"] if e["detail"]["source"]["key"] == r["key"]]
         assert announced["detail"]["parameters"] == r.get("params", {})
         assert announced["detail"]["sheets"] == r["sheets"] and announced["detail"]["rows"] == r["rows"]
+        assert announced["detail"]["sha256"] == r["sha256"] and announced["detail"]["checksum"]["verified"] is True
+    # And the run ledger holds one item per run, each uploaded one with its verified delivery, and one per
+    # workbook put in by hand
+    ledger = report["ledger"]
+    assert sorted(i["run_id"] for i in ledger if i["export"] != "(by hand)") == sorted(
+        r["run_id"] for r in report["exports"] + report["skipped"])
+    for r in report["exports"]:
+        (item,) = [i for i in ledger if i["run_id"] == r["run_id"]]
+        assert item["sha256"] == r["sha256"] == item["delivery"]["sha256"] and item["delivery"]["verified"] is True
+    assert sorted(i["key"] for i in ledger if i["export"] == "(by hand)") == ["report.xlsx", "team/q3/Summary.XLSX"]
     listing = report["listing"]
     source_keys = [r["key"] for r in report["exports"]]
     # And the original acceptance test: .xlsx files put there by hand, at the root and in a folder, .xlsx or

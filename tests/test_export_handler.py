@@ -116,7 +116,7 @@ def tmp_files(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def env(monkeypatch, s3, secrets, mysql, tables, tmp_files):
+def env(monkeypatch, s3, secrets, mysql, tables, tmp_files, ledger):
     """Environment as the stack sets it (names from the contract), pointing at local services."""
     s3.create_bucket(Bucket=BUCKET)
     arn = secrets.create_secret(Name="db/export", SecretString=mysql.secret_json())["ARN"]
@@ -130,6 +130,8 @@ def env(monkeypatch, s3, secrets, mysql, tables, tmp_files):
         contract.ENV_DB_NAME: mysql.database,
         contract.ENV_DB_TLS: "off",
         contract.ENV_EXPORTS: json.dumps(EXPORTS),
+        contract.ENV_LEDGER_TABLE: ledger.name,
+        contract.ENV_HISTORY_DAYS: "400",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
@@ -214,7 +216,9 @@ def test_object_key_content_type_and_metadata(env, s3):
     assert head["Metadata"] == {
         "export": "numbers", "rows": "7", "sheets": "1",
         "sql-sha256": hashlib.sha256(EXPORTS["numbers"]["sql"].encode()).hexdigest(),
+        "sha256": hashlib.sha256(s3.get_object(Bucket=BUCKET, Key=result["key"])["Body"].read()).hexdigest(),
     }
+    assert result["sha256"] == head["Metadata"]["sha256"] and result["version_id"] == head.get("VersionId")
     assert result["bytes"] == head["ContentLength"]
     assert set(result) >= {"bucket", "key", "rows", "sheets", "bytes", "seconds"}
 

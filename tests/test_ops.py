@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from pipeline_ops.aws import OPTIONAL_OUTPUTS, OUTPUTS, load_config
 from pipeline_ops.cli import Tools, cli
+from tests.conftest import create_ledger_table
 from tests.faults import lambda_answer, query_error, rest_json_error, s3_error
 
 STACK = "MysqlXlsxPipeline-dev"
@@ -134,6 +135,7 @@ def deploy(dev, *, export_queue: bool = True) -> Deployed:
                                     ComparisonOperator="GreaterThanOrEqualToThreshold")
         cloudwatch.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="fine")
     outputs["AlarmNames"] = ",".join(alarm_names)
+    create_ledger_table(boto3.client("dynamodb"), outputs["RunLedgerTableName"])
     template = {"Resources": {"Handle": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
                 "Outputs": {k: {"Value": v} for k, v in outputs.items()}}
     cfn.create_stack(StackName=STACK, TemplateBody=json.dumps(template))
@@ -383,7 +385,7 @@ def test_replay_re_runs_failed_exports_with_their_event(deployed):
     deployed.fake.answers[export_fn] = lambda e: ({"exports": [upload("orders")]}, None)
     result = deployed.cli("replay")
     assert result.exit_code == 0, result.output
-    assert deployed.fake.payloads(export_fn) == [event]
+    assert deployed.fake.payloads(export_fn) == [{**event, "trigger": "replay"}]  # its ledger item says replay
     assert deployed.queue_bodies("FailedExportsQueueUrl") == []
     assert 'orders {"day": "2026-11-20"}' in result.stdout and "RetriesExhausted: orders: SQL error 1146" \
         in result.stdout
@@ -400,7 +402,7 @@ def test_replay_re_runs_a_schedules_dead_letter(deployed):
     deployed.fake.answers[export_fn] = lambda e: ({"exports": [upload("customers")]}, None)
     result = deployed.cli("replay")
     assert result.exit_code == 0, result.output
-    assert deployed.fake.payloads(export_fn) == [{"export": "customers"}]
+    assert deployed.fake.payloads(export_fn) == [{"export": "customers", "trigger": "replay"}]
     assert "SDK_CLIENT_ERROR: Rate exceeded" in result.stdout
     assert deployed.queue_bodies("FailedExportsQueueUrl") == []
 
@@ -499,7 +501,7 @@ def test_backfill_runs_one_day_after_the_other_and_stops_at_the_first_failure(de
     fn = export_failing_on(deployed, "2026-11-02")
     result = deployed.cli("backfill", DATED.name, "--param", f"{DAY}=2026-10-31..2026-11-03")
     assert result.exit_code == 1
-    assert deployed.fake.payloads(fn) == [{"export": DATED.name, "params": {DAY: d}}
+    assert deployed.fake.payloads(fn) == [{"export": DATED.name, "params": {DAY: d}, "trigger": "backfill"}
                                           for d in ("2026-10-31", "2026-11-01", "2026-11-02")]
     lines = result.stdout.splitlines()
     assert any("2026-11-01" in line and "uploaded" in line and "exports/orders/2026-11-01.xlsx" in line
@@ -556,3 +558,85 @@ def test_backfill_refuses_a_bad_range_before_running(param, message):
     # a usage error, before any AWS call: no stack needed
     result = CliRunner().invoke(cli, ["backfill", "orders", "--param", param, "--env", "prod"])
     assert result.exit_code == 2 and message in result.stderr
+
+
+# --- history and verify: the run ledger ---------------------------------------------------------------
+
+
+def _ledger_run(deployed: Deployed, export: str, started: str, *, outcome: str = "uploaded", body: bytes | None = None,
+                deliver: bool = True, trigger: str = "manual", params: dict | None = None) -> dict:
+    """A run as the functions record it (their own ledger writer), with its workbook and copy in S3."""
+    import datetime as dt
+    import hashlib
+
+    from lambdas import contract as shared
+    from lambdas.ledger import Ledger
+
+    ledger = Ledger(boto3.client("dynamodb"), deployed.outputs["RunLedgerTableName"], function_name="f",
+                    history_days=400)
+    run = shared.run_id(started, "abc")
+    fields = {"trigger": trigger, "params": params or {}, "params_requested": params or {}, "started": started,
+              "finished": started, "outcome": outcome, "seconds": 1.5}
+    key = f"exports/{export}/{started[:10].replace('-', '/')}/{export}-x.xlsx"
+    if outcome == "uploaded":
+        body = body or b"PK\x03\x04 " + started.encode()
+        version = deployed.s3.put_object(Bucket=deployed.outputs["SourceBucketName"], Key=key, Body=body, Metadata={
+            "export": export, "run-id": run, "sha256": hashlib.sha256(body).hexdigest()})["VersionId"]
+        fields.update(rows=3, rows_per_sheet={"Orders": 3}, bytes=len(body), key=key, version_id=version,
+                      sha256=hashlib.sha256(body).hexdigest(), bucket=deployed.outputs["SourceBucketName"])
+    else:
+        fields["error"] = "export 'orders': SQL error 1146: Table 'sales.orders' doesn't exist"
+    assert ledger.record_run(export, run, fields, dt.datetime.fromisoformat(started.replace("Z", "+00:00")))
+    if outcome == "uploaded" and deliver:
+        copy = deployed.s3.put_object(Bucket=deployed.outputs["DestinationBucketName"], Key=f"incoming/{key}", Body=body)
+        assert ledger.record_delivery(export, run, {"bucket": deployed.outputs["DestinationBucketName"],
+                                                    "key": f"incoming/{key}", "version_id": copy["VersionId"],
+                                                    "at": started, "sha256": fields["sha256"], "verified": True}) == "recorded"
+    return {**fields, "run_id": run}
+
+
+def test_history_lists_runs_newest_first_and_json_is_one_object_per_line(deployed):
+    export = deployed_export(deployed)
+    first = _ledger_run(deployed, export, "2026-11-19T05:00:00.000Z")
+    failed = _ledger_run(deployed, export, "2026-11-20T05:00:00.000Z", outcome="failed", trigger="schedule: nightly")
+    third = _ledger_run(deployed, export, "2026-11-21T05:00:00.000Z", trigger="backfill", params={"day": "2026-11-20"})
+    result = deployed.cli("history", export, "--json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [line["run_id"] for line in lines] == [third["run_id"], failed["run_id"], first["run_id"]]
+    assert lines[0]["trigger"] == "backfill" and lines[0]["params"] == {"day": "2026-11-20"}
+    assert lines[0]["delivery"]["checksum_matched"] is True and lines[0]["sha256"] == third["sha256"]
+    assert lines[1]["outcome"] == "failed" and "doesn't exist" in lines[1]["error"] and lines[1]["delivery"] is None
+    # --since/--until are UTC days, both included
+    result = deployed.cli("history", export, "--json", "--since", "2026-11-20", "--until", "2026-11-20")
+    assert [json.loads(line)["run_id"] for line in result.output.splitlines()] == [failed["run_id"]]
+    text = deployed.cli("history", export)
+    assert text.exit_code == 0 and "3 run(s)" in text.output and "matched" in text.output
+    assert "schedule: nightly" in text.output
+    bad = deployed.cli("history", export, "--since", "20 Nov")
+    assert bad.exit_code == 2 and "expected a date YYYY-MM-DD" in bad.output
+
+
+def deployed_export(deployed) -> str:
+    return load_config("dev").exports[0].name
+
+
+def test_verify_checks_the_workbook_and_its_copy_against_the_ledger(deployed):
+    export = deployed_export(deployed)
+    run = _ledger_run(deployed, export, "2026-11-21T05:00:00.000Z")
+    result = deployed.cli("verify", run["key"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ok  ") == 2 and run["sha256"] in result.output
+    # When the partner's copy is changed after the copy
+    deployed.s3.put_object(Bucket=deployed.outputs["DestinationBucketName"], Key=f"incoming/{run['key']}",
+                           Body=b"PK\x03\x04 something else")
+    result = deployed.cli("verify", run["key"])
+    assert result.exit_code == 1 and "MISMATCH" in result.output and "the copy changed" in result.output
+
+
+def test_status_shows_the_last_run_from_the_ledger(deployed):
+    export = deployed_export(deployed)
+    _ledger_run(deployed, export, "2026-11-21T05:00:00.000Z", outcome="failed", trigger="schedule: nightly")
+    result = deployed.cli("status", "--grace-minutes", "0")
+    assert "last run (ledger)" in result.output
+    assert "failed 2026-11-21T05:00:00.000Z (schedule: nightly)" in result.output

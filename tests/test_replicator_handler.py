@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import json
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -51,7 +53,9 @@ def buckets(s3):
 
 
 @pytest.fixture
-def env(monkeypatch, buckets):
+def env(monkeypatch, buckets, ledger):
+    monkeypatch.setenv(contract.ENV_LEDGER_TABLE, ledger.name)
+    monkeypatch.setenv(contract.ENV_HISTORY_DAYS, "400")
     monkeypatch.setenv(contract.ENV_SOURCE_BUCKET, SOURCE)
     monkeypatch.setenv(contract.ENV_DESTINATION_BUCKET, DESTINATION)
     monkeypatch.setenv(contract.ENV_DESTINATION_PREFIX, "")
@@ -185,10 +189,12 @@ def test_a_large_object_is_copied_in_parts_server_side(env, buckets, small_parts
     recorder = recorded_runtime()
     # When it is replicated
     replicator.handler(event_for((key, version)), None)
-    # Then parts were copied server-side, never downloaded or uploaded
+    # Then parts were copied server-side, never uploaded through the function; a copy in parts has a
+    # composite checksum, so the copy and (put by hand, with no SHA-256 of its own) the source are read once
+    # each to compare their SHA-256
     ops = [name for name, _ in recorder.calls]
     assert ops.count("s3.UploadPartCopy") == 3
-    assert not {"s3.GetObject", "s3.PutObject", "s3.UploadPart"} & set(ops)
+    assert not {"s3.PutObject", "s3.UploadPart"} & set(ops) and ops.count("s3.GetObject") == 2
     assert body(buckets, DESTINATION, key) == data
     head = buckets.head_object(Bucket=DESTINATION, Key=key)
     assert head["ContentType"] == XLSX and head["Metadata"]["rows"] == "1000000"
@@ -281,6 +287,8 @@ def test_one_json_log_line_per_record_without_content(env, buckets, caplog):
 
 @pytest.mark.parametrize("destination", [SOURCE, f"arn:aws:s3:::{SOURCE}"])
 def test_a_destination_equal_to_the_source_is_refused_at_cold_start(monkeypatch, destination):
+    monkeypatch.setenv(contract.ENV_LEDGER_TABLE, "run-ledger")
+    monkeypatch.setenv(contract.ENV_HISTORY_DAYS, "400")
     monkeypatch.setenv(contract.ENV_SOURCE_BUCKET, SOURCE)
     monkeypatch.setenv(contract.ENV_DESTINATION_BUCKET, destination)
     replicator.runtime.cache_clear()
@@ -300,6 +308,7 @@ def test_the_role_in_the_template_allows_exactly_the_calls_the_code_makes(env, b
         f"{dev.logical_id(dev.stack.destination_bucket)}.Arn": f"arn:aws:s3:::{DESTINATION}",
         f"{dev.logical_id(dev.stack.replicator.log_group)}.Arn": "arn:aws:logs:us-east-1:1:log-group:r:*",
         f"{dev.logical_id(dev.stack.replicator.failure_queue)}.Arn": "arn:aws:sqs:us-east-1:1:failed",
+        f"{dev.logical_id(dev.stack.ledger.table)}.Arn": "arn:aws:dynamodb:us-east-1:1:table/run-ledger",
     }
     statements = role_statements(dev.template, dev.logical_id(dev.stack.replicator.role), names)
     prefix = dev.config.destination.prefix
@@ -388,6 +397,7 @@ def test_prods_role_allows_the_calls_of_a_copy_into_a_partners_kms_bucket(env, b
         f"{prod.logical_id(prod.stack.source.bucket)}.Arn": f"arn:aws:s3:::{SOURCE}",
         f"{prod.logical_id(prod.stack.replicator.log_group)}.Arn": "arn:aws:logs:eu-west-1:1:log-group:r:*",
         f"{prod.logical_id(prod.stack.replicator.failure_queue)}.Arn": "arn:aws:sqs:eu-west-1:1:failed",
+        f"{prod.logical_id(prod.stack.ledger.table)}.Arn": "arn:aws:dynamodb:eu-west-1:1:table/run-ledger",
     }
     statements = role_statements(prod.template, prod.logical_id(prod.stack.replicator.role), names)
     buckets.create_bucket(Bucket=partner)
@@ -428,7 +438,9 @@ def delivered_queue(env):
     return received
 
 
+WORKBOOK = b"PK\x03\x04 workbook"
 EXPORT_METADATA = {"export": "daily_sales", "rows": "25", "sheets": "2", "sql-sha256": "ab" * 32,
+                   "sha256": hashlib.sha256(WORKBOOK).hexdigest(),
                    "params": json.dumps({"day": "2026-11-20", "name": "\u00fc"}, ensure_ascii=True)}
 
 
@@ -444,7 +456,10 @@ def test_a_copy_publishes_one_workbook_delivered_event(env, buckets, delivered_q
     destination_version = buckets.head_object(Bucket=DESTINATION, Key=key)["VersionId"]
     assert event["detail"] == {
         "export": "daily_sales", "parameters": {"day": "2026-11-20", "name": "ü"}, "rows": 25, "sheets": 2,
-        "bytes": len(b"PK\x03\x04 workbook"),
+        "bytes": len(WORKBOOK),
+        "sha256": EXPORT_METADATA["sha256"],
+        "checksum": {"algorithm": "SHA256", "value": base64.b64encode(hashlib.sha256(WORKBOOK).digest()).decode(),
+                     "verified": True},
         "source": {"bucket": SOURCE, "key": key, "version_id": version},
         "destination": {"bucket": DESTINATION, "key": key, "version_id": destination_version},
     }

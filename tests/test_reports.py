@@ -443,7 +443,8 @@ def test_an_empty_result_is_skipped_or_uploaded(env, s3, orders, tmp_files, capl
         assert result["outcome"] == "uploaded" and len(all_keys(s3)) == 1
         assert workbook(s3, result["key"]).sheetnames == ["A", "B"]
     else:
-        assert result == {"export": "maybe", "outcome": "skipped: empty", "rows": 0, "seconds": result["seconds"]}
+        assert result == {"export": "maybe", "outcome": "skipped: empty", "rows": 0, "seconds": result["seconds"],
+                          "run_id": result["run_id"]}
         assert all_keys(s3) == []
         assert lines[-1]["outcome"] == "skipped: empty"
     assert list(tmp_files.iterdir()) == []

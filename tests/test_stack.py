@@ -19,6 +19,7 @@ from lambdas.export_to_xlsx.definition import ExportDefinition, decode_exports, 
 from stacks.config import PROJECT_ROOT as ROOT
 from stacks.database import IamDatabaseAuth, SecretDatabaseAuth
 from stacks.export_to_xlsx import ExportToXlsx
+from stacks.run_ledger import RunLedger
 from stacks.secure_bucket import SecureBucket
 
 ENVS = ["dev", "prod"]
@@ -546,22 +547,24 @@ def egress_rules(s) -> list[dict]:
 
 
 @pytest.mark.parametrize("env", ["dev", "prod", "dev_secret", "prod_iam"])
-def test_export_group_reaches_the_database_s3_and_secrets_manager_only(request, env):
-    """No 443 to 0.0.0.0/0: S3 by its managed prefix list, which security group rules may reference
-    (https://docs.aws.amazon.com/vpc/latest/privatelink/vpc-endpoints-s3.html) and which is looked up at deploy
-    time with ec2:DescribeManagedPrefixLists; Secrets Manager by its endpoint's security group, and only
+def test_export_group_reaches_the_database_s3_dynamodb_and_secrets_manager_only(request, env):
+    """No 443 to 0.0.0.0/0: S3 and DynamoDB (the run ledger) by their managed prefix lists, which security
+    group rules may reference (https://docs.aws.amazon.com/vpc/latest/privatelink/vpc-endpoints-s3.html,
+    https://docs.aws.amazon.com/vpc/latest/privatelink/vpc-endpoints-ddb.html) and which are looked up at
+    deploy time with ec2:DescribeManagedPrefixLists; Secrets Manager by its endpoint's security group, and only
     where the export reads a secret (with IAM database auth it never talks to Secrets Manager)."""
     synth = request.getfixturevalue(env)
     reads_secret = synth.config.database.auth == "secret"
     rules = egress_rules(synth)
     by_port = sorted((r["FromPort"], r.get("Description")) for r in rules)
-    assert [port for port, _ in by_port] == sorted([synth.stack.database.port, 443] + [443] * reads_secret)
+    assert [port for port, _ in by_port] == sorted([synth.stack.database.port, 443, 443] + [443] * reads_secret)
     assert not any("CidrIp" in r and r["CidrIp"] == "0.0.0.0/0" for r in rules)
-    (s3,) = [r for r in rules if "DestinationPrefixListId" in r]
-    lookup = synth.logical_id(synth.stack.export.node.find_child("S3PrefixList").node.find_child("Resource"))
-    assert s3["DestinationPrefixListId"] == {"Fn::GetAtt": [lookup, "PrefixLists.0.PrefixListId"]}
-    create = json.dumps(synth.template["Resources"][lookup]["Properties"]["Create"])
-    assert "describeManagedPrefixLists" in create and "com.amazonaws." in create and ".s3" in create
+    lists = [r for r in rules if "DestinationPrefixListId" in r]
+    for service, construct_id in (("s3", "S3PrefixList"), ("dynamodb", "DynamoDbPrefixList")):
+        lookup = synth.logical_id(synth.stack.export.node.find_child(construct_id).node.find_child("Resource"))
+        assert {"Fn::GetAtt": [lookup, "PrefixLists.0.PrefixListId"]} in [r["DestinationPrefixListId"] for r in lists]
+        create = json.dumps(synth.template["Resources"][lookup]["Properties"]["Create"])
+        assert "describeManagedPrefixLists" in create and "com.amazonaws." in create and f".{service}" in create
     if not reads_secret:
         return
     (secrets,) = [r for r in rules if r["FromPort"] == 443 and "DestinationPrefixListId" not in r]
@@ -877,7 +880,8 @@ def test_alarms_on_errors_and_failure_queues_go_to_the_topic(synth):
     watched = sorted((a["MetricName"], a["Namespace"]) for a in alarms)
     functions = 2 + (synth.stack.bootstrap is not None)  # the export, the replicator, the bootstrap (create)
     assert watched == [("ApproximateNumberOfMessagesVisible", "AWS/SQS")] * 2 + [
-        ("DeliveredEventsNotPublished", "MysqlXlsxPipeline")] + [("Errors", "AWS/Lambda")] * functions
+        ("DeliveredEventsNotPublished", "MysqlXlsxPipeline")] + [("Errors", "AWS/Lambda")] * functions + [
+        ("LedgerWritesFailed", "MysqlXlsxPipeline")] * 2
     for alarm in alarms:
         assert alarm["AlarmActions"] == [topic] and alarm["Threshold"] == 1
         assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
@@ -992,7 +996,7 @@ def test_outputs(synth):
         else set()
     assert set(outputs) == {"SourceBucketName", "DestinationBucketName", "ExportFunctionName",
                             "ReplicatorFunctionName", "FailedCopiesQueueUrl", "FailedExportsQueueUrl",
-                            "AlarmTopicArn", "ReplicatorRoleArn", "AlarmNames"} | partner
+                            "AlarmTopicArn", "ReplicatorRoleArn", "AlarmNames", "RunLedgerTableName"} | partner
     assert outputs["SourceBucketName"]["Value"] == {"Ref": synth.logical_id(synth.stack.source.bucket)}
     assert outputs["FailedCopiesQueueUrl"]["Value"] == {"Ref": synth.logical_id(synth.stack.replicator.failure_queue)}
 
@@ -1017,14 +1021,17 @@ def _scratch():
 def test_replicator_refuses_the_source_as_destination():
     stack, topic = _scratch()
     bucket = SecureBucket(stack, "B", removal_policy=cdk.RemovalPolicy.RETAIN).bucket
+    ledger = RunLedger(stack, "L", removal_policy=cdk.RemovalPolicy.RETAIN)
     with pytest.raises(ValueError, match="destination_bucket is the source bucket"):
         BucketReplicator(stack, "R", source_bucket=bucket, destination_bucket=bucket, alarm_topic=topic,
-                         log_retention=logs.RetentionDays.ONE_WEEK, removal_policy=cdk.RemovalPolicy.RETAIN)
+                         log_retention=logs.RetentionDays.ONE_WEEK, removal_policy=cdk.RemovalPolicy.RETAIN,
+                         ledger=ledger, exports=["orders"])
     same_name = s3.Bucket.from_bucket_name(stack, "Same", "named-bucket")
     named = s3.Bucket.from_bucket_name(stack, "Named", "named-bucket")
     with pytest.raises(ValueError, match="destination_bucket is the source bucket"):
         BucketReplicator(stack, "R2", source_bucket=named, destination_bucket=same_name, alarm_topic=topic,
-                         log_retention=logs.RetentionDays.ONE_WEEK, removal_policy=cdk.RemovalPolicy.RETAIN)
+                         log_retention=logs.RetentionDays.ONE_WEEK, removal_policy=cdk.RemovalPolicy.RETAIN,
+                         ledger=ledger, exports=["orders"])
 
 
 def test_secure_bucket_refuses_bad_props():
@@ -1042,7 +1049,7 @@ def test_secure_bucket_refuses_bad_props():
     ({"database_port": 0}, "database_port must be a TCP port"),
     ({"ephemeral_storage_mb": 100}, "ephemeral_storage_mb must be 512..10240, got 100"),
     ({"reserved_concurrency": 0}, "reserved_concurrency must be at least 1"),
-    ({"endpoints": ["dynamodb"]}, "endpoints may only name s3, secretsmanager, got dynamodb"),
+    ({"endpoints": ["sqs"]}, "endpoints may only name s3, secretsmanager, dynamodb, got sqs"),
     ({"secret_kms_key_arn": "alias/x"}, "secret_kms_key_arn must be a KMS key ARN"),
     ({"auth": "root:hunter2"}, "auth must be IamDatabaseAuth or SecretDatabaseAuth"),
     ({"auth": IamDatabaseAuth("xlsx_export", "db-ABC"), "endpoints": ["secretsmanager"]},
@@ -1062,6 +1069,7 @@ def test_export_construct_refuses_bad_props(change, message):
         database_security_group=ec2.SecurityGroup(stack, "Db", vpc=vpc), database_host="db", database_port=3306,
         database_name="app", auth=SecretDatabaseAuth(secretsmanager.Secret(stack, "S")), alarm_topic=topic,
         log_retention=logs.RetentionDays.ONE_WEEK, removal_policy=cdk.RemovalPolicy.RETAIN,
+        ledger=RunLedger(stack, "L", removal_policy=cdk.RemovalPolicy.RETAIN),
     )
     props.update(change)
     with pytest.raises(ValueError, match=message):
@@ -1164,3 +1172,82 @@ def test_an_undelivered_event_raises_an_alarm(synth):
         "Dimensions": [{"Name": "FunctionName", "Value": {"Ref": synth.logical_id(synth.stack.replicator.function)}}],
         "Threshold": 1, "AlarmActions": [{"Ref": synth.logical_id(synth.stack.alarm_topic)}],
     })
+
+
+# --- the run ledger --------------------------------------------------------------------------------
+
+
+def test_the_run_ledger_table_is_on_demand_recoverable_encrypted_expiring_and_kept_where_retained(synth):
+    """PAY_PER_REQUEST, point-in-time recovery, SSE with the AWS managed key (SSEEnabled without a key id:
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-properties-dynamodb-table-ssespecification.html),
+    TTL on expires_at (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/TTL.html)."""
+    template(synth).has_resource_properties("AWS::DynamoDB::Table", {
+        "BillingMode": "PAY_PER_REQUEST",
+        "KeySchema": [{"AttributeName": "export", "KeyType": "HASH"}, {"AttributeName": "run_id", "KeyType": "RANGE"}],
+        "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+        "SSESpecification": {"SSEEnabled": True},
+        "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
+    })
+    (table,) = synth.resources("AWS::DynamoDB::Table").values()
+    kept = "Retain" if synth.config.removal_policy == "retain" else "Delete"
+    assert table["DeletionPolicy"] == kept and table["UpdateReplacePolicy"] == kept
+    export_env = props(synth, synth.stack.export.function)["Environment"]["Variables"]
+    assert export_env["LEDGER_TABLE"] == {"Ref": synth.logical_id(synth.stack.ledger.table)}
+    assert export_env["HISTORY_DAYS"] == str(synth.config.history_days) == "400"
+
+
+def _ddb_statements(synth, role) -> list[dict]:
+    policy = synth.resources("AWS::IAM::Policy")[synth.logical_id(role.node.find_child("DefaultPolicy"))]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    return [s for s in statements if any(str(a).startswith("dynamodb:") for a in
+                                         (s["Action"] if isinstance(s["Action"], list) else [s["Action"]]))]
+
+
+def test_the_export_may_only_update_its_own_exports_items_and_the_replicator_those_and_hand_items(synth):
+    """UpdateItem only (it creates a missing item; no PutItem, which would replace what the other function
+    wrote), limited to items whose partition key is one of the names by dynamodb:LeadingKeys with
+    ForAllValues:StringEquals (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/specifying-conditions.html,
+    https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazondynamodb.html)."""
+    table = {"Fn::GetAtt": [synth.logical_id(synth.stack.ledger.table), "Arn"]}
+    names = sorted(e.name for e in synth.config.exports)
+    for role, partitions in ((synth.stack.export.role, names),
+                             (synth.stack.replicator.role, sorted([*names, "(by hand)"]))):
+        assert _ddb_statements(synth, role) == [{
+            "Action": "dynamodb:UpdateItem", "Effect": "Allow", "Resource": table,
+            "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": partitions}},
+        }]
+    assert synth.template["Outputs"]["RunLedgerTableName"]["Value"] == {"Ref": synth.logical_id(synth.stack.ledger.table)}
+
+
+def test_in_its_own_vpc_the_export_reaches_dynamodb_through_a_gateway_endpoint_that_only_updates_the_ledger(dev):
+    """The export runs in isolated subnets: DynamoDB through a gateway endpoint whose policy allows only the
+    ledger's UpdateItem (https://docs.aws.amazon.com/vpc/latest/privatelink/vpc-endpoints-ddb.html)."""
+    endpoint = dev.stack.export.dynamodb_endpoint
+    assert endpoint is not None
+    doc = props(dev, endpoint)["PolicyDocument"]
+    assert doc["Statement"] == [{
+        "Action": "dynamodb:UpdateItem", "Effect": "Allow", "Principal": {"AWS": "*"},
+        "Resource": {"Fn::GetAtt": [dev.logical_id(dev.stack.ledger.table), "Arn"]},
+    }]
+    assert "dynamodb" in json.dumps(props(dev, endpoint)["ServiceName"])
+
+
+def test_ledger_write_failures_are_alarmed_per_function(synth):
+    for construct in (synth.stack.export, synth.stack.replicator):
+        template(synth).has_resource_properties("AWS::CloudWatch::Alarm", {
+            "Namespace": "MysqlXlsxPipeline", "MetricName": "LedgerWritesFailed", "Statistic": "Sum",
+            "Dimensions": [{"Name": "FunctionName", "Value": {"Ref": synth.logical_id(construct.function)}}],
+        })
+
+
+def test_history_days_is_an_environment_field(tmp_path):
+    from stacks.config import ConfigError, load_environment
+    from pipeline_ops.synth import CDK_JSON
+    import copy
+
+    environments = copy.deepcopy(CDK_JSON["context"]["environments"])
+    environments["dev"]["history_days"] = 30
+    assert load_environment({"environments": environments}, "dev").history_days == 30
+    environments["dev"]["history_days"] = 0
+    with pytest.raises(ConfigError, match=r"environments\.dev\.history_days: 0 is outside 1\.\.36500"):
+        load_environment({"environments": environments}, "dev")

@@ -121,7 +121,7 @@ def test_cli_synth_with_validation_and_bundling(env, tmp_path):
     replicator_asset = tmp_path / assets["lambdas.bucket_replicator.handler.handler"]
     assert sorted(p.name for p in replicator_asset.iterdir()) == ["lambdas"]
     assert sorted(p.name for p in (replicator_asset / "lambdas").iterdir()) == ["__init__.py", "bucket_replicator",
-                                                                              "contract.py"]
+                                                                              "contract.py", "ledger.py"]
 
 
 def test_cli_reports_a_bad_environment_without_a_traceback(tmp_path):

@@ -17,10 +17,13 @@ ENV_DESTINATION_BUCKET = "DESTINATION_BUCKET"
 ENV_DESTINATION_PREFIX = "DESTINATION_PREFIX"
 ENV_SOURCE_PREFIX = "SOURCE_PREFIX"
 ENV_DESTINATION_KMS_KEY_ARN = "DESTINATION_KMS_KEY_ARN"
+#: The run ledger's DynamoDB table, and how many days an item of a workbook put in by hand is kept.
+ENV_LEDGER_TABLE = "LEDGER_TABLE"
+ENV_HISTORY_DAYS = "HISTORY_DAYS"
 
 #: Every variable the function reads; the stack must set exactly these.
 ENV_NAMES = frozenset({ENV_SOURCE_BUCKET, ENV_DESTINATION_BUCKET, ENV_DESTINATION_PREFIX, ENV_SOURCE_PREFIX,
-                       ENV_DESTINATION_KMS_KEY_ARN})
+                       ENV_DESTINATION_KMS_KEY_ARN, ENV_LEDGER_TABLE, ENV_HISTORY_DAYS})
 
 #: Sent with every copy: the destination bucket's owner gets full control (and owns the object
 #: where its Object Ownership is "bucket owner preferred"); buckets with ACLs disabled accept it too.
@@ -49,10 +52,13 @@ class Settings:
     source_prefix: str = ""
     destination_kms_key_arn: str | None = None
     function_name: str = "bucket-replicator"
+    ledger_table: str = ""
+    history_days: int = 400
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
-    missing = sorted(n for n in (ENV_SOURCE_BUCKET, ENV_DESTINATION_BUCKET) if not environ.get(n))
+    missing = sorted(n for n in (ENV_SOURCE_BUCKET, ENV_DESTINATION_BUCKET, ENV_LEDGER_TABLE, ENV_HISTORY_DAYS)
+                     if not environ.get(n))
     if missing:
         raise ConfigurationError(f"missing environment variables: {', '.join(missing)}")
     source = environ[ENV_SOURCE_BUCKET]
@@ -72,6 +78,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     kms_key = environ.get(ENV_DESTINATION_KMS_KEY_ARN) or None
     if kms_key is not None and not (kms_key.startswith("arn:") and ":key/" in kms_key):
         raise ConfigurationError(f"{ENV_DESTINATION_KMS_KEY_ARN} must be a KMS key ARN, got {kms_key!r}")
+    history_raw = environ[ENV_HISTORY_DAYS]
+    if not history_raw.isdigit() or int(history_raw) < 1:
+        raise ConfigurationError(f"{ENV_HISTORY_DAYS} must be a whole number of days (1 or more), got {history_raw!r}")
     return Settings(source_bucket=source, destination_bucket=destination, destination_prefix=prefix,
                     source_prefix=source_prefix, destination_kms_key_arn=kms_key,
-                    function_name=environ.get(ENV_FUNCTION_NAME) or "bucket-replicator")
+                    function_name=environ.get(ENV_FUNCTION_NAME) or "bucket-replicator",
+                    ledger_table=environ[ENV_LEDGER_TABLE], history_days=int(history_raw))

@@ -23,6 +23,7 @@ from .credentials import CredentialSource
 from .database import Endpoint, LoginFailed, QueryStream, begin_snapshot, connect, end_snapshot
 from .errors import ExportError
 from .definition import ExportDefinition
+from .checksum import hex_to_base64
 from .xlsx import MAX_DATA_ROWS_PER_SHEET, SheetTooLargeError, StorageFullError, XlsxStreamWriter
 
 log = logging.getLogger(__name__)
@@ -84,15 +85,33 @@ def run_export(
     temp_dir: Path | None = None,
     max_rows_per_sheet: int = MAX_DATA_ROWS_PER_SHEET,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    run_id: str | None = None,
+    transfer: TransferConfig | None = None,
 ) -> dict[str, Any]:
     """Export ``export`` with the run-time ``params`` and return what was uploaded (or skipped).
 
     Every sheet reads one consistent snapshot of the database. Parameters are checked before
-    connecting. On any failure nothing is uploaded and no file is left."""
+    connecting. On any failure nothing is uploaded and no file is left; the ExportError raised then
+    carries the resolved parameters (``params``, when they were resolved) for the run's ledger item.
+    ``run_id`` is recorded in the workbook's metadata, so the replicator finds the run's ledger item."""
     started = time.monotonic()
     run_at = now()
     values = resolve_parameters(export, params, run_at)
     recorded = {name: params_module.as_text(v) for name, v in values.items()}
+    try:
+        return _run(export, endpoint=endpoint, secrets=secrets, s3=s3, target=target, values=values,
+                    recorded=recorded, remaining_seconds=remaining_seconds, temp_dir=temp_dir,
+                    max_rows_per_sheet=max_rows_per_sheet, run_at=run_at, started=started, run_id=run_id,
+                    transfer=transfer or TRANSFER)
+    except ExportError as exc:
+        exc.params = recorded  # type: ignore[attr-defined]
+        raise
+
+
+def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSource, s3: Any, target: Target,
+         values: dict[str, Any], recorded: dict[str, str], remaining_seconds: Callable[[], float],
+         temp_dir: Path | None, max_rows_per_sheet: int, run_at: dt.datetime, started: float,
+         run_id: str | None, transfer: TransferConfig) -> dict[str, Any]:
     # S3 user metadata is ASCII and at most 2 KB per object, copies included: the values as JSON with
     # non-ASCII characters escaped, checked before any row is read.
     recorded_json = json.dumps(recorded, separators=(",", ":"), ensure_ascii=True) if recorded else None
@@ -153,10 +172,13 @@ def run_export(
                 contract.META_ROWS: str(workbook.rows),
                 contract.META_SHEETS: str(workbook.sheets),
                 contract.META_SQL_SHA256: sql_digest(export),
+                contract.META_SHA256: workbook.sha256,
             }
+            if run_id:
+                metadata[contract.META_RUN_ID] = run_id
             if recorded_json:
                 metadata[contract.META_PARAMS] = recorded_json
-            _upload(s3, path, target.bucket, key, metadata)
+            stored = _upload(s3, path, target.bucket, key, metadata, workbook.sha256, transfer)
     except (StorageFullError, SheetTooLargeError) as exc:
         raise ExportError(f"export {export.name!r}: {exc}") from None
     except OSError as exc:
@@ -180,6 +202,8 @@ def run_export(
         "rows": workbook.rows,
         "sheets": workbook.sheets,
         "bytes": workbook.bytes,
+        "sha256": workbook.sha256,
+        "version_id": stored.get("VersionId"),
         "seconds": round(time.monotonic() - started, 3),
     })
     if len(export.sheets) > 1:
@@ -201,18 +225,49 @@ def _connect(endpoint: Endpoint, secrets: CredentialSource):
         return connect(endpoint, secrets.get(refresh=True))
 
 
-def _upload(s3: Any, path: Path, bucket: str, key: str, metadata: dict[str, str]) -> None:
-    """Managed upload (multipart above 64 MiB; a failed multipart upload is aborted by s3transfer)."""
+def upload_checksum(size: int, sha256: str, transfer: TransferConfig) -> dict[str, str]:
+    """The S3 additional checksum sent with the upload, so that S3 itself checks the bytes it stores.
+
+    In one request (below the multipart threshold) the workbook's own SHA-256, hashed while it was
+    written, goes as ``ChecksumSHA256``: S3 rejects the upload if the bytes it received hash otherwise,
+    and the object's stored checksum is this full-object digest. SHA-256 has no full-object form for a
+    multipart upload (S3 keeps a checksum of the parts' checksums, "composite"), so above the threshold
+    every part is sent with its SHA-256 (``ChecksumAlgorithm``) and S3 checks each part; the full-object
+    digest travels in the metadata either way. (CRC64NVME is S3's only full-object-only algorithm, but it
+    is a CRC, not the SHA-256 an operator checks with ``sha256sum``, and boto3 computes it only with the
+    compiled awscrt package.)"""
+    if size < transfer.multipart_threshold:
+        return {"ChecksumSHA256": hex_to_base64(sha256)}
+    return {"ChecksumAlgorithm": "SHA256"}
+
+
+def _upload(s3: Any, path: Path, bucket: str, key: str, metadata: dict[str, str], sha256: str,
+            transfer: TransferConfig) -> dict[str, Any]:
+    """Managed upload (multipart above 64 MiB; a failed multipart upload is aborted by s3transfer).
+    Returns S3's answer to the request that stored the object (its ``VersionId``, checksums)."""
+    answers: dict[str, Any] = {}
+
+    def capture(parsed: Any = None, model: Any = None, **_: Any) -> None:
+        answers[model.name] = parsed
+
+    hooks = [f"after-call.s3.{op}" for op in ("PutObject", "CompleteMultipartUpload")]
+    for hook in hooks:
+        s3.meta.events.register(hook, capture, unique_id=f"ledger-{hook}")
     try:
         s3.upload_file(
             str(path), bucket, key,
-            ExtraArgs={"ContentType": XLSX_MEDIA_TYPE, "Metadata": metadata},
-            Config=TRANSFER,
+            ExtraArgs={"ContentType": XLSX_MEDIA_TYPE, "Metadata": metadata,
+                       **upload_checksum(path.stat().st_size, sha256, transfer)},
+            Config=transfer,
         )
     except S3UploadFailedError as exc:
         raise ExportError(f"upload to s3://{bucket}/{key} failed: {_reason(exc)}") from None
     except (ClientError, BotoCoreError, OSError) as exc:
         raise ExportError(f"upload to s3://{bucket}/{key} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        for hook in hooks:
+            s3.meta.events.unregister(hook, unique_id=f"ledger-{hook}")
+    return answers.get("PutObject") or answers.get("CompleteMultipartUpload") or {}
 
 
 def _reason(exc: Exception) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ from .credentials import CredentialSource, IamToken, SecretCache
 from .database import Endpoint
 from .errors import ExportError
 from .export import Target, remove_stale_files, run_export
-from ..contract import CA_BUNDLE_FILE, EVENT_EXPORT, EVENT_KEYS, EVENT_PARAMS
+from .. import contract
+from ..contract import CA_BUNDLE_FILE, EVENT_EXPORT, EVENT_KEYS, EVENT_PARAMS, EVENT_SCHEDULE, EVENT_TRIGGER, TRIGGERS
+from ..ledger import Ledger, iso
 from .definition import ExportDefinition
 from .params import shown
 from .settings import Settings, load_settings
@@ -42,6 +46,12 @@ def secrets_client() -> Any:
     return boto3.client("secretsmanager", config=AWS_CONFIG)
 
 
+def dynamodb_client() -> Any:
+    """The ledger's client: few quick retries, so an unreachable table costs seconds, not the run."""
+    return boto3.client("dynamodb", config=Config(retries={"mode": "standard", "max_attempts": 3},
+                                                  connect_timeout=3, read_timeout=10))
+
+
 def rds_client() -> Any:
     """Signs IAM database tokens locally (no request is sent), in the function's region."""
     return boto3.client("rds", config=AWS_CONFIG)
@@ -54,6 +64,7 @@ class Runtime:
     secrets: CredentialSource
     s3: Any
     target: Target
+    ledger: Ledger
 
 
 @functools.cache
@@ -67,6 +78,8 @@ def runtime() -> Runtime:
         secrets=credential_source(settings),
         s3=s3_client(),
         target=Target(settings.source_bucket, settings.key_prefix),
+        ledger=Ledger(dynamodb_client(), settings.ledger_table, function_name=settings.function_name,
+                      history_days=settings.history_days),
     )
 
 
@@ -101,23 +114,85 @@ def select_exports(event: Any, exports: dict[str, ExportDefinition]) -> list[Exp
     return [exports[name]]
 
 
+def trigger_of(event: dict[str, Any]) -> str:
+    """Who asked for the run: the event's ``trigger`` (``manual``, ``backfill``, ``replay``: pipeline-ops sends
+    them; a replayed scheduled event is a replay), else ``schedule: NAME`` for a scheduled event (its
+    ``schedule`` field), else ``manual``."""
+    trigger = event.get(EVENT_TRIGGER)
+    if trigger is not None and trigger not in TRIGGERS:
+        raise ExportError(f'"{EVENT_TRIGGER}" must be one of {", ".join(TRIGGERS)}, got {shown(trigger)}')
+    schedule = event.get(EVENT_SCHEDULE)
+    if trigger is None and schedule:
+        return f"schedule: {schedule}" if isinstance(schedule, str) else "schedule"
+    return trigger or "manual"
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def record(ledger: Ledger, export: ExportDefinition, run: str, *, trigger: str, requested: Any, started: dt.datetime,
+           result: dict[str, Any] | None = None, error: ExportError | None = None) -> None:
+    """The run's one ledger item (one UpdateItem); a failure is logged and counted, never raised."""
+    finished = dt.datetime.now(dt.timezone.utc)
+    fields: dict[str, Any] = {
+        contract.LEDGER_TRIGGER: trigger,
+        contract.LEDGER_PARAMS_REQUESTED: requested if isinstance(requested, dict) else {},
+        contract.LEDGER_STARTED: iso(started),
+        contract.LEDGER_FINISHED: iso(finished),
+    }
+    if error is not None:
+        fields.update({
+            contract.LEDGER_OUTCOME: "failed",
+            contract.LEDGER_ERROR: one_line(str(error)),
+            contract.LEDGER_PARAMS: getattr(error, "params", None) or {},
+            contract.LEDGER_SECONDS: round((finished - started).total_seconds(), 3),
+        })
+    else:
+        assert result is not None
+        fields.update({
+            contract.LEDGER_OUTCOME: result["outcome"],
+            contract.LEDGER_PARAMS: result.get("params", {}),
+            contract.LEDGER_ROWS: result["rows"],
+            contract.LEDGER_SECONDS: result["seconds"],
+        })
+        if result["outcome"] == "uploaded":
+            fields.update({
+                contract.LEDGER_ROWS_PER_SHEET: result.get("rows_per_sheet") or {export.sheets[0].name: result["rows"]},
+                contract.LEDGER_BYTES: result["bytes"],
+                contract.LEDGER_BUCKET: result["bucket"],
+                contract.LEDGER_KEY: result["key"],
+                contract.LEDGER_VERSION_ID: result.get("version_id"),
+                contract.LEDGER_SHA256: result["sha256"],
+            })
+    ledger.record_run(export.name, run, fields, started)
+
+
 def handler(event: Any, context: Any) -> dict[str, Any]:
     rt = runtime()
     selected = select_exports(event, dict(rt.settings.exports))
+    trigger = trigger_of(event)
     given = event.get(EVENT_PARAMS)
     remaining = (lambda: context.get_remaining_time_in_millis() / 1000) if context is not None else (lambda: float("inf"))
     temp_dir = Path(tempfile.gettempdir())
     remove_stale_files(temp_dir)
     results, failures = [], []
     for export in selected:
+        started = dt.datetime.now(dt.timezone.utc)
+        run = contract.run_id(iso(started), uuid.uuid4().hex[:12])
         try:
             result = run_export(export, endpoint=rt.endpoint, secrets=rt.secrets, s3=rt.s3, target=rt.target,
-                                params=given, remaining_seconds=remaining, temp_dir=temp_dir)
+                                params=given, remaining_seconds=remaining, temp_dir=temp_dir,
+                                now=lambda: started, run_id=run)
         except ExportError as exc:
-            log.error(json.dumps({"export": export.name, "outcome": "failed", "error": str(exc)}))
+            log.error(json.dumps({"export": export.name, "run_id": run, "outcome": "failed", "error": str(exc)}))
+            record(rt.ledger, export, run, trigger=trigger, requested=given, started=started, error=exc)
             failures.append(str(exc))
             continue
+        result["run_id"] = run
         log.info(json.dumps(result, ensure_ascii=False))
+        record(rt.ledger, export, run, trigger=trigger, requested=given, started=started, result=result)
         results.append(result)
     if failures:
         uploaded = sum(r["outcome"] == "uploaded" for r in results)

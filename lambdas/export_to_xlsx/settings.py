@@ -24,6 +24,11 @@ ENV_DB_PORT = "DB_PORT"
 ENV_DB_NAME = "DB_NAME"
 ENV_DB_TLS = "DB_TLS"
 ENV_EXPORTS = "EXPORTS"
+#: The run ledger's DynamoDB table, and how many days its items are kept (the table's TTL).
+ENV_LEDGER_TABLE = "LEDGER_TABLE"
+ENV_HISTORY_DAYS = "HISTORY_DAYS"
+#: Set by Lambda itself; names the function in the ledger-failure metric.
+ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
 #: The variables the function reads whatever the auth mode.
 ENV_NAMES = frozenset(
@@ -36,6 +41,8 @@ ENV_NAMES = frozenset(
         ENV_DB_NAME,
         ENV_DB_TLS,
         ENV_EXPORTS,
+        ENV_LEDGER_TABLE,
+        ENV_HISTORY_DAYS,
     }
 )
 
@@ -77,6 +84,9 @@ class Settings:
     db_name: str
     tls: str
     exports: Mapping[str, ExportDefinition]
+    ledger_table: str = ""
+    history_days: int = 400
+    function_name: str = "export-to-xlsx"
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -100,6 +110,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if auth == "iam" and tls != "verify":
         raise ConfigurationError(f"{ENV_DB_AUTH}=iam needs {ENV_DB_TLS}=verify: the token is sent as a clear-text "
                                  "password and is only ever sent over verified TLS")
+    history_raw = environ[ENV_HISTORY_DAYS]
+    if not history_raw.isdigit() or int(history_raw) < 1:
+        raise ConfigurationError(f"{ENV_HISTORY_DAYS} must be a whole number of days (1 or more), got {history_raw!r}")
     prefix = environ.get(ENV_KEY_PREFIX, "")
     if prefix and not prefix.endswith("/"):
         raise ConfigurationError(f"{ENV_KEY_PREFIX} must be empty or end with '/', got {prefix!r}")
@@ -114,4 +127,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         db_name=environ[ENV_DB_NAME],
         tls=tls,
         exports=decode_exports(environ[ENV_EXPORTS], PACKAGE_DIR, ENV_EXPORTS),
+        ledger_table=environ[ENV_LEDGER_TABLE],
+        history_days=int(history_raw),
+        function_name=environ.get(ENV_FUNCTION_NAME) or "export-to-xlsx",
     )

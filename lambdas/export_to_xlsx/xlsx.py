@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 from xml.sax.saxutils import escape
 
+from .checksum import HashingFile
+
 #: The format's limit is 1,048,576 rows per sheet; one of them is the header.
 MAX_DATA_ROWS_PER_SHEET = 1_048_575
 #: Excel keeps a cell's text up to this many characters (UTF-16 code units).
@@ -336,6 +338,8 @@ class WorkbookResult:
     sheet_names: list[str] = field(default_factory=list)
     #: Data rows per logical sheet (as started with start_sheet), in order.
     rows_per_sheet: list[int] = field(default_factory=list)
+    #: SHA-256 (hex) of the file, hashed as it was written (checksum.HashingFile).
+    sha256: str = ""
 
 
 @dataclass
@@ -399,7 +403,9 @@ class XlsxStreamWriter:
         self._format_ids: dict[str, int] = {}  # format code -> cellXfs index
         self._reserved = {n.casefold() for n in reserved_names}
         self._used: set[str] = set()  # casefolded names of every sheet, started or rolled over
-        self._zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel)
+        # Every byte goes through the hash once, as written: the file is append-only (see checksum.py).
+        self._file = HashingFile(open(self.path, "wb"))
+        self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel)
         self._sheet = None
         self._sheets: list[tuple[str, int, str]] = []  # physical sheets: (name, data rows, last column letter)
         self._logical: list[_Logical] = []
@@ -455,12 +461,14 @@ class XlsxStreamWriter:
         self._end_logical()
         self._write_package_parts()
         self._zip.close()
+        self._file.close()
         return WorkbookResult(
             rows=self.rows,
             sheets=len(self._sheets),
             bytes=self.path.stat().st_size,
             sheet_names=[n for n, _, _ in self._sheets],
             rows_per_sheet=[s.rows for s in self._logical],
+            sha256=self._file.sha256,
         )
 
     def discard(self) -> None:
@@ -472,6 +480,7 @@ class XlsxStreamWriter:
         except Exception:  # noqa: BLE001 - the file is deleted next whatever state it is in
             pass
         finally:
+            self._file.close()
             self._sheet = None
             self.path.unlink(missing_ok=True)
 

@@ -24,6 +24,7 @@ from pipeline_ops.local.template import Function, Names, find_function, notifica
 #: The day the parameterized exports are run for by a backfill's event, unless the run is given another.
 SAMPLE_DAY = "2026-11-02"
 SOURCE_NAME = "local-source-bucket"
+LEDGER_NAME = "local-run-ledger"
 DESTINATION_NAME = "local-destination-bucket"
 
 
@@ -118,6 +119,21 @@ class LocalPipeline:
         for name in (self.source, self.destination):
             self.s3.create_bucket(Bucket=name)
             self.s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        # The run ledger, keyed as the template's table (names from lambdas/contract.py).
+        from lambdas import contract as shared
+
+        ledger_ref = export_env.get("LEDGER_TABLE")
+        self.ledger_table = LEDGER_NAME
+        if isinstance(ledger_ref, dict):
+            self.names[ledger_ref["Ref"]] = LEDGER_NAME
+        with environment(self.aws_env):
+            self.dynamodb = boto3.client("dynamodb")
+        self.dynamodb.create_table(
+            TableName=LEDGER_NAME, BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": shared.LEDGER_EXPORT, "KeyType": "HASH"},
+                       {"AttributeName": shared.LEDGER_RUN_ID, "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": shared.LEDGER_EXPORT, "AttributeType": "S"},
+                                  {"AttributeName": shared.LEDGER_RUN_ID, "AttributeType": "S"}])
 
         self.proxy = TcpProxy((self.mysql["host"], self.mysql["port"]))
         self._stack.callback(self.proxy.stop)
@@ -211,6 +227,19 @@ class LocalPipeline:
               and detail["parameters"] == result.get("params", {}),
               f"the delivered event's export, rows or parameters differ from the run's: {detail}")
         return mine[0]
+
+    def ledger_items(self) -> list[dict]:
+        """Every item of the local run ledger, as the functions wrote it."""
+        from lambdas.ledger import item_of
+
+        return [item_of(i) for i in self.dynamodb.scan(TableName=self.ledger_table)["Items"]]
+
+    def history(self, export: str) -> list[dict]:
+        """``pipeline-ops history EXPORT --json``'s lines, read from the local ledger by the command's own code."""
+        from pipeline_ops.cli import _history_line
+        from pipeline_ops.history import runs
+
+        return [_history_line(i) for i in runs(self.dynamodb, self.ledger_table, export)]
 
     def _resolve_env(self, fn: Function, database: dict[str, str]) -> dict[str, str]:
         """The function's variables from the template; database settings replaced by the local ones."""

@@ -22,7 +22,8 @@ def run(template: dict, mysql: dict, say: Callable[[str], None] = print, *, even
     date parameter for the sample day) through both handlers and check every promise; returns what went where.
     Raises :class:`pipeline_ops.checks.CheckFailed` on a broken promise, the export's error on a failed run.
     With ``out``, every workbook is kept there under its bucket and key."""
-    report = {"exports": [], "skipped": [], "copies": [], "hand_uploads": {}, "delivered": []}
+    report = {"exports": [], "skipped": [], "copies": [], "hand_uploads": {}, "delivered": [],
+              "hand_uploads_copied": []}
     with LocalPipeline(template, mysql, say=say) as p:
         if events is None:
             events = [{}] + (p.backfill_events() if backfill else [])
@@ -30,6 +31,7 @@ def run(template: dict, mysql: dict, say: Callable[[str], None] = print, *, even
             _run_one(p, export_event, report, say)
         if hand_uploads:
             _hand_uploads(p, report, say)
+        _ledger(p, report, say)
         problems = {fn: d for fn, d in p.denied_calls().items() if d}
         check(not problems, f"calls the template's roles would deny: {problems}")
         say("IAM: every call of both handlers is allowed by the role the template gives it")
@@ -63,6 +65,32 @@ def _run_one(p: LocalPipeline, export_event: dict, report: dict, say: Callable[[
         report["copies"].append(copy_["key"])
 
 
+def _ledger(p: LocalPipeline, report: dict, say: Callable[[str], None]) -> None:
+    """One ledger item per run; each copied workbook's item holds one verified delivery; `history` lists them."""
+    items = p.ledger_items()
+    report["ledger"] = items
+    by_run = {(i["export"], i["run_id"]): i for i in items}
+    for r in report["exports"] + report["skipped"]:
+        item = by_run.get((r["export"], r.get("run_id")))
+        check(item is not None, f"run {r.get('run_id')} of {r['export']} has no ledger item")
+        check(item["outcome"] == r["outcome"], f"ledger item {r.get('run_id')}: outcome {item['outcome']!r}")
+        if r["outcome"] == "uploaded":
+            delivery = item.get("delivery") or {}
+            check(delivery.get("verified") is True and item.get("sha256") == r["sha256"] == delivery.get("sha256"),
+                  f"ledger item {r['run_id']}: no verified delivery of SHA-256 {r['sha256']}")
+    check(len(items) == len(report["exports"]) + len(report["skipped"]) + len(report["hand_uploads_copied"]),
+          f"the ledger holds {len(items)} items, not one per run and hand upload")
+    say(f"ledger: {len(items)} item(s), one per run and per workbook put in by hand")
+    for item in sorted(items, key=lambda i: (i["export"], i["run_id"])):
+        delivery = item.get("delivery") or {}
+        say(f"  {item['export']} {item['run_id']} {item.get('trigger')} {item.get('outcome')} "
+            f"rows={item.get('rows')} sha256={str(item.get('sha256'))[:12]}… "
+            f"delivered={'verified' if delivery.get('verified') else '-'}")
+    for export in sorted({i["export"] for i in items}):
+        for line in p.history(export):
+            say(f"history {export}: {json.dumps(line, ensure_ascii=False)}")
+
+
 def _hand_uploads(p: LocalPipeline, report: dict, say: Callable[[str], None]) -> None:
     """Workbooks put into the source bucket by hand travel too; other objects stay."""
     dropped = {key: p.drop_object(key, hand_made_workbook(key)) for key in HAND_UPLOADS}
@@ -74,6 +102,7 @@ def _hand_uploads(p: LocalPipeline, report: dict, say: Callable[[str], None]) ->
         copied = destination_key(p.destination_prefix, key) in destination
         check(copied is expected, f"{key}: {'not ' if expected else ''}expected in the destination")
         if copied:
+            report["hand_uploads_copied"].append(key)
             copy_ = p.check_replicated(key)
             say(f"checked hand upload s3://{p.source}/{key}: s3://{p.destination}/{copy_['key']} equals it "
                 "byte for byte")
