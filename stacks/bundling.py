@@ -41,7 +41,7 @@ LAMBDA_PLATFORM = "manylinux2014_aarch64"
 
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "requirements.txt")
 #: Files of ``lambdas/`` every function's package holds beside its own folder.
-SHARED_FILES = ("__init__.py", "contract.py")
+SHARED_FILES = ("__init__.py", "contract.py", "cron.py")
 
 
 class BundlingError(RuntimeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
@@ -17,9 +18,10 @@ from botocore.config import Config
 from .credentials import CredentialSource, IamToken, SecretCache
 from .database import Endpoint
 from .errors import ExportError
-from .export import Target, remove_stale_files, run_export
-from ..contract import CA_BUNDLE_FILE, EVENT_EXPORT, EVENT_KEYS, EVENT_PARAMS
-from .definition import ExportDefinition, clip
+from .export import ScheduledRun, Target, record_run, remove_stale_files, run_export
+from ..contract import (CA_BUNDLE_FILE, EVENT_EXPORT, EVENT_KEYS, EVENT_PARAMS, EVENT_SCHEDULE, SCHEDULE_NAME,
+                        SCHEDULE_TIME, SCHEDULED_TIME_FORMAT)
+from .definition import SCHEDULE_NAME_RE, ExportDefinition, clip
 from .settings import Settings, load_settings
 
 log = logging.getLogger()  # level and JSON format come from the function's logging config (the stack)
@@ -93,9 +95,32 @@ def select_exports(event: Any, exports: dict[str, ExportDefinition]) -> list[Exp
     return [exports[name]]
 
 
+def scheduled_run(event: dict) -> ScheduledRun | None:
+    """The event's ``schedule``: ``{"name": NAME, "scheduled_time": "YYYY-MM-DDTHH:MM:SSZ"}`` (what a Scheduler
+    schedule sends), or None for a run by hand."""
+    if EVENT_SCHEDULE not in event:
+        return None
+    raw = event[EVENT_SCHEDULE]
+    if EVENT_EXPORT not in event:
+        raise ExportError(f'"{EVENT_SCHEDULE}" needs "{EVENT_EXPORT}": a schedule runs one export')
+    expected = (f'"{EVENT_SCHEDULE}" must be {{"{SCHEDULE_NAME}": NAME, "{SCHEDULE_TIME}": "YYYY-MM-DDTHH:MM:SSZ"}}, '
+                f"got {clip(raw)}")
+    if not isinstance(raw, dict) or set(raw) != {SCHEDULE_NAME, SCHEDULE_TIME}:
+        raise ExportError(expected)
+    name, when = raw[SCHEDULE_NAME], raw[SCHEDULE_TIME]
+    if not isinstance(name, str) or not SCHEDULE_NAME_RE.match(name) or not isinstance(when, str):
+        raise ExportError(expected)
+    try:
+        scheduled = dt.datetime.strptime(when, SCHEDULED_TIME_FORMAT).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise ExportError(expected) from None
+    return ScheduledRun(name, scheduled)
+
+
 def handler(event: Any, context: Any) -> dict[str, Any]:
     rt = runtime()
     selected = select_exports(event, dict(rt.settings.exports))
+    scheduled = scheduled_run(event)
     given = event.get(EVENT_PARAMS)
     remaining = (lambda: context.get_remaining_time_in_millis() / 1000) if context is not None else (lambda: float("inf"))
     temp_dir = Path(tempfile.gettempdir())
@@ -104,11 +129,17 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     for export in selected:
         try:
             result = run_export(export, endpoint=rt.endpoint, secrets=rt.secrets, s3=rt.s3, target=rt.target,
-                                params=given, remaining_seconds=remaining, temp_dir=temp_dir)
+                                params=given, remaining_seconds=remaining, temp_dir=temp_dir, scheduled=scheduled)
         except ExportError as exc:
-            log.error(json.dumps({"export": export.name, "outcome": "failed", "error": str(exc)}))
+            failed = {"export": export.name, "outcome": "failed", "error": str(exc)}
+            if scheduled is not None:
+                failed["schedule"] = scheduled.as_json()
+                record_run(rt.s3, rt.target, export.name, scheduled, failed)
+            log.error(json.dumps(failed))
             failures.append(str(exc))
             continue
+        if scheduled is not None:
+            record_run(rt.s3, rt.target, export.name, scheduled, result)
         log.info(json.dumps(result, ensure_ascii=False))
         results.append(result)
     if failures:
