@@ -12,6 +12,7 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_sns as sns
 from aws_cdk import custom_resources as cr
 from constructs import Construct
@@ -22,6 +23,7 @@ from lambdas.export_to_xlsx.definition import ExportDefinition, encode_exports
 from stacks.bundling import EXPORT_BUNDLE, BundleSpec
 from stacks.config import ENDPOINT_NAMES as ENDPOINTS
 from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
+from stacks.deadline_check import scheduler_role, target
 from stacks.nag import acknowledge, objects_finding
 from stacks.pipeline_function import failure_queue, pipeline_function
 
@@ -64,9 +66,14 @@ class ExportToXlsx(Construct):
       policy and the Secrets Manager endpoint admits HTTPS from the whole VPC CIDR;
     - ``secrets_endpoint_security_group``: an existing endpoint's group, to which one ingress rule
       for this function is added;
-    - one EventBridge rule per scheduled export, sending ``{"export": NAME}`` (parameters take
+    - one EventBridge rule per export with a (UTC) ``schedule``, sending ``{"export": NAME}`` (parameters take
       their defaults, evaluated when the run starts), two retries in two hours, then the event
       goes to the failed-exports queue;
+    - one EventBridge Scheduler schedule per entry of an export's ``schedules``, in ``schedule_group``, named
+      ``<export>.<schedule>``, in its time zone, flexible time window off, sending ``{"export", "params",
+      "schedule": {"name", "scheduled_time"}}``, five retries within two hours, then the failed-exports queue;
+      through a role Scheduler alone may assume (this account, this group) that may only invoke this function
+      and send to that queue (Scheduler sends dead letters with the schedule's role);
     - SQL from ``.sql`` files bundled into the code asset (``sql/...`` in the package) and
       read at cold start; only their paths are in the environment;
     - no reserved concurrency unless ``reserved_concurrency`` is given; one async retry, then the
@@ -81,7 +88,8 @@ class ExportToXlsx(Construct):
     - an alarm on any error, sent to ``alarm_topic``.
 
     Exposes ``function``, ``role``, ``security_group``, ``log_group``, ``rules``
-    (export name -> rule), ``errors_alarm``, ``failure_queue``, ``failures_alarm``,
+    (export name -> rule), ``schedules`` (Scheduler name -> schedule), ``scheduler_role`` (or None),
+    ``errors_alarm``, ``failure_queue``, ``failures_alarm``,
     and the endpoints it created as ``s3_endpoint`` / ``secrets_endpoint`` (or None).
     """
 
@@ -111,6 +119,7 @@ class ExportToXlsx(Construct):
         own_vpc: bool = False,
         secrets_endpoint_security_group: ec2.ISecurityGroup | None = None,
         secret_kms_key_arn: str | None = None,
+        schedule_group: scheduler.CfnScheduleGroup | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if not exports:
@@ -128,6 +137,8 @@ class ExportToXlsx(Construct):
         if "secretsmanager" in endpoints and secrets_endpoint_security_group is not None:
             raise ValueError("give secrets_endpoint_security_group (an existing endpoint) or create the "
                              "Secrets Manager endpoint, not both")
+        if any(e.schedules for e in exports) and schedule_group is None:
+            raise ValueError("exports with schedules need a schedule_group")
         if secret_kms_key_arn is not None and ":key/" not in secret_kms_key_arn:
             raise ValueError(f"secret_kms_key_arn must be a KMS key ARN, got {secret_kms_key_arn!r}")
         if isinstance(auth, IamDatabaseAuth):
@@ -269,6 +280,33 @@ class ExportToXlsx(Construct):
                     )
                 ],
             )
+
+        self.schedules: dict[str, scheduler.CfnSchedule] = {}
+        self.scheduler_role: iam.Role | None = None
+        for export in exports:
+            for entry in export.schedules:
+                if self.scheduler_role is None:
+                    self.scheduler_role = scheduler_role(
+                        self, "SchedulerRole", group=schedule_group,
+                        description="EventBridge Scheduler: run the export function on the exports' schedules")
+                    self.scheduler_role.add_to_policy(iam.PolicyStatement(
+                        actions=["lambda:InvokeFunction"], resources=[self.function.function_arn]))
+                    self.scheduler_role.add_to_policy(iam.PolicyStatement(
+                        actions=["sqs:SendMessage"], resources=[self.failure_queue.queue_arn]))
+                name = entry.scheduler_name(export.name)
+                payload = {shared.EVENT_EXPORT: export.name, shared.EVENT_PARAMS: dict(entry.params),
+                           shared.EVENT_SCHEDULE: {shared.SCHEDULE_NAME: entry.name,
+                                                   shared.SCHEDULE_TIME: shared.SCHEDULED_TIME_ATTRIBUTE}}
+                deadline = (f"; due {entry.deliver_within_minutes} min later" if entry.deliver_within_minutes
+                            else "")
+                self.schedules[name] = scheduler.CfnSchedule(
+                    self, f"Schedule-{name}", name=name, group_name=schedule_group.ref,
+                    description=f"Run the {export.name!r} export: {entry.expression} in {entry.time_zone}{deadline}",
+                    schedule_expression=entry.expression, schedule_expression_timezone=entry.time_zone,
+                    flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
+                    target=target(self.function.function_arn, self.scheduler_role, self.failure_queue.queue_arn,
+                                  payload, retry_attempts=5, max_event_age=Duration.hours(2)),
+                )
 
         acknowledge(
             self.role.node.find_child("DefaultPolicy"), "IAM5",

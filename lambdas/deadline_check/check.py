@@ -8,7 +8,8 @@ started. What the record and the destination say:
   deadline);
 - record ``skipped: empty``: skipped (``on_empty: skip``), announced as ``Workbook Skipped``;
 - record ``failed``: late, with the run's error;
-- record ``uploaded`` but no copy: late, the copy is missing;
+- record ``uploaded`` but no copy: late, the copy is missing (a copy another account's bucket does not let
+  the check read counts as delivered: the failed-copies queue and its alarm watch copies);
 - no record: late, the run never started, is still running or was killed.
 
 Each late or skipped run is announced once: a notice object is created with a conditional put
@@ -35,6 +36,8 @@ FAILED = "failed"
 COPY_MISSING = "copy missing"
 NOT_RECORDED = "no run recorded"
 PENDING = "not due yet"
+#: Uploaded, but the destination (another account's bucket) does not let the check read the copy.
+COPY_UNREADABLE = "uploaded, copy not readable"
 
 
 class CheckError(Exception):
@@ -115,6 +118,9 @@ def judge(s3: Any, settings: Settings, deadline: Deadline, scheduled: dt.datetim
                 state = COPY_MISSING if now >= due else PENDING
                 return verdict(state, f"uploaded as {record['key']}; no copy at s3://{settings.destination_bucket}/"
                                       f"{copy_key} (see the failed-copies queue)", record)
+            if _code(exc) in ("403", "AccessDenied", "Forbidden"):
+                return verdict(COPY_UNREADABLE, f"uploaded as {record['key']}; the destination does not let the "
+                                                "deadline check read the copy (watch the failed-copies queue)", record)
             raise CheckError(f"reading s3://{settings.destination_bucket}/{copy_key}: {_code(exc)}: {exc}") from None
         except BotoCoreError as exc:
             raise CheckError(f"reading s3://{settings.destination_bucket}/{copy_key}: {exc}") from None
