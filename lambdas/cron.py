@@ -173,6 +173,24 @@ class Cron:
             day += dt.timedelta(days=1)
 
 
+    def fires_before(self, before: dt.datetime, zone: ZoneInfo, *, horizon_days: int = HORIZON_DAYS
+                     ) -> Iterator[dt.datetime]:
+        """Every fire time (aware, UTC) at or before ``before``, newest first, within ``horizon_days``."""
+        before = before.astimezone(UTC)
+        day = before.astimezone(zone).date() + dt.timedelta(days=1)
+        end = day - dt.timedelta(days=horizon_days)
+        while day >= end:
+            if day.year < min(self.years):
+                return
+            if self.runs_on(day):
+                for hour in reversed(self.hours):
+                    for minute in reversed(self.minutes):
+                        fire = _instant(dt.datetime(day.year, day.month, day.day, hour, minute), zone)
+                        if fire is not None and fire <= before:
+                            yield fire
+            day -= dt.timedelta(days=1)
+
+
 def _instant(local: dt.datetime, zone: ZoneInfo) -> dt.datetime | None:
     """The UTC instant of a wall-clock time in ``zone``: None if the clock skips it (spring forward),
     the first of the two if it happens twice (fall back)."""
@@ -234,6 +252,11 @@ def next_fires(expression: str, zone_name: str, after: dt.datetime, count: int =
         if len(out) == count:
             break
     return out
+
+
+def last_fire(expression: str, zone_name: str, before: dt.datetime) -> dt.datetime | None:
+    """The latest fire time (UTC) at or before ``before``, if any within the horizon."""
+    return next(parse_cron(expression).fires_before(before, ZoneInfo(zone_name)), None)
 
 
 def fires_between(expression: str, zone_name: str, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
