@@ -165,10 +165,12 @@ def _with_query_limits(env: Reader, exports: tuple[ExportDefinition, ...], timeo
     """Each export's ``max_query_seconds``: its own, at most the function's timeout less a margin, which is also the
     default (so the server, not Lambda's timeout, ends a runaway query, and the export fails cleanly)."""
     ceiling = timeout_seconds - QUERY_TIME_MARGIN_SECONDS
+    raw = env.data.get("exports")
+    names = [item.get("name") if isinstance(item, Mapping) else None for item in raw] if isinstance(raw, list) else []
     out = []
-    for i, export in enumerate(exports):
+    for export in exports:
         if export.max_query_seconds is not None and export.max_query_seconds > ceiling:
-            env.problem(f"exports[{i}].max_query_seconds",
+            env.problem(f"exports[{names.index(export.name)}].max_query_seconds",
                         f"{export.max_query_seconds} is more than the export function's timeout_seconds "
                         f"({timeout_seconds}) less {QUERY_TIME_MARGIN_SECONDS} s to fail cleanly: at most {ceiling}")
         out.append(export if export.max_query_seconds is not None else replace(export, max_query_seconds=ceiling))
