@@ -500,7 +500,9 @@ def test_status_all_well(deployed):
 
 
 def test_status_names_what_needs_attention(deployed):
-    # Given a workbook not copied, an older copy of another, a failed copy waiting and an alarm firing
+    # Given every schedule's last run delivered (so the test does not depend on the time of day) and
+    deliver_last_runs(deployed, dt.datetime.now(dt.timezone.utc))
+    # a workbook not copied, an older copy of another, a failed copy waiting and an alarm firing
     put_workbook(deployed, "exports/orders/2026/11/24/orders-1.xlsx", 25, copy=False)
     key = "exports/customers/2026/11/24/customers-1.xlsx"
     put_workbook(deployed, key, 10, copy=True)
@@ -549,6 +551,7 @@ def test_status_shows_each_schedules_next_run_on_its_clock_and_a_late_last_run(d
 
 
 def test_status_gives_a_new_workbook_time_to_arrive(deployed):
+    deliver_last_runs(deployed, dt.datetime.now(dt.timezone.utc))  # whatever the time of day
     put_workbook(deployed, "exports/orders/2026/11/24/orders-1.xlsx", 25, copy=False)
     result = deployed.cli("status")
     assert result.exit_code == 0, result.output
