@@ -26,16 +26,32 @@ META_SQL_SHA256 = "sql-sha256"
 META_SHA256 = "sha256"
 #: The run's id: with ``export``, the key of the run's ledger item, which the replicator completes.
 META_RUN_ID = "run-id"
+#: A scheduled run's schedule name and the time Scheduler planned it for (``YYYY-MM-DDTHH:MM:SSZ``).
+META_SCHEDULE = "schedule"
+META_SCHEDULED_TIME = "scheduled-time"
 
-#: The function's event: ``{"export": NAME, "params": {NAME: VALUE}}``.
+#: The function's event: ``{"export": NAME, "params": {NAME: VALUE}}``; a Scheduler schedule adds
+#: ``"schedule": {"name": SCHEDULE, "scheduled_time": "<aws.scheduler.scheduled-time>"}``, so a run knows why it ran.
 EVENT_EXPORT = "export"
 EVENT_PARAMS = "params"
 #: Who asked for the run, recorded in the ledger: ``manual`` (the default), ``backfill`` or ``replay``
-#: (sent by pipeline-ops). A scheduled run's event names its schedule in ``schedule``.
+#: (sent by pipeline-ops). A scheduled run's event carries its schedule in ``schedule``:
+#: ``{"name": NAME, "scheduled_time": "YYYY-MM-DDTHH:MM:SSZ"}`` (what a Scheduler schedule sends).
 EVENT_TRIGGER = "trigger"
 EVENT_SCHEDULE = "schedule"
 EVENT_KEYS = (EVENT_EXPORT, EVENT_PARAMS, EVENT_TRIGGER, EVENT_SCHEDULE)
 TRIGGERS = ("manual", "backfill", "replay")
+SCHEDULE_NAME = "name"
+SCHEDULE_TIME = "scheduled_time"
+#: Scheduler puts the time a run was planned for in place of this keyword (a context attribute:
+#: https://docs.aws.amazon.com/scheduler/latest/UserGuide/managing-schedule-context-attributes.html).
+SCHEDULED_TIME_ATTRIBUTE = "<aws.scheduler.scheduled-time>"
+SCHEDULED_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+#: Events the pipeline puts on the account's default EventBridge bus.
+EVENT_SOURCE = "mysql-xlsx-pipeline"
+LATE_DETAIL_TYPE = "Workbook Late"
+SKIPPED_DETAIL_TYPE = "Workbook Skipped"
 
 #: The run ledger (a DynamoDB table of the stack): one item per run, partition key the export's name
 #: (a workbook put in by hand: LEDGER_HAND_PARTITION, which no export name can be), sort key the run id,
@@ -102,6 +118,23 @@ def longest_copy_key(destination_prefix: str, key_prefix: str, export: str) -> s
     """The longest key an export's copy can get: the destination prefix before the export's longest key."""
     return destination_key(destination_prefix, object_key(key_prefix, export, dt.datetime(2026, 12, 31, 23, 59, 59,
                                                                                          tzinfo=dt.timezone.utc)))
+
+
+def run_record_prefix(key_prefix: str, export: str, schedule: str) -> str:
+    """Where the records of one schedule's runs are kept in the source bucket (not .xlsx: never copied)."""
+    return f"{export_prefix(key_prefix, export)}runs/{schedule}/"
+
+
+def run_record_key(key_prefix: str, export: str, schedule: str, scheduled_time: str) -> str:
+    """The export's record of the run ``schedule`` planned for ``scheduled_time``: what it uploaded, skipped,
+    or why it failed. The deadline check reads exactly this key, so it needs no listing."""
+    return f"{run_record_prefix(key_prefix, export, schedule)}{scheduled_time}.json"
+
+
+def deadline_notice_key(key_prefix: str, export: str, schedule: str, scheduled_time: str) -> str:
+    """Written once (a conditional put) by the deadline check before it announces a late or skipped run,
+    so a repeated check never announces it twice."""
+    return f"{run_record_prefix(key_prefix, export, schedule)}{scheduled_time}.notice"
 
 
 def is_replicated(key: str, source_prefix: str) -> bool:

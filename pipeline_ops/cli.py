@@ -259,6 +259,7 @@ def status(deployment: Deployment, grace_minutes: int) -> int:
 
     now = dt.datetime.now(dt.timezone.utc)
     exports = st.exports(deployment, now=now, grace=dt.timedelta(minutes=grace_minutes))
+    scheduled = st.schedules(deployment, now=now)
     checks = st.queues(deployment) + st.alarms(deployment)
     table = Table(title=f"exports of {deployment.config.stack_name}")
     for column in ("export", "last run (ledger)", "latest workbook", "written (UTC)", "rows", "destination"):
@@ -268,13 +269,23 @@ def status(deployment: Deployment, grace_minutes: int) -> int:
         table.add_row(escape(e.export), escape(e.last_run), escape(e.key or "-"), written, escape(str(e.rows or "")),
                       _state(e.delivered, with_detail=True))
     out.print(table)
+    if scheduled:  # one line each, never wrapped: a schedule's clock reads as one sentence
+        out.print("schedules (EventBridge Scheduler, each on its own clock):")
+        for s in scheduled:
+            deadline = f", due within {s.deadline_minutes} min" if s.deadline_minutes else ""
+            last = (f"last run {s.last_run:%Y-%m-%d %H:%M} UTC: " if s.last_run else "last run: ") + s.last.state
+            detail = f" ({s.last.detail})" if s.last.detail else ""
+            out.print(f"  {s.name}: {s.expression} {s.time_zone}{deadline}; next run {s.next_local()}; "
+                      f"{last}{detail}" + ("  <- needs attention" if s.last.attention else ""),
+                      markup=False, soft_wrap=True)
     table = Table(title="failure queues and alarms")
     for column in ("what", "state", "detail"):
         table.add_column(column, overflow="fold")
     for c in checks:
         table.add_row(escape(c.what), _state(c), escape(c.detail))
     out.print(table)
-    attention = [e.export for e in exports if e.delivered.attention] + [c.what for c in checks if c.attention]
+    attention = [e.export for e in exports if e.delivered.attention] + [s.name for s in scheduled if s.last.attention] + [
+        c.what for c in checks if c.attention]
     if attention:
         out.print(f"needs attention: {', '.join(attention)}", markup=False, soft_wrap=True)
         return 1

@@ -4,7 +4,13 @@ A message is Lambda's on-failure record of an asynchronous invocation, whose ``r
 is the original event (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.html),
 or, in the failed-exports queue, EventBridge's dead letter of a schedule, which is the rule's
 ``{"export": NAME}`` input itself with the error in message attributes
-(https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-rule-event-delivery.html#eb-rule-dlq).
+(https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-rule-event-delivery.html#eb-rule-dlq),
+or EventBridge Scheduler's dead letter, which is likewise the schedule's input with its context
+attributes filled in (``{"export", "params", "schedule": {"name", "scheduled_time"}}``) and the error in
+the attributes ``ERROR_CODE``, ``ERROR_MESSAGE``, ``EXHAUSTED_RETRY_CONDITION`` and ``SCHEDULE_ARN``
+(https://docs.aws.amazon.com/scheduler/latest/UserGuide/configuring-schedule-dlq.html). A replayed
+scheduled run keeps its schedule and scheduled time: it reads the day it was planned for, records its
+run where the deadline check looks, and ``status`` shows whether it made its deadline.
 A message is deleted only after the function, invoked synchronously with that event, succeeded;
 one that fails, or that holds no event to replay, stays in the queue (made visible again at the end).
 """
@@ -16,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import unquote_plus
 
-from lambdas.contract import EVENT_TRIGGER
+from lambdas.contract import EVENT_KEYS, EVENT_TRIGGER
 from pipeline_ops.aws import INVOKE_CONFIG, OPTIONAL_OUTPUTS, Deployment, OperatorError, calling, invoke
 
 BATCH = 10
@@ -36,6 +42,9 @@ def _copy_subject(event: dict) -> str:
 def _export_subject(event: dict) -> str:
     name = event.get("export") or "(every export)"
     params = event.get("params")
+    schedule = event.get("schedule")
+    if isinstance(schedule, dict):  # Scheduler's event: which schedule, for when
+        name = f"{name} ({schedule.get('name')} at {schedule.get('scheduled_time')})"
     return f"{name} {json.dumps(params, sort_keys=True)}" if params else str(name)
 
 
@@ -52,7 +61,7 @@ class FailureQueue:
 FAILURE_QUEUES = (
     FailureQueue("failed copies", "FailedCopiesQueueUrl", "ReplicatorFunctionName", _copy_subject),
     FailureQueue("failed exports", "FailedExportsQueueUrl", "ExportFunctionName", _export_subject,
-                 plain_event_keys=frozenset({"export", "params"})),
+                 plain_event_keys=frozenset(EVENT_KEYS)),
 )
 
 
@@ -87,7 +96,8 @@ def read_message(queue: FailureQueue, message: dict) -> Waiting:
         error = response.get("errorMessage") if isinstance(response, dict) else None
         reason = ": ".join(str(p) for p in (condition, error) if p) or "no reason recorded"
         return Waiting(mid, handle, event, queue.subject(event), reason)
-    why = ": ".join(a for a in (attributes.get("ERROR_CODE"), attributes.get("ERROR_MESSAGE")) if a)
+    why = ": ".join(a for a in (attributes.get("EXHAUSTED_RETRY_CONDITION"), attributes.get("ERROR_CODE"),
+                                attributes.get("ERROR_MESSAGE")) if a)
     if queue.plain_event_keys and isinstance(body, dict) and "export" in body and set(body) <= queue.plain_event_keys:
         return Waiting(mid, handle, body, queue.subject(body), why or "no reason recorded")
     return Waiting(mid, handle, None, "(unknown)",

@@ -8,6 +8,7 @@ from typing import Any
 
 import botocore.exceptions
 
+from lambdas import cron
 from pipeline_ops.aws import Deployment, calling, explain
 from pipeline_ops.replay import present_queues
 
@@ -135,4 +136,67 @@ def alarms(deployment: Deployment) -> list[Check]:
         state = alarm["StateValue"]
         out.append(Check(name, state, alarm.get("StateReason", "") if state != "OK" else "",
                          attention=state == "ALARM"))
+    return out
+
+
+@dataclass(frozen=True)
+class ScheduleStatus:
+    """One Scheduler schedule of an export: its next run on its own clock, and its last run."""
+
+    name: str  # <export>.<schedule>, as in Scheduler
+    expression: str
+    time_zone: str
+    next_run: dt.datetime | None  # UTC; None for a rate (its phase is not known) or a schedule that ended
+    deadline_minutes: int | None
+    last_run: dt.datetime | None
+    last: Check
+
+    def next_local(self) -> str:
+        if self.next_run is None:
+            return "-" if self.expression.startswith("cron(") else f"{self.expression}, counted from its deployment"
+        local = self.next_run.astimezone(cron.ZoneInfo(self.time_zone))
+        return f"{local:%Y-%m-%d %H:%M %Z} ({self.next_run:%H:%M} UTC)"
+
+
+def schedules(deployment: Deployment, *, now: dt.datetime) -> list[ScheduleStatus]:
+    """Each export's schedules: the next run in its zone (EventBridge Scheduler's rules, ``lambdas/cron.py``) and
+    whether the last run was delivered by its deadline (its run record and the copy, as the deadline check reads them)."""
+    from lambdas.deadline_check import check as deadline_check
+    from lambdas.deadline_check.settings import Deadline, Settings
+
+    config = deployment.config
+    entries = [(e, s) for e in config.exports for s in e.schedules]
+    if not entries:
+        return []
+    settings = Settings(source_bucket=deployment.output("SourceBucketName"), key_prefix=config.key_prefix,
+                        destination_bucket=deployment.output("DestinationBucketName"),
+                        destination_prefix=config.destination.prefix, deadlines=())
+    s3 = deployment.client("s3")
+    out = []
+    for export, entry in entries:
+        name = entry.scheduler_name(export.name)
+        if not entry.expression.startswith("cron("):
+            out.append(ScheduleStatus(name, entry.expression, entry.time_zone, None, entry.deliver_within_minutes,
+                                      None, Check("", "not tracked", "a rate schedule's run times are not known")))
+            continue
+        (next_run,) = cron.next_fires(entry.expression, entry.time_zone, now, 1) or (None,)
+        last = cron.last_fire(entry.expression, entry.time_zone, now)
+        if last is None:
+            out.append(ScheduleStatus(name, entry.expression, entry.time_zone, next_run, entry.deliver_within_minutes,
+                                      None, Check("", "no run yet")))
+            continue
+        minutes = entry.deliver_within_minutes or 0
+        deadline = Deadline(export.name, entry.name, entry.expression, entry.time_zone, minutes)
+        with calling(f"reading the record of {name}'s run at {last:%Y-%m-%dT%H:%MZ}"):
+            verdict = deadline_check.judge(s3, settings, deadline, last, now)
+        if entry.deliver_within_minutes is None:  # no deadline: what the run did, nothing is late
+            state = {deadline_check.NOT_RECORDED: "no run recorded"}.get(verdict.state, verdict.state)
+            check = Check("", "delivered" if state in (deadline_check.DELIVERED, deadline_check.DELIVERED_LATE)
+                          else state, verdict.known, attention=state == deadline_check.FAILED)
+        else:
+            state = ("delivered by its deadline" if verdict.state == deadline_check.DELIVERED else verdict.state)
+            # late and still not there needs attention; delivered late was announced and is there now
+            check = Check("", state, verdict.known, attention=verdict.late and verdict.state != deadline_check.DELIVERED_LATE)
+        out.append(ScheduleStatus(name, entry.expression, entry.time_zone, next_run, entry.deliver_within_minutes,
+                                  last, check))
     return out

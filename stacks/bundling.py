@@ -47,7 +47,7 @@ LAMBDA_PLATFORM = "manylinux2014_aarch64"
 REQUIREMENTS_IN, LOCK_FILE = "requirements.in", "requirements.txt"
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", REQUIREMENTS_IN, LOCK_FILE)
 #: Files of ``lambdas/`` every function's package holds beside its own folder.
-SHARED_FILES = ("__init__.py", "contract.py", "ledger.py")
+SHARED_FILES = ("__init__.py", "contract.py", "cron.py", "ledger.py")
 
 
 class BundlingError(RuntimeError):

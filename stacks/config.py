@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
@@ -18,7 +18,8 @@ from lambdas.contract import MAX_KEY_BYTES, longest_copy_key
 from lambdas.db_bootstrap.settings import AUTH_MODES, DATABASE_RE, USER_RE
 from lambdas.export_to_xlsx import settings as export_contract
 from lambdas.export_to_xlsx.definition import (
-    DefinitionError, ExportDefinition, Reader, encode_exports, read_exports, read_project_file,
+    QUERY_TIME_MARGIN_SECONDS, DefinitionError, ExportDefinition, Reader, encode_exports, read_exports,
+    read_project_file,
 )
 from stacks.rds_ca import CaBundleError, ca_bundle
 
@@ -157,8 +158,8 @@ class EnvironmentConfig:
         return f"MysqlXlsxPipeline-{self.name}"
 
 
-def _read_exports(env: Reader, root: Path) -> tuple[ExportDefinition, ...]:
-    exports = read_exports(env, "exports", root)
+def _read_exports(env: Reader, root: Path, timeout_seconds: int) -> tuple[ExportDefinition, ...]:
+    exports = _with_query_limits(env, read_exports(env, "exports", root), timeout_seconds)
     size = len(encode_exports(exports).encode())
     if size > export_contract.MAX_EXPORTS_JSON_BYTES:
         env.problem(
@@ -168,6 +169,23 @@ def _read_exports(env: Reader, root: Path) -> tuple[ExportDefinition, ...]:
             "(sql_file)",
         )
     return exports
+
+
+def _with_query_limits(env: Reader, exports: tuple[ExportDefinition, ...], timeout_seconds: int
+                       ) -> tuple[ExportDefinition, ...]:
+    """Each export's ``max_query_seconds``: its own, at most the function's timeout less a margin, which is also the
+    default (so the server, not Lambda's timeout, ends a runaway query, and the export fails cleanly)."""
+    ceiling = timeout_seconds - QUERY_TIME_MARGIN_SECONDS
+    raw = env.data.get("exports")
+    names = [item.get("name") if isinstance(item, Mapping) else None for item in raw] if isinstance(raw, list) else []
+    out = []
+    for export in exports:
+        if export.max_query_seconds is not None and export.max_query_seconds > ceiling:
+            env.problem(f"exports[{names.index(export.name)}].max_query_seconds",
+                        f"{export.max_query_seconds} is more than the export function's timeout_seconds "
+                        f"({timeout_seconds}) less {QUERY_TIME_MARGIN_SECONDS} s to fail cleanly: at most {ceiling}")
+        out.append(export if export.max_query_seconds is not None else replace(export, max_query_seconds=ceiling))
+    return tuple(out)
 
 
 def _read_database(env: Reader, retain: bool, root: Path) -> DatabaseConfig:
@@ -381,7 +399,7 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
     fn.done()
     key_prefix = env.str("key_prefix", "", check=lambda v: v == "" or re.match(r"^[A-Za-z0-9!_.'()/-]+/$", v) is not None
                          and not v.startswith("/"), expect="empty or a key prefix ending in '/' (no '*' or '?')")
-    exports = _read_exports(env, root)
+    exports = _read_exports(env, root, export_function.timeout_seconds)
     database = env.attempt(lambda: _read_database(env, retain=removal == "retain", root=root), None)
     if database is not None:  # the packaged roots and the database's extra file
         _check_region(env, region, database.ca_bundle_file, root)

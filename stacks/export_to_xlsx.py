@@ -14,6 +14,7 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_sns as sns
 from aws_cdk import custom_resources as cr
 from constructs import Construct
@@ -25,6 +26,7 @@ from stacks.bundling import EXPORT_BUNDLE, BundleSpec, rds_ca_bundle
 from stacks.config import ENDPOINT_NAMES as ENDPOINTS
 from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
 from stacks.custom_resources import sdk_call_resource
+from stacks.deadline_check import scheduler_role, target
 from stacks.nag import acknowledge, objects_finding
 from stacks.pipeline_function import alarm_on, failure_queue, pipeline_function
 from stacks.run_ledger import RunLedger
@@ -73,10 +75,15 @@ class ExportToXlsx(Construct):
       for this function is added;
     - ``s3_endpoint_security_group``: the group of an existing S3 *interface* endpoint (which the
       prefix list does not cover): HTTPS egress to it and one ingress rule on it for this function;
-    - one EventBridge rule per scheduled export, sending ``{"export": NAME}`` (parameters take
+    - one EventBridge rule per export with a (UTC) ``schedule``, sending ``{"export": NAME}`` (parameters take
       their defaults, evaluated when the run starts). EventBridge retries delivering the event to
       Lambda up to twice within two hours, then puts it in the failed-exports queue; once Lambda
       has accepted it, a function error follows the function's async invoke config below;
+    - one EventBridge Scheduler schedule per entry of an export's ``schedules``, in ``schedule_group``, named
+      ``<export>.<schedule>``, in its time zone, flexible time window off, sending ``{"export", "params",
+      "schedule": {"name", "scheduled_time"}}``, five retries within two hours, then the failed-exports queue;
+      through a role Scheduler alone may assume (this account, this group) that may only invoke this function
+      and send to that queue (Scheduler sends dead letters with the schedule's role);
     - SQL from ``.sql`` files bundled into the code asset (``sql/...`` in the package) and
       read at cold start; only their paths are in the environment;
     - no reserved concurrency unless ``reserved_concurrency`` is given; a function error in an
@@ -94,7 +101,8 @@ class ExportToXlsx(Construct):
     TLS is verified against the packaged Amazon RDS roots plus ``ca_bundle_file``'s certificates.
 
     Exposes ``bundle`` (what its asset holds), ``function``, ``role``, ``security_group``, ``log_group``, ``rules``
-    (export name -> rule), ``errors_alarm``, ``failure_queue``, ``failures_alarm``,
+    (export name -> rule), ``schedules`` (Scheduler name -> schedule), ``scheduler_role`` (or None),
+    ``errors_alarm``, ``failure_queue``, ``failures_alarm``,
     and the endpoints it created as ``s3_endpoint`` / ``secrets_endpoint`` (or None).
     """
 
@@ -127,6 +135,7 @@ class ExportToXlsx(Construct):
         s3_endpoint_security_group: ec2.ISecurityGroup | None = None,
         secret_kms_key_arn: str | None = None,
         ca_bundle_file: Path | None = None,
+        schedule_group: scheduler.CfnScheduleGroup | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if not exports:
@@ -144,6 +153,8 @@ class ExportToXlsx(Construct):
         if "secretsmanager" in endpoints and secrets_endpoint_security_group is not None:
             raise ValueError("give secrets_endpoint_security_group (an existing endpoint) or create the "
                              "Secrets Manager endpoint, not both")
+        if any(e.schedules for e in exports) and schedule_group is None:
+            raise ValueError("exports with schedules need a schedule_group")
         if secret_kms_key_arn is not None and ":key/" not in secret_kms_key_arn:
             raise ValueError(f"secret_kms_key_arn must be a KMS key ARN, got {secret_kms_key_arn!r}")
         if isinstance(auth, IamDatabaseAuth):
@@ -318,6 +329,33 @@ class ExportToXlsx(Construct):
                     )
                 ],
             )
+
+        self.schedules: dict[str, scheduler.CfnSchedule] = {}
+        self.scheduler_role: iam.Role | None = None
+        for export in exports:
+            for entry in export.schedules:
+                if self.scheduler_role is None:
+                    self.scheduler_role = scheduler_role(
+                        self, "SchedulerRole", group=schedule_group,
+                        description="EventBridge Scheduler: run the export function on the exports' schedules")
+                    self.scheduler_role.add_to_policy(iam.PolicyStatement(
+                        actions=["lambda:InvokeFunction"], resources=[self.function.function_arn]))
+                    self.scheduler_role.add_to_policy(iam.PolicyStatement(
+                        actions=["sqs:SendMessage"], resources=[self.failure_queue.queue_arn]))
+                name = entry.scheduler_name(export.name)
+                payload = {shared.EVENT_EXPORT: export.name, shared.EVENT_PARAMS: dict(entry.params),
+                           shared.EVENT_SCHEDULE: {shared.SCHEDULE_NAME: entry.name,
+                                                   shared.SCHEDULE_TIME: shared.SCHEDULED_TIME_ATTRIBUTE}}
+                deadline = (f"; due {entry.deliver_within_minutes} min later" if entry.deliver_within_minutes
+                            else "")
+                self.schedules[name] = scheduler.CfnSchedule(
+                    self, f"Schedule-{name}", name=name, group_name=schedule_group.ref,
+                    description=f"Run the {export.name!r} export: {entry.expression} in {entry.time_zone}{deadline}",
+                    schedule_expression=entry.expression, schedule_expression_timezone=entry.time_zone,
+                    flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
+                    target=target(self.function.function_arn, self.scheduler_role, self.failure_queue.queue_arn,
+                                  payload, retry_attempts=5, max_event_age=Duration.hours(2)),
+                )
 
         acknowledge(
             self.role.node.find_child("DefaultPolicy"), "IAM5",

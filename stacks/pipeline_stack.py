@@ -8,17 +8,20 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
 from stacks.bucket_replicator import BucketReplicator
+from lambdas.deadline_check.settings import Deadline
 from stacks.config import EnvironmentConfig, ExistingDatabaseConfig
 from stacks.rds_ca import ca_bundle
 from stacks.custom_resources import bound_cdk_custom_resources
 from stacks.database import EXPORTED_LOGS, Database
 from stacks.db_bootstrap import DatabaseBootstrap
+from stacks.deadline_check import DeadlineCheck
 from stacks.export_to_xlsx import ExportToXlsx
 from stacks.nag import acknowledge, acknowledge_cdk_helper, nag_text
 from stacks.pipeline_function import LOG_RETENTION, admit_alarms
@@ -96,6 +99,12 @@ class PipelineStack(Stack):
                 log_retention=retention,
                 removal_policy=removal,
             )
+        deadlines = [Deadline(e.name, s.name, s.expression, s.time_zone, s.deliver_within_minutes)
+                     for e in config.exports for s in e.schedules if s.deliver_within_minutes]
+        self.schedule_group: scheduler.CfnScheduleGroup | None = None
+        if any(e.schedules for e in config.exports):
+            # Every Scheduler schedule of the stack, named after it (schedule groups are per account and region).
+            self.schedule_group = scheduler.CfnScheduleGroup(self, "Schedules", name=config.stack_name)
         self.export = ExportToXlsx(
             self,
             "ExportToXlsx",
@@ -124,6 +133,7 @@ class PipelineStack(Stack):
             s3_endpoint_security_group=s3_endpoint_group,
             secret_kms_key_arn=db.secret_kms_key_arn if existing else None,
             ca_bundle_file=db.ca_bundle_file,
+            schedule_group=self.schedule_group,
         )
         self.replicator = BucketReplicator(
             self,
@@ -139,6 +149,15 @@ class PipelineStack(Stack):
             log_retention=retention,
             removal_policy=removal,
         )
+
+        self.deadline_check: DeadlineCheck | None = None
+        if deadlines:
+            self.deadline_check = DeadlineCheck(
+                self, "DeadlineCheck", deadlines=deadlines, source_bucket=self.source.bucket,
+                key_prefix=config.key_prefix, destination_bucket=self.destination_bucket,
+                destination_prefix=config.destination.prefix, group=self.schedule_group,
+                alarm_topic=self.alarm_topic, log_retention=retention, removal_policy=removal,
+            )
 
         # Every alarm of the stack, wherever a construct made it, for `pipeline-ops status`.
         alarms = [c for c in self.node.find_all() if isinstance(c, cloudwatch.Alarm)]

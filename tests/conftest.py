@@ -71,7 +71,30 @@ def mysql() -> MySQL:
             f"Start the local one with `{START_HINT}` or point MYSQL_DSN at a server.",
             pytrace=False,
         )
+    _load_time_zone_tables(db)
     return db
+
+
+def _load_time_zone_tables(db: MySQL) -> None:
+    """Named time zones need the server's time zone tables (RDS has them): load them once, as .ci/run does,
+    when the server has none (mariadb-tzinfo-to-sql's SQL replaces the tables' contents, so it can run twice)."""
+    import shutil
+    import subprocess
+
+    conn = db.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM mysql.time_zone_name")
+            (zones,), = cur.fetchall()
+    finally:
+        conn.close()
+    tool = shutil.which("mariadb-tzinfo-to-sql") or shutil.which("mysql_tzinfo_to_sql")
+    if zones or tool is None:
+        return
+    client = shutil.which("mariadb") or shutil.which("mysql")
+    sql = subprocess.run([tool, "/usr/share/zoneinfo"], capture_output=True, check=True).stdout
+    subprocess.run([client, "--protocol=tcp", "-h", db.host, "-P", str(db.port), "-u", db.user,
+                    *([f"-p{db.password}"] if db.password else []), "mysql"], input=sql, check=True)
 
 
 # --- moto --------------------------------------------------------------------------

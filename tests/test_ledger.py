@@ -74,7 +74,8 @@ def test_every_outcome_writes_exactly_one_item_with_the_run_s_fields(pipeline, s
     (uploaded,) = export_handler.handler({"export": "numbers"}, Context())["exports"]
     (skipped,) = export_handler.handler({"export": "skipper", "trigger": "backfill"}, Context())["exports"]
     with pytest.raises(ExportError, match="no_such_table_here"):
-        export_handler.handler({"export": "broken", "schedule": "nightly"}, Context())
+        export_handler.handler({"export": "broken", "schedule": {"name": "nightly", "scheduled_time": "2026-11-20T05:00:00Z"}},
+                              Context())
     # Then each run has exactly one item
     assert [len(items(pipeline, e)) for e in ("numbers", "skipper", "broken")] == [1, 1, 1]
     (item,) = items(pipeline, "numbers")

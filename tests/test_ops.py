@@ -8,6 +8,8 @@ unchanged and the double records each payload.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import json
 import socket
 import subprocess
@@ -407,6 +409,28 @@ def test_replay_re_runs_a_schedules_dead_letter(deployed):
     assert deployed.queue_bodies("FailedExportsQueueUrl") == []
 
 
+def test_replay_re_runs_a_scheduler_dead_letter_with_its_schedule(deployed):
+    """EventBridge Scheduler's dead letter is the schedule's input with its context attributes filled in, the
+    error in message attributes: https://docs.aws.amazon.com/scheduler/latest/UserGuide/configuring-schedule-dlq.html"""
+    export_fn = deployed.outputs["ExportFunctionName"]
+    event = {"export": "customers", "params": {},
+             "schedule": {"name": "eu-morning", "scheduled_time": "2026-07-01T04:00:00Z"}}
+    deployed.sqs.send_message(
+        QueueUrl=deployed.outputs["FailedExportsQueueUrl"], MessageBody=json.dumps(event),
+        MessageAttributes={name: {"DataType": "String", "StringValue": value} for name, value in {
+            "ERROR_CODE": "AWS.Lambda.TooManyRequestsException", "ERROR_MESSAGE": "Rate Exceeded.",
+            "EXHAUSTED_RETRY_CONDITION": "MaximumRetryAttemptsExceeded", "RETRY_ATTEMPTS": "5",
+            "SCHEDULE_ARN": "arn:aws:scheduler:us-east-1:123456789012:schedule/MysqlXlsxPipeline-dev/customers.eu-morning",
+            "TARGET_ARN": "arn:aws:lambda:us-east-1:123456789012:function:export"}.items()})
+    deployed.fake.answers[export_fn] = lambda e: ({"exports": [upload("customers")]}, None)
+    result = deployed.cli("replay")
+    assert result.exit_code == 0, result.output
+    assert deployed.fake.payloads(export_fn) == [{**event, "trigger": "replay"}]  # replayed: the ledger says so
+    assert "customers (eu-morning at 2026-07-01T04:00:00Z)" in result.stdout
+    assert "MaximumRetryAttemptsExceeded: AWS.Lambda.TooManyRequestsException: Rate Exceeded." in result.stdout
+    assert deployed.queue_bodies("FailedExportsQueueUrl") == []
+
+
 def test_replay_works_without_the_failed_exports_queue(endpoint, dev):
     deployed = deploy(dev, export_queue=False)
     fill_failed_copies(deployed)
@@ -438,7 +462,26 @@ def put_workbook(deployed: Deployed, key: str, rows: int, *, copy: bool) -> str:
     return version
 
 
+def deliver_last_runs(deployed: Deployed, now: dt.datetime) -> None:
+    """A delivered workbook and its run record for the last run of every cron schedule of dev."""
+    from lambdas import contract, cron
+
+    src = deployed.outputs["SourceBucketName"]
+    for export in _DEV.exports:
+        for entry in export.schedules:
+            if entry.expression.startswith("cron("):
+                last = cron.last_fire(entry.expression, entry.time_zone, now)
+                at = last.strftime(contract.SCHEDULED_TIME_FORMAT)
+                # an older folder than the other tests' workbooks, so it is not the export's latest
+                key = f"{_DEV.key_prefix}{export.name}/2026/11/01/{export.name}-{entry.name}.xlsx"
+                put_workbook(deployed, key, 3, copy=True)
+                record = contract.run_record_key(_DEV.key_prefix, export.name, entry.name, at)
+                deployed.s3.put_object(Bucket=src, Key=record, Body=json.dumps(
+                    {"export": export.name, "outcome": "uploaded", "key": key}).encode())
+
+
 def test_status_all_well(deployed):
+    deliver_last_runs(deployed, dt.datetime.now(dt.timezone.utc))
     put_workbook(deployed, "exports/orders/2026/11/23/orders-1.xlsx", 20, copy=True)
     put_workbook(deployed, "exports/orders/2026/11/24/orders-2.xlsx", 25, copy=True)
     put_workbook(deployed, "exports/customers/2026/11/24/customers-1.xlsx", 10, copy=True)
@@ -449,13 +492,19 @@ def test_status_all_well(deployed):
     assert "orders-2.xlsx" in orders and " 25 " in orders and "delivered" in orders
     assert any("customers-1.xlsx" in line and "delivered" in line for line in lines)
     assert "failed copies" in result.stdout and "failed exports" in result.stdout
+    for export in _DEV.exports:  # each schedule's last run: its record and its copy
+        for entry in export.schedules:
+            line = next(line for line in lines if f"  {export.name}.{entry.name}: " in line)
+            assert "delivered" in line or not entry.expression.startswith("cron(")
     for name in deployed.outputs["AlarmNames"].split(","):
         assert any(name in line and "OK" in line for line in lines)
     assert "all well" in result.stdout
 
 
 def test_status_names_what_needs_attention(deployed):
-    # Given a workbook not copied, an older copy of another, a failed copy waiting and an alarm firing
+    # Given every schedule's last run delivered (so the test does not depend on the time of day) and
+    deliver_last_runs(deployed, dt.datetime.now(dt.timezone.utc))
+    # a workbook not copied, an older copy of another, a failed copy waiting and an alarm firing
     put_workbook(deployed, "exports/orders/2026/11/24/orders-1.xlsx", 25, copy=False)
     key = "exports/customers/2026/11/24/customers-1.xlsx"
     put_workbook(deployed, key, 10, copy=True)
@@ -475,7 +524,36 @@ def test_status_names_what_needs_attention(deployed):
     assert f"needs attention: orders, customers, failed copies, {alarm}" in result.stdout
 
 
+def test_status_shows_each_schedules_next_run_on_its_clock_and_a_late_last_run(deployed):
+    """Next runs follow EventBridge Scheduler's cron rules in each schedule's zone
+    (https://docs.aws.amazon.com/scheduler/latest/UserGuide/schedule-types.html)."""
+    from lambdas import cron
+
+    now = dt.datetime.now(dt.timezone.utc)
+    entries = [(e, s) for e in _DEV.exports for s in e.schedules]
+    # Given no run of any schedule recorded
+    result = deployed.cli("status")
+    lines = result.stdout.splitlines()
+    for export, entry in entries:
+        line = next(line for line in lines if f"{export.name}.{entry.name}" in line)
+        (next_run,) = cron.next_fires(entry.expression, entry.time_zone, now)
+        local = next_run.astimezone(cron.ZoneInfo(entry.time_zone))
+        # Then each shows its next run in its own zone (and UTC)
+        assert f"{local:%Y-%m-%d %H:%M}" in line and f"{next_run:%H:%M} UTC" in line
+        # and a schedule with a deadline whose last run left no record is late once its deadline has passed
+        last = cron.last_fire(entry.expression, entry.time_zone, now)
+        due = entry.deliver_within_minutes and last + dt.timedelta(minutes=entry.deliver_within_minutes)
+        if due:
+            assert f"last run {last:%Y-%m-%d %H:%M} UTC: " + ("no run recorded" if now >= due else "not due yet") in line
+    late = [f"{e.name}.{s.name}" for e, s in entries if s.deliver_within_minutes and now >= cron.last_fire(
+        s.expression, s.time_zone, now) + dt.timedelta(minutes=s.deliver_within_minutes)]
+    assert result.exit_code == (1 if late else 0)
+    if late:
+        assert all(name in result.stdout.split("needs attention:")[1] for name in late)
+
+
 def test_status_gives_a_new_workbook_time_to_arrive(deployed):
+    deliver_last_runs(deployed, dt.datetime.now(dt.timezone.utc))  # whatever the time of day
     put_workbook(deployed, "exports/orders/2026/11/24/orders-1.xlsx", 25, copy=False)
     result = deployed.cli("status")
     assert result.exit_code == 0, result.output

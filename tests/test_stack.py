@@ -706,9 +706,17 @@ def test_environment_variables_are_exactly_what_the_handlers_read(synth):
     assert set(replicator_env) == replicator_contract.ENV_NAMES
     # SQL files sit at the same paths (sql/...) in the project as in the function's package
     # SQL files sit at the same paths (sql/...) in the project as in the function's package: the function's own
-    # decoder gives back exactly the definitions config read (the schedule is the stack's, not the function's)
+    # decoder gives back exactly the definitions config read (the schedules are the stack's, not the function's)
     exports = decode_exports(export_env[export_contract.ENV_EXPORTS], ROOT)
-    assert list(exports.values()) == [dataclasses.replace(e, schedule=None) for e in synth.config.exports]
+    assert list(exports.values()) == [dataclasses.replace(e, schedule=None, schedules=()) for e in synth.config.exports]
+    if synth.stack.deadline_check is not None:
+        from lambdas.deadline_check import settings as deadline_contract
+
+        deadline_env = function_env(synth, synth.stack.deadline_check)
+        assert set(deadline_env) == deadline_contract.ENV_NAMES
+        assert deadline_contract.decode_deadlines(deadline_env[deadline_contract.ENV_DEADLINES]) == tuple(
+            deadline_contract.Deadline(e.name, s.name, s.expression, s.time_zone, s.deliver_within_minutes)
+            for e in synth.config.exports for s in e.schedules if s.deliver_within_minutes)
     assert export_env[export_contract.ENV_DB_TLS] == "verify"
     assert export_env[export_contract.ENV_KEY_PREFIX] == synth.config.key_prefix
     assert export_env[export_contract.ENV_SOURCE_BUCKET] == {"Ref": synth.logical_id(synth.stack.source.bucket)}
@@ -878,16 +886,19 @@ def test_alarms_on_errors_and_failure_queues_go_to_the_topic(synth):
     topic = {"Ref": synth.logical_id(synth.stack.alarm_topic)}
     alarms = [r["Properties"] for r in synth.resources("AWS::CloudWatch::Alarm").values()]
     watched = sorted((a["MetricName"], a["Namespace"]) for a in alarms)
-    functions = 2 + (synth.stack.bootstrap is not None)  # the export, the replicator, the bootstrap (create)
-    assert watched == [("ApproximateNumberOfMessagesVisible", "AWS/SQS")] * 2 + [
+    # the export, the replicator, the bootstrap (create), the deadline check (with deadlines: its queue, late runs)
+    checks = synth.stack.deadline_check is not None
+    functions = 2 + (synth.stack.bootstrap is not None) + checks
+    assert watched == [("ApproximateNumberOfMessagesVisible", "AWS/SQS")] * (2 + checks) + [
         ("DeliveredEventsNotPublished", "MysqlXlsxPipeline")] + [("Errors", "AWS/Lambda")] * functions + [
-        ("LedgerWritesFailed", "MysqlXlsxPipeline")] * 2
+        ("LedgerWritesFailed", "MysqlXlsxPipeline")] * 2 + [("WorkbooksLate", "MysqlXlsxPipeline")] * checks
     for alarm in alarms:
         assert alarm["AlarmActions"] == [topic] and alarm["Threshold"] == 1
         assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     queues = {a["Dimensions"][0]["Value"]["Fn::GetAtt"][0] for a in alarms if a["Namespace"] == "AWS/SQS"}
     assert queues == {synth.logical_id(synth.stack.export.failure_queue),
-                      synth.logical_id(synth.stack.replicator.failure_queue)}
+                      synth.logical_id(synth.stack.replicator.failure_queue)} | (
+        {synth.logical_id(synth.stack.deadline_check.failure_queue)} if checks else set())
 
 
 def _as_list(value) -> list:

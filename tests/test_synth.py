@@ -121,7 +121,12 @@ def test_cli_synth_with_validation_and_bundling(env, tmp_path):
     replicator_asset = tmp_path / assets["lambdas.bucket_replicator.handler.handler"]
     assert sorted(p.name for p in replicator_asset.iterdir()) == ["lambdas"]
     assert sorted(p.name for p in (replicator_asset / "lambdas").iterdir()) == ["__init__.py", "bucket_replicator",
-                                                                              "contract.py", "ledger.py"]
+                                                                              "contract.py", "cron.py", "ledger.py"]
+    # The deadline check (where a schedule has a deadline) carries Scheduler's cron rules and the IANA zones
+    check = assets.get("lambdas.deadline_check.handler.handler")
+    if check is not None:
+        assert (tmp_path / check / "lambdas" / "cron.py").is_file()
+        assert (tmp_path / check / "tzdata" / "zoneinfo" / "Europe" / "Berlin").is_file()
 
 
 def test_cli_reports_a_bad_environment_without_a_traceback(tmp_path):

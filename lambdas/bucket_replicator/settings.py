@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..contract import SUFFIXES, is_replicated  # noqa: F401  (the rule the stack filters by)
+from ..contract import EVENT_SOURCE, SUFFIXES, is_replicated  # noqa: F401  (the rule the stack filters by)
 
 ENV_SOURCE_BUCKET = "SOURCE_BUCKET"
 ENV_DESTINATION_BUCKET = "DESTINATION_BUCKET"
@@ -31,7 +31,7 @@ DESTINATION_ACL = "bucket-owner-full-control"
 
 
 #: The "Workbook Delivered" event on the account's default bus (the role may put only this).
-DELIVERED_SOURCE = "mysql-xlsx-pipeline"
+DELIVERED_SOURCE = EVENT_SOURCE  # the pipeline's one event source (lambdas/contract.py)
 DELIVERED_DETAIL_TYPE = "Workbook Delivered"
 #: Set by Lambda itself; names the function in the failure metric.
 ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"

@@ -61,6 +61,42 @@ class LoginFailed(ExportError):
     """The server refused the credentials (maybe rotated since they were read)."""
 
 
+class StatementTimeLimit(ExportError):
+    """The server stopped a query at the session's statement time limit."""
+
+
+#: MariaDB: ER_STATEMENT_TIMEOUT (max_statement_time); MySQL: ER_QUERY_TIMEOUT (max_execution_time).
+_TIME_LIMIT_ERRORS = {1969, 3024}
+_UNKNOWN_TIME_ZONE = 1298
+
+
+def configure_session(connection: pymysql.connections.Connection, *, export: str, time_zone: str,
+                      max_seconds: float | None) -> None:
+    """The session's ``time_zone`` (so TIMESTAMP values and NOW() read in the report's zone) and a statement
+    time limit the server enforces: ``max_statement_time`` (seconds) on MariaDB, ``max_execution_time``
+    (milliseconds, read-only SELECTs) on MySQL; the flavour is read from the server's version string."""
+    zone = "+00:00" if time_zone == "UTC" else time_zone  # UTC needs no time zone tables
+    try:
+        connection.query(f"SET SESSION time_zone = {connection.escape(zone)}")
+    except pymysql.err.MySQLError as exc:
+        if _code(exc) == _UNKNOWN_TIME_ZONE:
+            raise ExportError(
+                f"export {export!r}: the database does not know the time zone {time_zone!r}: its time zone tables are "
+                "not loaded (mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb mysql; RDS has them)") from None
+        raise ExportError(f"export {export!r}: cannot set the session time zone {time_zone!r}: "
+                          f"({_code(exc)}) {exc.args[-1]}") from None
+    if max_seconds is None:
+        return
+    mariadb = "mariadb" in (connection.get_server_info() or "").lower()
+    statement = (f"SET SESSION max_statement_time = {max_seconds:.3f}" if mariadb
+                 else f"SET SESSION max_execution_time = {max(1, int(max_seconds * 1000))}")
+    try:
+        connection.query(statement)
+    except pymysql.err.MySQLError as exc:
+        raise ExportError(f"export {export!r}: cannot set the statement time limit: ({_code(exc)}) "
+                          f"{exc.args[-1]}") from None
+
+
 def _code(exc: pymysql.err.MySQLError) -> int | None:
     return exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
 
@@ -172,6 +208,8 @@ class QueryStream:
 
     def _error(self, exc: pymysql.err.MySQLError) -> ExportError:
         code = _code(exc)
+        if code in _TIME_LIMIT_ERRORS:
+            return StatementTimeLimit(f"{self._where}: {exc.args[-1]}")
         if code in _CONNECTION_ERRORS:
             return ExportError(
                 f"{self._where}: lost the database connection after {self.rows_read} rows: {exc.args[-1]}"

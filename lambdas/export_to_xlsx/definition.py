@@ -7,7 +7,11 @@ An export is written once, in an environment's ``exports`` list in ``cdk.json``:
   with an optional ``sheet_name`` (default: the export's name);
 - ``parameters``: ``[{"name", "type", "default", "allowed"}]`` (:mod:`.params`);
 - ``time_zone`` (IANA, default ``UTC``), ``formats`` (column -> Excel number format),
-  ``on_empty`` (``upload`` or ``skip``), ``schedule`` (``rate(...)``/``cron(...)``, UTC).
+  ``on_empty`` (``upload`` or ``skip``), ``schedule`` (``rate(...)``/``cron(...)``, UTC),
+  ``max_query_seconds`` (the server stops a sheet's query after this long);
+- ``schedules``: ``[{"name", "cron" | "rate", "time_zone", "params", "deliver_within_minutes"}]``,
+  EventBridge Scheduler schedules in a time zone (default: the export's), each with its own
+  parameter values (checked with the function's parser) and an optional delivery deadline.
 
 Config reads each entry with :func:`read_export` and the stack puts :func:`encode_exports` of the
 result into the function's ``EXPORTS`` variable: the same field names, always in the ``sheets``
@@ -21,6 +25,7 @@ Stdlib only: the stack imports it at synth time and the function at cold start.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -28,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from .params import ParameterDefinition, ParameterError, check_definition, check_placeholders, shown, time_zone
+from .params import ParameterDefinition, ParameterError, check_definition, check_placeholders, resolve, shown, time_zone
+from .. import cron
 
 T = TypeVar("T")
 
@@ -40,6 +46,15 @@ EXPORT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SHEET_NAME_FORBIDDEN = set("[]:*?/\\")
 #: Excel's limit on a sheet name; the writer's continuation sheets (``name (2)``) keep within it too.
 SHEET_NAME_MAX = 31
+
+SCHEDULE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+#: EventBridge Scheduler's limit on a schedule's name (``<export>.<schedule>``).
+SCHEDULER_NAME_MAX = 64
+#: A deadline may be at most a week after its run.
+MAX_DEADLINE_MINUTES = 7 * 24 * 60
+#: What ``max_query_seconds`` leaves of the function's timeout, and its default's margin: enough to
+#: close the workbook, upload it and fail cleanly.
+QUERY_TIME_MARGIN_SECONDS = 30
 
 EXPORT_NAME_RULE = ("1-63 characters of a-z, 0-9, '_' or '-', starting with a letter or digit "
                     "(it is also the S3 key prefix)")
@@ -186,6 +201,23 @@ class SheetDefinition:
 
 
 @dataclass(frozen=True)
+class ScheduleDefinition:
+    """One EventBridge Scheduler schedule of an export: when (in its zone), with which values, by when."""
+
+    name: str
+    expression: str
+    time_zone: str
+    #: Parameter values as written in config (relative words allowed), sent in each run's event.
+    params: Mapping[str, Any] = field(default_factory=dict)
+    #: Each run's workbook must be in the destination this many minutes after its scheduled time.
+    deliver_within_minutes: int | None = None
+
+    def scheduler_name(self, export: str) -> str:
+        """The schedule's name in Scheduler: ``<export>.<name>`` ('.' is in neither, so names never collide)."""
+        return f"{export}.{self.name}"
+
+
+@dataclass(frozen=True)
 class ExportDefinition:
     """One export: its sheets in workbook order, parameters, time zone, number formats, empty rule."""
 
@@ -198,6 +230,10 @@ class ExportDefinition:
     on_empty: str = "upload"
     #: An EventBridge schedule expression (UTC); used by the stack only, not sent to the function.
     schedule: str | None = None
+    #: EventBridge Scheduler schedules in a time zone; used by the stack only, not sent to the function.
+    schedules: tuple[ScheduleDefinition, ...] = ()
+    #: The server stops a sheet's query after this many seconds (None: the function's time left, less a margin).
+    max_query_seconds: int | None = None
 
     @classmethod
     def single(cls, name: str, sql: str, sheet_name: str | None = None, **fields: Any) -> "ExportDefinition":
@@ -222,6 +258,8 @@ class ExportDefinition:
             body["formats"] = dict(self.formats)
         if self.on_empty != "upload":
             body["on_empty"] = self.on_empty
+        if self.max_query_seconds is not None:
+            body["max_query_seconds"] = self.max_query_seconds
         return body
 
 
@@ -329,30 +367,13 @@ def is_time_zone(name: str) -> bool:
     return True
 
 
-_RATE_RE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
-_CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*?,/\-#L W]+$")
-
-
 def validate_schedule(expr: str) -> str | None:
     """Return a problem with an EventBridge schedule expression, or None if it is valid."""
-    rate = _RATE_RE.match(expr)
-    if rate:
-        n, unit = int(rate.group(1)), rate.group(2)
-        if n < 1:
-            return "a rate must be at least 1"
-        if (n == 1) != (not unit.endswith("s")):
-            return f"use '{unit.rstrip('s')}' for 1 and '{unit.rstrip('s')}s' otherwise"
-        return None
-    if expr.startswith("cron(") and expr.endswith(")"):
-        fields = expr[5:-1].split()
-        if len(fields) != 6:
-            return "cron() takes 6 fields: minutes hours day-of-month month day-of-week year"
-        if not all(_CRON_FIELD_RE.match(f) for f in fields):
-            return "a cron field holds a character EventBridge does not accept"
-        if (fields[2] == "?") == (fields[4] == "?"):
-            return "exactly one of day-of-month and day-of-week must be '?'"
-        return None
-    return "expected 'rate(N unit)' or 'cron(min hour day month weekday year)'"
+    try:
+        cron.check_expression(expr)
+    except cron.CronError as exc:
+        return str(exc)
+    return None
 
 
 def sql_digest(sql: str) -> str:
@@ -472,6 +493,70 @@ def _read_formats(r: Reader) -> dict[str, str]:
     return dict(raw)
 
 
+def _read_schedule(r: Reader, export: str, parameters: tuple[ParameterDefinition, ...], zone: str
+                   ) -> ScheduleDefinition | None:
+    before = len(r.problems)
+    name = r.str("name", required=True, check=SCHEDULE_NAME_RE.match,
+                 expect="a schedule name: 1-63 characters of a-z, 0-9, '_' or '-', starting with a letter or digit")
+    if name is not None and len(f"{export}.{name}") > SCHEDULER_NAME_MAX:
+        r.problem("name", f"'{export}.{name}' (the schedule's name in EventBridge Scheduler) is longer than "
+                          f"{SCHEDULER_NAME_MAX} characters; shorten the export's or the schedule's name")
+    cron_expr, rate_expr = r.str("cron"), r.str("rate")
+    expression = None
+    if (cron_expr is None) == (rate_expr is None):
+        r.problem("cron", "give cron or rate (one of them)")
+    else:
+        key, kind, text = ("cron", "cron", cron_expr) if cron_expr is not None else ("rate", "rate", rate_expr)
+        expression = text if text.startswith(f"{kind}(") else f"{kind}({text})"
+        problem = validate_schedule(expression)
+        if problem:
+            r.problem(key, f"{text!r}: {problem}")
+            expression = None
+    tz = r.str("time_zone", zone, check=is_time_zone, expect="an IANA time zone name like 'Europe/Berlin'")
+    raw_params = r.raw("params")
+    params: dict[str, Any] = {}
+    if raw_params is not None and not isinstance(raw_params, Mapping):
+        r.problem("params", "expected an object of parameter name -> value")
+    elif raw_params is not None:
+        params = dict(raw_params)
+    try:  # the function's own parser, at a fixed instant: unknown names, wrong values, missing defaults
+        resolve(parameters, params, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), tz or "UTC", export=export)
+    except ParameterError as exc:
+        r.problem("params", str(exc))
+    deadline = r.int("deliver_within_minutes", None, 1, MAX_DEADLINE_MINUTES)
+    if deadline is not None and expression is not None:
+        if expression.startswith("rate("):
+            r.problem("deliver_within_minutes", "needs a cron schedule: a rate schedule's runs are counted from "
+                                                "when it was deployed, so their times are not known in advance")
+        elif tz is not None:
+            gap = cron.shortest_interval(expression, tz, at_least=dt.timedelta(minutes=deadline))
+            if gap is not None:
+                r.problem("deliver_within_minutes", f"{deadline} minutes is longer than the {_minutes(gap)} minutes "
+                                                    f"between two runs of {expression} in {tz}")
+    r.done()
+    if len(r.problems) > before or name is None or expression is None or tz is None:
+        return None
+    return ScheduleDefinition(name, expression, tz, params, deadline)
+
+
+def _minutes(gap: dt.timedelta) -> int:
+    return int(gap.total_seconds() // 60)
+
+
+def _read_schedules(r: Reader, export: str, parameters: tuple[ParameterDefinition, ...], zone: str
+                    ) -> tuple[ScheduleDefinition, ...]:
+    out = []
+    for i, item in enumerate(r.list("schedules", expect="schedules")):
+        schedule = _read_schedule(r.child(item, f"{r.path}.schedules[{i}]"), export, parameters, zone)
+        if schedule is not None:
+            out.append(schedule)
+    names = [s.name for s in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        r.problem("schedules", f"duplicate schedule name(s): {', '.join(dupes)}")
+    return tuple(out)
+
+
 def read_export(r: Reader, root: Path, *, wire: bool = False) -> ExportDefinition | None:
     """One export from its JSON object; None when it has problems (recorded in ``r``).
 
@@ -484,7 +569,9 @@ def read_export(r: Reader, root: Path, *, wire: bool = False) -> ExportDefinitio
     tz = r.str("time_zone", "UTC", check=is_time_zone, expect="an IANA time zone name like 'Europe/Berlin'")
     formats = _read_formats(r)
     on_empty = r.str("on_empty", "upload", check=ON_EMPTY.__contains__, expect=f"one of {', '.join(ON_EMPTY)}")
+    max_query = r.int("max_query_seconds", None, 1, 900)
     schedule = None if wire else r.str("schedule")
+    schedules = () if wire else _read_schedules(r, name or "?", parameters, tz)
     if schedule is not None:
         problem = validate_schedule(schedule)
         if problem:
@@ -505,7 +592,8 @@ def read_export(r: Reader, root: Path, *, wire: bool = False) -> ExportDefinitio
     if len(r.problems) > before or name is None or sheets is None:
         return None
     return ExportDefinition(name=name, sheets=sheets, parameters=parameters, time_zone=tz, formats=formats,
-                            on_empty=on_empty, schedule=schedule)
+                            on_empty=on_empty, schedule=schedule, schedules=schedules,
+                            max_query_seconds=max_query)
 
 
 def export_from(raw: Mapping[str, Any], root: Path, path: str = "export") -> ExportDefinition:

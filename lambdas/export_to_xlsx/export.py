@@ -20,7 +20,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from . import params as params_module
 from .. import contract
 from .credentials import CredentialSource
-from .database import Endpoint, LoginFailed, QueryStream, begin_snapshot, connect, end_snapshot
+from .database import (Endpoint, LoginFailed, QueryStream, StatementTimeLimit, begin_snapshot, configure_session,
+                       connect, end_snapshot)
 from .errors import ExportError
 from .definition import ExportDefinition
 from .checksum import hex_to_base64
@@ -43,6 +44,38 @@ TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=64
 class Target:
     bucket: str
     key_prefix: str
+
+
+@dataclass(frozen=True)
+class ScheduledRun:
+    """Why a run happened: the Scheduler schedule that planned it, and for when (UTC, to the second)."""
+
+    name: str
+    scheduled_time: dt.datetime
+
+    @property
+    def time_text(self) -> str:
+        return self.scheduled_time.strftime(contract.SCHEDULED_TIME_FORMAT)
+
+    def as_json(self) -> dict[str, str]:
+        return {contract.SCHEDULE_NAME: self.name, contract.SCHEDULE_TIME: self.time_text}
+
+
+def record_run(s3: Any, target: Target, export: str, run: ScheduledRun, body: dict[str, Any]) -> None:
+    """Write the run's record (``contract.run_record_key``) that the deadline check reads: what the run uploaded,
+    that it skipped an empty result, or why it failed. Best effort: a failed write is logged, never raised."""
+    key = contract.run_record_key(target.key_prefix, export, run.name, run.time_text)
+    try:
+        s3.put_object(Bucket=target.bucket, Key=key, ContentType="application/json",
+                      Body=json.dumps(body, ensure_ascii=True, default=str).encode())
+    except (ClientError, BotoCoreError) as exc:
+        log.error(json.dumps({"export": export, "run_record": key, "error": f"{type(exc).__name__}: {exc}"}))
+
+
+def query_time_limit(export: ExportDefinition) -> float | None:
+    """The statement time limit of this run: the export's ``max_query_seconds`` (config sets it to the function's
+    timeout less a margin unless the export gives one; None only where no config set it, as in unit tests)."""
+    return None if export.max_query_seconds is None else float(export.max_query_seconds)
 
 
 def key_day(export: ExportDefinition, values: dict[str, Any]) -> dt.date | None:
@@ -87,22 +120,26 @@ def run_export(
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
     run_id: str | None = None,
     transfer: TransferConfig | None = None,
+    scheduled: ScheduledRun | None = None,
 ) -> dict[str, Any]:
     """Export ``export`` with the run-time ``params`` and return what was uploaded (or skipped).
 
-    Every sheet reads one consistent snapshot of the database. Parameters are checked before
-    connecting. On any failure nothing is uploaded and no file is left; the ExportError raised then
-    carries the resolved parameters (``params``, when they were resolved) for the run's ledger item.
-    ``run_id`` is recorded in the workbook's metadata, so the replicator finds the run's ledger item."""
+    Every sheet reads one consistent snapshot of the database, in a session whose time zone is the
+    export's and whose statements the server stops after :func:`query_time_limit`. Parameters are
+    checked before connecting; relative dates of a scheduled run are taken at its scheduled time
+    (so a replayed run reads the day it was planned for). On any failure nothing is uploaded and no
+    file is left; the ExportError raised then carries the resolved parameters (``params``, when they
+    were resolved) for the run's ledger item. ``run_id`` is recorded in the workbook's metadata, so
+    the replicator finds the run's ledger item."""
     started = time.monotonic()
     run_at = now()
-    values = resolve_parameters(export, params, run_at)
+    values = resolve_parameters(export, params, scheduled.scheduled_time if scheduled else run_at)
     recorded = {name: params_module.as_text(v) for name, v in values.items()}
     try:
         return _run(export, endpoint=endpoint, secrets=secrets, s3=s3, target=target, values=values,
                     recorded=recorded, remaining_seconds=remaining_seconds, temp_dir=temp_dir,
                     max_rows_per_sheet=max_rows_per_sheet, run_at=run_at, started=started, run_id=run_id,
-                    transfer=transfer or TRANSFER)
+                    transfer=transfer or TRANSFER, scheduled=scheduled)
     except ExportError as exc:
         exc.params = recorded  # type: ignore[attr-defined]
         raise
@@ -111,7 +148,7 @@ def run_export(
 def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSource, s3: Any, target: Target,
          values: dict[str, Any], recorded: dict[str, str], remaining_seconds: Callable[[], float],
          temp_dir: Path | None, max_rows_per_sheet: int, run_at: dt.datetime, started: float,
-         run_id: str | None, transfer: TransferConfig) -> dict[str, Any]:
+         run_id: str | None, transfer: TransferConfig, scheduled: ScheduledRun | None) -> dict[str, Any]:
     # S3 user metadata is ASCII and at most 2 KB per object, copies included: the values as JSON with
     # non-ASCII characters escaped, checked before any row is read.
     recorded_json = json.dumps(recorded, separators=(",", ":"), ensure_ascii=True) if recorded else None
@@ -130,6 +167,7 @@ def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSou
     writer = None
     stream = None
     rows_before = 0
+    limit = query_time_limit(export)
 
     def check_deadline() -> None:
         if remaining_seconds() < DEADLINE_RESERVE_SECONDS:
@@ -142,21 +180,27 @@ def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSou
     try:
         connection = _connect(endpoint, secrets)
         try:
+            configure_session(connection, export=export.name, time_zone=export.time_zone, max_seconds=limit)
             begin_snapshot(connection, export=export.name)
             writer = XlsxStreamWriter(
                 path, formats=export.formats, reserved_names=[s.name for s in export.sheets],
                 max_rows_per_sheet=max_rows_per_sheet, check=check_deadline,
             )
             for sheet in export.sheets:
-                stream = QueryStream(connection, sheet.sql, export=export.name, params=values or None,
-                                     sheet=sheet.name if len(export.sheets) > 1 else None)
-                writer.start_sheet(sheet.name, stream.columns, stream.types)
                 try:
-                    for batch in stream.batches():
-                        writer.write_rows(batch)
-                except BaseException:
-                    stream.abandon()  # do not drain the rest of the result over the network
-                    raise
+                    stream = QueryStream(connection, sheet.sql, export=export.name, params=values or None,
+                                         sheet=sheet.name if len(export.sheets) > 1 else None)
+                    writer.start_sheet(sheet.name, stream.columns, stream.types)
+                    try:
+                        for batch in stream.batches():
+                            writer.write_rows(batch)
+                    except BaseException:
+                        stream.abandon()  # do not drain the rest of the result over the network
+                        raise
+                except StatementTimeLimit:
+                    raise ExportError(
+                        f"export {export.name!r}, sheet {sheet.name!r}: the query ran past its limit of {limit:g} s "
+                        f"(max_query_seconds) and the server stopped it; nothing was uploaded") from None
                 stream.close()
                 rows_before += stream.rows_read
                 stream = None
@@ -178,6 +222,9 @@ def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSou
                 metadata[contract.META_RUN_ID] = run_id
             if recorded_json:
                 metadata[contract.META_PARAMS] = recorded_json
+            if scheduled is not None:
+                metadata[contract.META_SCHEDULE] = scheduled.name
+                metadata[contract.META_SCHEDULED_TIME] = scheduled.time_text
             stored = _upload(s3, path, target.bucket, key, metadata, workbook.sha256, transfer)
     except (StorageFullError, SheetTooLargeError) as exc:
         raise ExportError(f"export {export.name!r}: {exc}") from None
@@ -189,6 +236,8 @@ def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSou
         path.unlink(missing_ok=True)
 
     result: dict[str, Any] = {"export": export.name}
+    if scheduled is not None:
+        result["schedule"] = scheduled.as_json()
     if recorded:
         result["params"] = recorded
     if skipped:

@@ -19,11 +19,12 @@ from botocore.config import Config
 from .credentials import CredentialSource, IamToken, SecretCache
 from .database import Endpoint
 from .errors import ExportError
-from .export import Target, remove_stale_files, run_export
+from .export import ScheduledRun, Target, record_run, remove_stale_files, run_export
 from .. import contract
-from ..contract import CA_BUNDLE_FILE, EVENT_EXPORT, EVENT_KEYS, EVENT_PARAMS, EVENT_SCHEDULE, EVENT_TRIGGER, TRIGGERS
+from ..contract import (CA_BUNDLE_FILE, EVENT_EXPORT, EVENT_KEYS, EVENT_PARAMS, EVENT_SCHEDULE, EVENT_TRIGGER,
+                        SCHEDULE_NAME, SCHEDULE_TIME, SCHEDULED_TIME_FORMAT, TRIGGERS)
 from ..ledger import Ledger, iso
-from .definition import ExportDefinition
+from .definition import SCHEDULE_NAME_RE, ExportDefinition
 from .params import shown
 from .settings import Settings, load_settings
 
@@ -114,16 +115,15 @@ def select_exports(event: Any, exports: dict[str, ExportDefinition]) -> list[Exp
     return [exports[name]]
 
 
-def trigger_of(event: dict[str, Any]) -> str:
+def trigger_of(event: dict[str, Any], scheduled: ScheduledRun | None) -> str:
     """Who asked for the run: the event's ``trigger`` (``manual``, ``backfill``, ``replay``: pipeline-ops sends
     them; a replayed scheduled event is a replay), else ``schedule: NAME`` for a scheduled event (its
     ``schedule`` field), else ``manual``."""
     trigger = event.get(EVENT_TRIGGER)
     if trigger is not None and trigger not in TRIGGERS:
         raise ExportError(f'"{EVENT_TRIGGER}" must be one of {", ".join(TRIGGERS)}, got {shown(trigger)}')
-    schedule = event.get(EVENT_SCHEDULE)
-    if trigger is None and schedule:
-        return f"schedule: {schedule}" if isinstance(schedule, str) else "schedule"
+    if trigger is None and scheduled is not None:
+        return f"schedule: {scheduled.name}"
     return trigger or "manual"
 
 
@@ -169,10 +169,33 @@ def record(ledger: Ledger, export: ExportDefinition, run: str, *, trigger: str, 
     ledger.record_run(export.name, run, fields, started)
 
 
+def scheduled_run(event: dict) -> ScheduledRun | None:
+    """The event's ``schedule``: ``{"name": NAME, "scheduled_time": "YYYY-MM-DDTHH:MM:SSZ"}`` (what a Scheduler
+    schedule sends), or None for a run by hand."""
+    if EVENT_SCHEDULE not in event:
+        return None
+    raw = event[EVENT_SCHEDULE]
+    if EVENT_EXPORT not in event:
+        raise ExportError(f'"{EVENT_SCHEDULE}" needs "{EVENT_EXPORT}": a schedule runs one export')
+    expected = (f'"{EVENT_SCHEDULE}" must be {{"{SCHEDULE_NAME}": NAME, "{SCHEDULE_TIME}": "YYYY-MM-DDTHH:MM:SSZ"}}, '
+                f"got {shown(raw)}")
+    if not isinstance(raw, dict) or set(raw) != {SCHEDULE_NAME, SCHEDULE_TIME}:
+        raise ExportError(expected)
+    name, when = raw[SCHEDULE_NAME], raw[SCHEDULE_TIME]
+    if not isinstance(name, str) or not SCHEDULE_NAME_RE.match(name) or not isinstance(when, str):
+        raise ExportError(expected)
+    try:
+        scheduled = dt.datetime.strptime(when, SCHEDULED_TIME_FORMAT).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise ExportError(expected) from None
+    return ScheduledRun(name, scheduled)
+
+
 def handler(event: Any, context: Any) -> dict[str, Any]:
     rt = runtime()
     selected = select_exports(event, dict(rt.settings.exports))
-    trigger = trigger_of(event)
+    scheduled = scheduled_run(event)
+    trigger = trigger_of(event, scheduled)
     given = event.get(EVENT_PARAMS)
     remaining = (lambda: context.get_remaining_time_in_millis() / 1000) if context is not None else (lambda: float("inf"))
     temp_dir = Path(tempfile.gettempdir())
@@ -184,13 +207,19 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         try:
             result = run_export(export, endpoint=rt.endpoint, secrets=rt.secrets, s3=rt.s3, target=rt.target,
                                 params=given, remaining_seconds=remaining, temp_dir=temp_dir,
-                                now=lambda: started, run_id=run)
+                                now=lambda: started, run_id=run, scheduled=scheduled)
         except ExportError as exc:
-            log.error(json.dumps({"export": export.name, "run_id": run, "outcome": "failed", "error": str(exc)}))
+            failed = {"export": export.name, "run_id": run, "outcome": "failed", "error": str(exc)}
+            if scheduled is not None:
+                failed["schedule"] = scheduled.as_json()
+                record_run(rt.s3, rt.target, export.name, scheduled, failed)
+            log.error(json.dumps(failed))
             record(rt.ledger, export, run, trigger=trigger, requested=given, started=started, error=exc)
             failures.append(str(exc))
             continue
         result["run_id"] = run
+        if scheduled is not None:
+            record_run(rt.s3, rt.target, export.name, scheduled, result)
         log.info(json.dumps(result, ensure_ascii=False))
         record(rt.ledger, export, run, trigger=trigger, requested=given, started=started, result=result)
         results.append(result)

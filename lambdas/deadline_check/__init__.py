@@ -1,0 +1,1 @@
+"""DeadlineCheck: announces a scheduled workbook that is not in the destination by its deadline."""
