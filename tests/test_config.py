@@ -479,3 +479,24 @@ def test_the_export_function_gets_one_full_vcpu_unless_config_says_otherwise():
     per row is the same below that size, so the default is the size at which it runs fastest."""
     config = load_environment(with_change("prod", lambda env: env["export_function"].pop("memory_mb")), "prod")
     assert config.export_function.memory_mb == 1769
+
+
+def test_a_parameter_may_be_declared_sensitive_and_travels_so_to_the_function():
+    from lambdas.export_to_xlsx.definition import decode_exports, encode_exports
+    from stacks.config import PROJECT_ROOT
+
+    export = load_report(parameters=[{"name": "who", "type": "str", "sensitive": True}],
+                         sheets=[{"name": "A", "sql": "SELECT %(who)s AS who"}])
+    assert export.parameters[0].sensitive is True
+    (decoded,) = decode_exports(encode_exports([export]), PROJECT_ROOT).values()
+    assert decoded.parameters == export.parameters
+    with pytest.raises(ConfigError, match=r"parameters\[0\]: parameter 'who': sensitive must be true or false"):
+        load_report(parameters=[{"name": "who", "type": "str", "sensitive": "yes"}],
+                    sheets=[{"name": "A", "sql": "SELECT %(who)s AS who"}])
+
+
+def test_a_schedule_may_not_give_a_sensitive_parameter():
+    with pytest.raises(ConfigError, match=r"schedules\[0\].params.who: is a sensitive parameter"):
+        load_report(parameters=[{"name": "who", "type": "str", "sensitive": True, "default": "x"}],
+                    sheets=[{"name": "A", "sql": "SELECT %(who)s AS who"}],
+                    schedules=[{"name": "daily", "cron": "cron(0 6 * * ? *)", "params": {"who": "alice"}}])

@@ -336,6 +336,31 @@ def test_the_event_gives_parameters_to_one_export(env, s3, orders, monkeypatch, 
     assert line["params"] == {"day": "2026-11-20"}
 
 
+def test_a_sensitive_parameter_never_leaves_the_run_as_it_is(env, s3, orders, monkeypatch, caplog):
+    # Given an export whose label parameter is declared sensitive (e.g. a customer's e-mail address)
+    monkeypatch.setenv(contract.ENV_EXPORTS, definition.encode_exports([report(
+        ("Rows", f"SELECT id, label FROM {TABLE} WHERE label = %(who)s ORDER BY id"),
+        parameters=(ParameterDefinition("who", "str", sensitive=True),), name="private")]))
+    export_handler.runtime.cache_clear()
+    caplog.set_level("DEBUG")
+    secret = ROWS[1][3]
+    # When an event gives its value
+    (result,) = export_handler.handler({"export": "private", "params": {"who": secret}}, Context())["exports"]
+    # Then the workbook holds the rows it selects, and the value is a digest wherever it is recorded: the result
+    # (also the log line and the ledger item), the workbook's metadata (also what the copy and its event carry)
+    assert values(workbook(s3, result["key"])["Rows"])[1:] == [(ROWS[1][0], secret)]
+    shown = params_module.digest(secret)
+    assert result["params"] == {"who": shown} and shown.startswith("sha256:")
+    head = s3.head_object(Bucket=BUCKET, Key=result["key"])
+    assert json.loads(head["Metadata"]["params"]) == {"who": shown}
+    assert secret not in caplog.text and shown in caplog.text
+    # And a bad value is refused without quoting it
+    with pytest.raises(params_module.ParameterError, match=r"parameter 'who': value \(sensitive, not shown\) is not one of") as err:
+        params_module.resolve((ParameterDefinition("who", "str", allowed=("a",), sensitive=True),),
+                              {"who": secret}, dt.datetime.now(dt.timezone.utc), "UTC", export="private")
+    assert secret not in str(err.value)
+
+
 @pytest.mark.parametrize("event, message", [
     ({"params": {"day": "2026-11-20"}}, '"params" needs "export"'),
     ({"export": "numbers", "param": {}}, r"unknown field\(s\) 'param'"),

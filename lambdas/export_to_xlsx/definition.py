@@ -523,6 +523,10 @@ def _read_schedule(r: Reader, export: str, parameters: tuple[ParameterDefinition
         resolve(parameters, params, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), tz or "UTC", export=export)
     except ParameterError as exc:
         r.problem("params", str(exc))
+    for p in parameters:
+        if p.sensitive and p.name in params:
+            r.problem(f"params.{p.name}", "is a sensitive parameter: a schedule's input holds its value in clear "
+                                         "(give it a default in the parameter's declaration instead)")
     deadline = r.int("deliver_within_minutes", None, 1, MAX_DEADLINE_MINUTES)
     if deadline is not None and expression is not None:
         if expression.startswith("rate("):

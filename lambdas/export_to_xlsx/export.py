@@ -134,7 +134,7 @@ def run_export(
     started = time.monotonic()
     run_at = now()
     values = resolve_parameters(export, params, scheduled.scheduled_time if scheduled else run_at)
-    recorded = {name: params_module.as_text(v) for name, v in values.items()}
+    recorded = params_module.recorded(export.parameters, values)
     try:
         return _run(export, endpoint=endpoint, secrets=secrets, s3=s3, target=target, values=values,
                     recorded=recorded, remaining_seconds=remaining_seconds, temp_dir=temp_dir,

@@ -25,7 +25,7 @@ from ..contract import (CA_BUNDLE_FILE, EVENT_EXPORT, EVENT_KEYS, EVENT_PARAMS, 
                         SCHEDULE_NAME, SCHEDULE_TIME, SCHEDULED_TIME_FORMAT, TRIGGERS)
 from ..ledger import Ledger, iso
 from .definition import SCHEDULE_NAME_RE, ExportDefinition
-from .params import shown
+from .params import recorded, shown
 from .settings import Settings, load_settings
 
 log = logging.getLogger()  # level and JSON format come from the function's logging config (the stack)
@@ -138,7 +138,7 @@ def record(ledger: Ledger, export: ExportDefinition, run: str, *, trigger: str, 
     finished = dt.datetime.now(dt.timezone.utc)
     fields: dict[str, Any] = {
         contract.LEDGER_TRIGGER: trigger,
-        contract.LEDGER_PARAMS_REQUESTED: requested if isinstance(requested, dict) else {},
+        contract.LEDGER_PARAMS_REQUESTED: recorded(export.parameters, requested) if isinstance(requested, dict) else {},
         contract.LEDGER_STARTED: iso(started),
         contract.LEDGER_FINISHED: iso(finished),
     }

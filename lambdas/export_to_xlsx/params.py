@@ -61,6 +61,9 @@ class ParameterDefinition:
     type: str
     default: Any = None  # as written in config (relative words allowed); None: the event must give it
     allowed: tuple[str, ...] = ()  # str only: the values an event may give
+    #: The value never leaves the run as it is: results, logs, metadata, events and the ledger get
+    #: :func:`digest` of it instead, and errors do not quote it.
+    sensitive: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type}
@@ -68,6 +71,8 @@ class ParameterDefinition:
             out["default"] = self.default
         if self.allowed:
             out["allowed"] = list(self.allowed)
+        if self.sensitive:
+            out["sensitive"] = True
         return out
 
 
@@ -82,7 +87,7 @@ def check_definition(raw: Any) -> ParameterDefinition:
     """A parameter declaration from config or the function's environment, checked."""
     if not isinstance(raw, Mapping):
         raise ParameterError(f"a parameter must be an object with name and type, got {raw!r}")
-    unknown = set(raw) - {"name", "type", "default", "allowed"}
+    unknown = set(raw) - {"name", "type", "default", "allowed", "sensitive"}
     name = raw.get("name")
     if not isinstance(name, str) or not PARAMETER_NAME_RE.match(name):
         raise ParameterError(f"parameter name {name!r} must be 1-63 characters of a-z, 0-9 and '_', "
@@ -100,7 +105,10 @@ def check_definition(raw: Any) -> ParameterDefinition:
             raise ParameterError(f"parameter {name!r}: allowed must be a non-empty list of strings")
         if len(set(allowed)) != len(allowed):
             raise ParameterError(f"parameter {name!r}: allowed holds duplicates")
-    definition = ParameterDefinition(name, kind, raw.get("default"), tuple(allowed or ()))
+    sensitive = raw.get("sensitive", False)
+    if not isinstance(sensitive, bool):
+        raise ParameterError(f"parameter {name!r}: sensitive must be true or false")
+    definition = ParameterDefinition(name, kind, raw.get("default"), tuple(allowed or ()), sensitive)
     if definition.default is not None:
         # The default must parse as the type (relative dates against any clock).
         parse_value(definition, definition.default, dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc),
@@ -130,7 +138,7 @@ def parse_value(p: ParameterDefinition, raw: Any, now: dt.datetime, zone: ZoneIn
     """``raw`` (from JSON) as ``p``'s type; relative dates are taken at ``now`` in ``zone``."""
 
     def bad(expect: str) -> ParameterError:
-        return ParameterError(f"parameter {p.name!r}: {what} {shown(raw)} is not {expect}")
+        return ParameterError(f"parameter {p.name!r}: {what} {quoted(p, raw)} is not {expect}")
 
     if p.type in ("date", "datetime"):
         if not isinstance(raw, str):
@@ -188,7 +196,7 @@ def parse_value(p: ParameterDefinition, raw: Any, now: dt.datetime, zone: ZoneIn
     if len(raw) > MAX_STR_CHARS:
         raise ParameterError(f"parameter {p.name!r}: {what} is longer than {MAX_STR_CHARS} characters")
     if p.allowed and raw not in p.allowed:
-        raise ParameterError(f"parameter {p.name!r}: {what} {shown(raw)} is not one of "
+        raise ParameterError(f"parameter {p.name!r}: {what} {quoted(p, raw)} is not one of "
                              f"{', '.join(map(repr, p.allowed))}")
     return raw
 
@@ -223,6 +231,29 @@ def as_text(value: Any) -> str:
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     return str(value)
+
+
+def digest(value: Any) -> str:
+    """What stands for a sensitive value outside the run: ``sha256:`` and 16 hex digits of its text's SHA-256.
+    Two runs with the same value show the same digest; a value that can be guessed can be found by hashing
+    guesses, so a digest tells "same or different", not "secret"."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(as_text(value).encode()).hexdigest()[:16]
+
+
+def quoted(p: ParameterDefinition, raw: Any) -> str:
+    """A value as an error message may quote it: cut short, and never a sensitive one."""
+    return "(sensitive, not shown)" if p.sensitive else shown(raw)
+
+
+def recorded(definitions: Sequence[ParameterDefinition], values: Mapping[str, Any]) -> dict[str, str]:
+    """The run's values as text for its result, log line, metadata, events and ledger: sensitive ones as their
+    :func:`digest`. ``values`` may be resolved values or the values an event gave (names not declared are kept
+    out: they are refused anyway)."""
+    declared = {p.name: p for p in definitions}
+    return {name: digest(value) if declared[name].sensitive else as_text(value)
+            for name, value in values.items() if name in declared}
 
 
 def check_placeholders(sql: str, declared: Sequence[str]) -> None:

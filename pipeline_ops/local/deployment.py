@@ -383,8 +383,9 @@ class LocalPipeline:
                 events.append({EVENT_EXPORT: export.name, EVENT_PARAMS: {dates[0]: day}})
         return events
 
-    def check_rows(self, result: dict, body: bytes) -> int:
-        """Each sheet of the workbook holds the rows its SQL returns now, with the run's parameters bound."""
+    def check_rows(self, result: dict, body: bytes, given: dict | None = None) -> int:
+        """Each sheet of the workbook holds the rows its SQL returns now, with the run's parameters bound: the
+        values the result records, and for sensitive ones (recorded as digests) the values the event ``given``."""
         import datetime as dt
         import io
 
@@ -395,7 +396,10 @@ class LocalPipeline:
         from lambdas.export_to_xlsx import params as export_params
 
         export = self.exports[result["export"]]
-        values = export_params.resolve(export.parameters, result.get("params", {}),
+        secret = {p.name for p in export.parameters if p.sensitive}
+        run_values = {k: v for k, v in result.get("params", {}).items() if k not in secret}
+        run_values.update({k: v for k, v in (given or {}).items() if k in secret})
+        values = export_params.resolve(export.parameters, run_values,
                                        dt.datetime.now(dt.timezone.utc), export.time_zone, export=export.name)
         conn = pymysql.connect(host=self.mysql["host"], port=self.mysql["port"], user=self.mysql["user"],
                                password=self.mysql["password"], database=self.mysql["database"], charset="utf8mb4")

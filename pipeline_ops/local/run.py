@@ -54,7 +54,7 @@ def _run_one(p: LocalPipeline, export_event: dict, report: dict, say: Callable[[
             report["skipped"].append(r)
             continue
         copy_ = p.check_replicated(r["key"])
-        rows = p.check_rows(r, copy_["body"])
+        rows = p.check_rows(r, copy_["body"], export_event.get(EVENT_PARAMS))
         say(f"checked {r['export']}: s3://{p.destination}/{copy_['key']} equals the source byte for byte, "
             f"metadata {sorted(copy_['metadata'])}, {rows} rows equal the SQL's")
         delivered = p.check_delivered_event(r, copy_, delivered_events)
