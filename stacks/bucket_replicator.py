@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Sequence
 
 from aws_cdk import Arn, ArnFormat, Duration, RemovalPolicy, Stack, Token
-from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
@@ -17,7 +16,7 @@ from lambdas import contract as shared
 from lambdas.bucket_replicator import settings as contract
 from stacks.bundling import REPLICATOR_BUNDLE
 from stacks.nag import acknowledge, objects_finding
-from stacks.pipeline_function import alarm_on, failure_queue, pipeline_function
+from stacks.pipeline_function import failure_queue, function_metric_alarm, pipeline_function
 from stacks.run_ledger import RunLedger
 
 #: Read the exact version that triggered the event (HeadObject, CopyObject, UploadPartCopy).
@@ -149,29 +148,21 @@ class BucketReplicator(Construct):
                 "StringEquals": {"events:detail-type": contract.DELIVERED_DETAIL_TYPE},
             },
         ))
-        self.events_alarm = alarm_on(
-            self, "EventsNotPublishedAlarm", topic=alarm_topic,
+        self.events_alarm = function_metric_alarm(
+            self, "EventsNotPublishedAlarm", topic=alarm_topic, function=self.function,
+            metric_name=contract.METRIC_NOT_PUBLISHED,
             description="A workbook was copied but its Workbook Delivered event could not be published; "
                         "the function's log names the key",
-            metric=cloudwatch.Metric(
-                namespace=contract.METRIC_NAMESPACE, metric_name=contract.METRIC_NOT_PUBLISHED,
-                dimensions_map={"FunctionName": self.function.function_name},
-                period=Duration.minutes(5), statistic="Sum",
-            ),
         )
 
         # Deliveries go onto the export runs' items; a workbook put in by hand gets an item of its own. UpdateItem
         # creates an item that does not exist yet, so no PutItem (which could replace an export's item).
         ledger.grant_run_writes(self.role, [*exports, shared.LEDGER_HAND_PARTITION])
-        self.ledger_alarm = alarm_on(
-            self, "LedgerWritesFailedAlarm", topic=alarm_topic,
+        self.ledger_alarm = function_metric_alarm(
+            self, "LedgerWritesFailedAlarm", topic=alarm_topic, function=self.function,
+            metric_name=shared.METRIC_LEDGER_NOT_WRITTEN,
             description="A delivery could not be recorded in the run ledger (the copy stands); the function's "
                         "log names the key",
-            metric=cloudwatch.Metric(
-                namespace=shared.METRIC_NAMESPACE, metric_name=shared.METRIC_LEDGER_NOT_WRITTEN,
-                dimensions_map={"FunctionName": self.function.function_name},
-                period=Duration.minutes(5), statistic="Sum",
-            ),
         )
 
         for suffix in shared.SUFFIXES:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Sequence
 
 from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Stack
-from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -28,7 +27,7 @@ from stacks.database import DatabaseAuth, IamDatabaseAuth, SecretDatabaseAuth
 from stacks.custom_resources import sdk_call_resource
 from stacks.deadline_check import scheduler_role, target
 from stacks.nag import acknowledge, objects_finding
-from stacks.pipeline_function import alarm_on, failure_queue, pipeline_function
+from stacks.pipeline_function import failure_queue, function_metric_alarm, pipeline_function
 from stacks.run_ledger import RunLedger
 
 #: The S3 actions the export needs on its own keys: write an object, abort its multipart uploads.
@@ -240,15 +239,11 @@ class ExportToXlsx(Construct):
         object_arns = [source_bucket.arn_for_objects(shared.export_prefix(key_prefix, name) + "*") for name in names]
         self.role.add_to_policy(iam.PolicyStatement(actions=list(EXPORT_S3_ACTIONS), resources=object_arns))
         ledger.grant_run_writes(self.role, names)
-        self.ledger_alarm = alarm_on(
-            self, "LedgerWritesFailedAlarm", topic=alarm_topic,
+        self.ledger_alarm = function_metric_alarm(
+            self, "LedgerWritesFailedAlarm", topic=alarm_topic, function=self.function,
+            metric_name=shared.METRIC_LEDGER_NOT_WRITTEN,
             description="A run could not be recorded in the run ledger (the run's outcome stands); the "
                         "function's log names the export and run id",
-            metric=cloudwatch.Metric(
-                namespace=shared.METRIC_NAMESPACE, metric_name=shared.METRIC_LEDGER_NOT_WRITTEN,
-                dimensions_map={"FunctionName": self.function.function_name},
-                period=Duration.minutes(5), statistic="Sum",
-            ),
         )
         if isinstance(auth, IamDatabaseAuth):
             self.role.add_to_policy(iam.PolicyStatement(actions=["rds-db:connect"], resources=[db_user_arn(self, auth)]))

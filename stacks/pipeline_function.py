@@ -22,6 +22,8 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from lambdas.contract import METRIC_NAMESPACE
+
 from stacks.bundling import ARCHITECTURE, LAMBDA_PYTHON_VERSION, RUNTIME, BundleSpec, function_code
 from stacks.nag import acknowledge
 
@@ -54,6 +56,16 @@ def alarm_on(scope: Construct, construct_id: str, *, metric: cloudwatch.IMetric,
     )
     alarm.add_alarm_action(cw_actions.SnsAction(topic))
     return alarm
+
+
+def function_metric_alarm(scope: Construct, construct_id: str, *, function: lambda_.IFunction, metric_name: str,
+                          description: str, topic: sns.ITopic) -> cloudwatch.Alarm:
+    """:func:`alarm_on` one of the pipeline's own metrics (namespace ``MysqlXlsxPipeline``, dimension
+    ``FunctionName``), which a function writes as an embedded-metric-format log line."""
+    return alarm_on(scope, construct_id, topic=topic, description=description, metric=cloudwatch.Metric(
+        namespace=METRIC_NAMESPACE, metric_name=metric_name, dimensions_map={"FunctionName": function.function_name},
+        period=Duration.minutes(5), statistic="Sum",
+    ))
 
 
 #: The service principal that publishes a CloudWatch alarm's notification to its SNS action.

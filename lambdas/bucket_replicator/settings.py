@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..contract import EVENT_SOURCE, SUFFIXES, is_replicated  # noqa: F401  (the rule the stack filters by)
+from ..contract import EVENT_SOURCE, METRIC_NAMESPACE, SUFFIXES, is_replicated  # noqa: F401  (named once, in the contract)
 
 ENV_SOURCE_BUCKET = "SOURCE_BUCKET"
 ENV_DESTINATION_BUCKET = "DESTINATION_BUCKET"
@@ -36,7 +36,6 @@ DELIVERED_DETAIL_TYPE = "Workbook Delivered"
 #: Set by Lambda itself; names the function in the failure metric.
 ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 #: A custom metric, 1 per delivered event that could not be published (embedded metric format).
-METRIC_NAMESPACE = "MysqlXlsxPipeline"
 METRIC_NOT_PUBLISHED = "DeliveredEventsNotPublished"
 
 
