@@ -74,12 +74,23 @@ LEDGER_BUCKET = "bucket"
 LEDGER_KEY = "key"
 LEDGER_VERSION_ID = "version_id"
 LEDGER_SHA256 = "sha256"
+#: A run its event said a schedule planned: the schedule's name and the time Scheduler planned it for
+#: (``YYYY-MM-DDTHH:MM:SSZ``), also on a replay or a Lambda retry of that event. The deadline check finds
+#: "the run that schedule planned for that time" by these two, in the export's partition.
+LEDGER_SCHEDULE = "schedule"
+LEDGER_SCHEDULED_TIME = "scheduled_time"
 #: The delivery the replicator adds: a map of bucket, key, version_id, at, sha256 (the copy's, as S3
 #: computed it) and verified (it equals the workbook's).
 LEDGER_DELIVERY = "delivery"
 #: Epoch seconds after which DynamoDB deletes the item (the table's TTL attribute).
 LEDGER_EXPIRES = "expires_at"
 DEFAULT_HISTORY_DAYS = 400
+#: The deadline check's notices: one item per announced run (late or skipped), created with a conditional
+#: write before its event goes out, so a retried or repeated check announces a run once. A partition of its
+#: own (no export name can be it), so an export's items stay its runs; sort key :func:`notice_id`.
+LEDGER_NOTICE_PARTITION = "(deadline notices)"
+#: The announcement the notice stands for: ``{"detail_type", "detail"}`` (removed again if the event could not be put).
+LEDGER_NOTICE = "notice"
 #: Custom metric (namespace MysqlXlsxPipeline, dimension FunctionName) counting ledger writes that failed.
 METRIC_NAMESPACE = "MysqlXlsxPipeline"
 METRIC_LEDGER_NOT_WRITTEN = "LedgerWritesFailed"
@@ -88,6 +99,11 @@ METRIC_LEDGER_NOT_WRITTEN = "LedgerWritesFailed"
 def run_id(started_iso: str, unique: str) -> str:
     """``<started, ISO UTC to the millisecond>#<unique>``: sorts by time within an export."""
     return f"{started_iso}#{unique}"
+
+
+def notice_id(scheduled_time: str, export: str, schedule: str) -> str:
+    """``<scheduled time>#<export>#<schedule>``: the notice of one scheduled run, sorted by its time."""
+    return f"{scheduled_time}#{export}#{schedule}"
 
 #: The Amazon RDS CA bundle, written by the bundler into each package that connects to the database.
 CA_BUNDLE_FILE = "rds-ca-bundle.pem"
@@ -118,23 +134,6 @@ def longest_copy_key(destination_prefix: str, key_prefix: str, export: str) -> s
     """The longest key an export's copy can get: the destination prefix before the export's longest key."""
     return destination_key(destination_prefix, object_key(key_prefix, export, dt.datetime(2026, 12, 31, 23, 59, 59,
                                                                                          tzinfo=dt.timezone.utc)))
-
-
-def run_record_prefix(key_prefix: str, export: str, schedule: str) -> str:
-    """Where the records of one schedule's runs are kept in the source bucket (not .xlsx: never copied)."""
-    return f"{export_prefix(key_prefix, export)}runs/{schedule}/"
-
-
-def run_record_key(key_prefix: str, export: str, schedule: str, scheduled_time: str) -> str:
-    """The export's record of the run ``schedule`` planned for ``scheduled_time``: what it uploaded, skipped,
-    or why it failed. The deadline check reads exactly this key, so it needs no listing."""
-    return f"{run_record_prefix(key_prefix, export, schedule)}{scheduled_time}.json"
-
-
-def deadline_notice_key(key_prefix: str, export: str, schedule: str, scheduled_time: str) -> str:
-    """Written once (a conditional put) by the deadline check before it announces a late or skipped run,
-    so a repeated check never announces it twice."""
-    return f"{run_record_prefix(key_prefix, export, schedule)}{scheduled_time}.notice"
 
 
 def is_replicated(key: str, source_prefix: str) -> bool:

@@ -38,7 +38,7 @@ def expires_at(moment: dt.datetime, history_days: int) -> int:
     return int(moment.timestamp()) + history_days * 86400
 
 
-def _attribute(value: Any) -> dict[str, Any]:
+def attribute(value: Any) -> dict[str, Any]:
     """DynamoDB's typed JSON for the plain values a ledger item holds."""
     if value is None:
         return {"NULL": True}
@@ -49,14 +49,14 @@ def _attribute(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         return {"S": value}
     if isinstance(value, Mapping):
-        return {"M": {str(k): _attribute(v) for k, v in value.items()}}
+        return {"M": {str(k): attribute(v) for k, v in value.items()}}
     if isinstance(value, (list, tuple)):
-        return {"L": [_attribute(v) for v in value]}
+        return {"L": [attribute(v) for v in value]}
     return {"S": str(value)}
 
 
 def plain(attribute: Mapping[str, Any]) -> Any:
-    """The inverse of :func:`_attribute` (for readers such as pipeline-ops)."""
+    """The inverse of :func:`attribute` (for readers such as pipeline-ops)."""
     (kind, value), = attribute.items()
     if kind == "NULL":
         return None
@@ -132,7 +132,7 @@ class Ledger:
                 Key={k: {"S": v} for k, v in key.items()},
                 UpdateExpression=expression,
                 ExpressionAttributeNames=names,
-                ExpressionAttributeValues={f":v{i}": _attribute(v) for i, v in enumerate(values.values())},
+                ExpressionAttributeValues={f":v{i}": attribute(v) for i, v in enumerate(values.values())},
             )
         except Exception as exc:  # noqa: BLE001 - any failure is counted, never raised (the run stands)
             self._failed("run", key, exc)
@@ -162,7 +162,7 @@ class Ledger:
                 UpdateExpression="SET " + ", ".join(sets),
                 ConditionExpression="attribute_not_exists(#a0)",
                 ExpressionAttributeNames=names,
-                ExpressionAttributeValues={f":v{i}": _attribute(v) for i, v in enumerate(values.values())},
+                ExpressionAttributeValues={f":v{i}": attribute(v) for i, v in enumerate(values.values())},
             )
         except Exception as exc:  # noqa: BLE001
             if _error_code(exc) == "ConditionalCheckFailedException":

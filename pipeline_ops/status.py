@@ -9,7 +9,7 @@ from typing import Any
 import botocore.exceptions
 
 from lambdas import cron
-from pipeline_ops.aws import Deployment, calling, explain
+from pipeline_ops.aws import Deployment, OperatorError, calling, explain
 from pipeline_ops.replay import present_queues
 
 #: The replicator's copy records the source version it copied (lambdas/bucket_replicator/replicate.py).
@@ -160,18 +160,17 @@ class ScheduleStatus:
 
 def schedules(deployment: Deployment, *, now: dt.datetime) -> list[ScheduleStatus]:
     """Each export's schedules: the next run in its zone (EventBridge Scheduler's rules, ``lambdas/cron.py``) and
-    whether the last run was delivered by its deadline (its run record and the copy, as the deadline check reads them)."""
+    whether the last run was delivered by its deadline, as the deadline check judges it from the run ledger (runs
+    started until now count, so a replay after the deadline shows as delivered late)."""
     from lambdas.deadline_check import check as deadline_check
-    from lambdas.deadline_check.settings import Deadline, Settings
+    from lambdas.deadline_check.settings import Deadline
 
     config = deployment.config
     entries = [(e, s) for e in config.exports for s in e.schedules]
     if not entries:
         return []
-    settings = Settings(source_bucket=deployment.output("SourceBucketName"), key_prefix=config.key_prefix,
-                        destination_bucket=deployment.output("DestinationBucketName"),
-                        destination_prefix=config.destination.prefix, deadlines=())
-    s3 = deployment.client("s3")
+    table = deployment.outputs.get("RunLedgerTableName")  # absent on a stack deployed before the ledger
+    dynamodb = deployment.client("dynamodb") if table else None
     out = []
     for export, entry in entries:
         name = entry.scheduler_name(export.name)
@@ -187,8 +186,14 @@ def schedules(deployment: Deployment, *, now: dt.datetime) -> list[ScheduleStatu
             continue
         minutes = entry.deliver_within_minutes or 0
         deadline = Deadline(export.name, entry.name, entry.expression, entry.time_zone, minutes)
-        with calling(f"reading the record of {name}'s run at {last:%Y-%m-%dT%H:%MZ}"):
-            verdict = deadline_check.judge(s3, settings, deadline, last, now)
+        if dynamodb is None:
+            out.append(ScheduleStatus(name, entry.expression, entry.time_zone, next_run, entry.deliver_within_minutes,
+                                      last, Check("", "not tracked", "the stack has no run ledger")))
+            continue
+        try:
+            verdict = deadline_check.judge(dynamodb, table, deadline, last, now, until=now)
+        except deadline_check.CheckError as exc:
+            raise OperatorError(f"reading {name}'s run at {last:%Y-%m-%dT%H:%MZ}: {exc}") from None
         if entry.deliver_within_minutes is None:  # no deadline: what the run did, nothing is late
             state = {deadline_check.NOT_RECORDED: "no run recorded"}.get(verdict.state, verdict.state)
             check = Check("", "delivered" if state in (deadline_check.DELIVERED, deadline_check.DELIVERED_LATE)

@@ -9,7 +9,6 @@ from aws_cdk import Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
-from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_sns as sns
 from constructs import Construct
@@ -17,8 +16,9 @@ from constructs import Construct
 from lambdas import contract as shared
 from lambdas.deadline_check import settings as contract
 from stacks.bundling import BundleSpec
-from stacks.nag import acknowledge, objects_finding
+from stacks.nag import acknowledge
 from stacks.pipeline_function import alarm_on, failure_queue, pipeline_function
+from stacks.run_ledger import RunLedger
 
 DEADLINE_CHECK_BUNDLE = BundleSpec(package="deadline_check")
 #: Scheduler's name for the check's own schedule (export schedules are named ``<export>.<schedule>``, with a dot).
@@ -58,10 +58,9 @@ class DeadlineCheck(Construct):
     - started by its own EventBridge Scheduler schedule in ``group`` (``cron(* * * * ? *)``, UTC, flexible time
       window off, 3 retries within an hour, then its dead-letter queue), with the scheduled time in the event,
       through a role Scheduler alone may assume and that may only invoke this function and send to that queue;
-    - a role of its own that may read the run records and write notices under each checked schedule's
-      ``runs/`` folder of the source bucket, read the copies under each export's prefix in the destination
-      (``s3:ListBucket`` limited to those prefixes, so a missing object reads as missing, not as denied), and put
-      only ``Workbook Late`` / ``Workbook Skipped`` events from the pipeline's source on the default bus;
+    - a role of its own that may only Query the run ledger's partitions of the exports with a deadline, only
+      UpdateItem its notices' partition of that table (``dynamodb:LeadingKeys``), and put only ``Workbook Late``
+      / ``Workbook Skipped`` events from the pipeline's source on the default bus: no bucket, no other item;
     - an alarm on the ``WorkbooksLate`` metric (any late run), one on its errors, one on its failure queue.
 
     Exposes ``function``, ``role``, ``schedule``, ``scheduler_role``, ``late_alarm``, ``errors_alarm``,
@@ -74,10 +73,7 @@ class DeadlineCheck(Construct):
         construct_id: str,
         *,
         deadlines: Sequence[contract.Deadline],
-        source_bucket: s3.IBucket,
-        key_prefix: str,
-        destination_bucket: s3.IBucket,
-        destination_prefix: str,
+        ledger: RunLedger,
         group: scheduler.CfnScheduleGroup,
         alarm_topic: sns.ITopic,
         log_retention: logs.RetentionDays,
@@ -98,13 +94,11 @@ class DeadlineCheck(Construct):
             self,
             bundle=DEADLINE_CHECK_BUNDLE,
             description="Announces scheduled workbooks not in the destination by their deadline",
-            role_description="DeadlineCheck: read run records and copies, announce late or skipped runs",
+            role_description="DeadlineCheck: read scheduled runs in the run ledger, announce late or skipped runs",
             errors_description="A deadline check failed: late workbooks may not have been announced",
             environment={
-                contract.ENV_SOURCE_BUCKET: source_bucket.bucket_name,
-                contract.ENV_KEY_PREFIX: key_prefix,
-                contract.ENV_DESTINATION_BUCKET: destination_bucket.bucket_name,
-                contract.ENV_DESTINATION_PREFIX: destination_prefix,
+                contract.ENV_LEDGER_TABLE: ledger.table.table_name,
+                contract.ENV_HISTORY_DAYS: str(ledger.history_days),
                 contract.ENV_DEADLINES: contract.encode_deadlines(list(deadlines)),
             },
             alarm_topic=alarm_topic, log_retention=log_retention, removal_policy=removal_policy,
@@ -114,19 +108,8 @@ class DeadlineCheck(Construct):
         self.function, self.role = built.function, built.role
         self.errors_alarm = built.errors_alarm
 
-        records = sorted({shared.run_record_prefix(key_prefix, d.export, d.schedule) for d in deadlines})
-        copies = sorted({destination_prefix + shared.export_prefix(key_prefix, d.export) for d in deadlines})
-        self.role.add_to_policy(iam.PolicyStatement(
-            actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-            resources=[source_bucket.arn_for_objects(p + "*") for p in records]))
-        self.role.add_to_policy(iam.PolicyStatement(
-            actions=["s3:ListBucket"], resources=[source_bucket.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": [p + "*" for p in records]}}))
-        self.role.add_to_policy(iam.PolicyStatement(
-            actions=["s3:GetObject"], resources=[destination_bucket.arn_for_objects(p + "*") for p in copies]))
-        self.role.add_to_policy(iam.PolicyStatement(
-            actions=["s3:ListBucket"], resources=[destination_bucket.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": [p + "*" for p in copies]}}))
+        ledger.grant_queries(self.role, sorted({d.export for d in deadlines}))
+        ledger.grant_run_writes(self.role, [shared.LEDGER_NOTICE_PARTITION])
         bus = Stack.of(self).format_arn(service="events", resource="event-bus", resource_name="default")
         self.role.add_to_policy(iam.PolicyStatement(
             actions=["events:PutEvents"], resources=[bus],
@@ -134,13 +117,6 @@ class DeadlineCheck(Construct):
                 "ForAllValues:StringEquals": {"events:source": [shared.EVENT_SOURCE]},
                 "StringEquals": {"events:detail-type": [shared.LATE_DETAIL_TYPE, shared.SKIPPED_DETAIL_TYPE]},
             }))
-        acknowledge(
-            self.role.node.find_child("DefaultPolicy"), "IAM5",
-            "Run records and notices are keyed by scheduled time under each schedule's runs/ folder, and copies "
-            "by date under each export's prefix in the destination: the grants are those prefixes.",
-            findings=[objects_finding(source_bucket, p + "*") for p in records]
-            + [objects_finding(destination_bucket, p + "*") for p in copies],
-        )
         acknowledge(
             self.role.node.find_child("DefaultPolicy"), "IAM5",
             "Resource '*' only for X-Ray PutTraceSegments/PutTelemetryRecords, which take no resource.",

@@ -153,9 +153,7 @@ class PipelineStack(Stack):
         self.deadline_check: DeadlineCheck | None = None
         if deadlines:
             self.deadline_check = DeadlineCheck(
-                self, "DeadlineCheck", deadlines=deadlines, source_bucket=self.source.bucket,
-                key_prefix=config.key_prefix, destination_bucket=self.destination_bucket,
-                destination_prefix=config.destination.prefix, group=self.schedule_group,
+                self, "DeadlineCheck", deadlines=deadlines, ledger=self.ledger, group=self.schedule_group,
                 alarm_topic=self.alarm_topic, log_retention=retention, removal_policy=removal,
             )
 

@@ -23,9 +23,9 @@ class RunLedger(Construct):
     - items expire ``history_days`` after their run (TTL attribute ``expires_at``);
     - the stack's removal policy (kept with the buckets where it is ``retain``).
 
-    ``grant_run_writes``: UpdateItem only, on items whose partition key is one of ``exports``
-    (``dynamodb:LeadingKeys``). ``grant_reads`` for operators. Raises ValueError on a bad
-    ``history_days``. Exposes ``table``.
+    ``grant_run_writes``: UpdateItem only, on items whose partition key is one of ``partitions``
+    (``dynamodb:LeadingKeys``); ``grant_queries``: Query only, on those partitions. Raises ValueError
+    on a bad ``history_days``. Exposes ``table``.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, removal_policy: RemovalPolicy,
@@ -54,5 +54,15 @@ class RunLedger(Construct):
             raise ValueError("partitions must name at least one partition key value")
         grantee.grant_principal.add_to_principal_policy(iam.PolicyStatement(
             actions=["dynamodb:UpdateItem"], resources=[self.table.table_arn],
+            conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": sorted(partitions)}},
+        ))
+
+    def grant_queries(self, grantee: iam.IGrantable, partitions: Sequence[str]) -> None:
+        """Query (no GetItem, Scan or write) on the items of ``partitions`` only: ``dynamodb:LeadingKeys``
+        limits a Query to the partition key values it names, as it limits writes."""
+        if not partitions:
+            raise ValueError("partitions must name at least one partition key value")
+        grantee.grant_principal.add_to_principal_policy(iam.PolicyStatement(
+            actions=["dynamodb:Query"], resources=[self.table.table_arn],
             conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": sorted(partitions)}},
         ))

@@ -463,21 +463,30 @@ def put_workbook(deployed: Deployed, key: str, rows: int, *, copy: bool) -> str:
 
 
 def deliver_last_runs(deployed: Deployed, now: dt.datetime) -> None:
-    """A delivered workbook and its run record for the last run of every cron schedule of dev."""
+    """A delivered workbook for the last run of every cron schedule of dev, and that run in the ledger as the
+    export and the replicator write it (the schedule and scheduled time, then the delivery a minute later)."""
     from lambdas import contract, cron
+    from lambdas.ledger import Ledger, iso
 
-    src = deployed.outputs["SourceBucketName"]
+    ledger = Ledger(boto3.client("dynamodb"), deployed.outputs["RunLedgerTableName"], function_name="f",
+                    history_days=400)
     for export in _DEV.exports:
         for entry in export.schedules:
             if entry.expression.startswith("cron("):
                 last = cron.last_fire(entry.expression, entry.time_zone, now)
-                at = last.strftime(contract.SCHEDULED_TIME_FORMAT)
                 # an older folder than the other tests' workbooks, so it is not the export's latest
                 key = f"{_DEV.key_prefix}{export.name}/2026/11/01/{export.name}-{entry.name}.xlsx"
                 put_workbook(deployed, key, 3, copy=True)
-                record = contract.run_record_key(_DEV.key_prefix, export.name, entry.name, at)
-                deployed.s3.put_object(Bucket=src, Key=record, Body=json.dumps(
-                    {"export": export.name, "outcome": "uploaded", "key": key}).encode())
+                started = last
+                run = contract.run_id(iso(started), entry.name)
+                ledger.record_run(export.name, run, {
+                    contract.LEDGER_TRIGGER: f"schedule: {entry.name}", contract.LEDGER_OUTCOME: "uploaded",
+                    contract.LEDGER_KEY: key, contract.LEDGER_STARTED: iso(started),
+                    contract.LEDGER_SCHEDULE: entry.name,
+                    contract.LEDGER_SCHEDULED_TIME: last.strftime(contract.SCHEDULED_TIME_FORMAT)}, started)
+                ledger.record_delivery(export.name, run, {
+                    "bucket": deployed.outputs["DestinationBucketName"], "key": "incoming/" + key,
+                    "at": iso(min(started + dt.timedelta(minutes=1), now))})
 
 
 def test_status_all_well(deployed):
@@ -550,6 +559,53 @@ def test_status_shows_each_schedules_next_run_on_its_clock_and_a_late_last_run(d
     assert result.exit_code == (1 if late else 0)
     if late:
         assert all(name in result.stdout.split("needs attention:")[1] for name in late)
+
+
+def test_status_judges_each_schedules_last_run_from_the_ledger(deployed):
+    """On a fixed clock: a deadline schedule's last run delivered after its deadline shows `delivered late` (it was
+    announced; nothing to do now), a schedule without a deadline `delivered`; the next run, failed, shows `failed`
+    and needs attention. No copy is in a bucket: status reads the delivery the replicator recorded, as the check."""
+    from lambdas import contract, cron
+    from lambdas.ledger import Ledger, iso
+    from pipeline_ops import status as st
+    from pipeline_ops.aws import Deployment
+
+    ledger = Ledger(boto3.client("dynamodb"), deployed.outputs["RunLedgerTableName"], function_name="f",
+                    history_days=400)
+    deployment = Deployment(_DEV, boto3.Session(), deployed.outputs)
+    crons = [(e, s) for e in _DEV.exports for s in e.schedules if s.expression.startswith("cron(")]
+
+    def record(export, entry, last: dt.datetime, delivered: dt.datetime | None) -> None:
+        run = contract.run_id(iso(last + dt.timedelta(seconds=2)), entry.name)
+        fields = {contract.LEDGER_SCHEDULE: entry.name, contract.LEDGER_TRIGGER: f"schedule: {entry.name}",
+                  contract.LEDGER_SCHEDULED_TIME: last.strftime(contract.SCHEDULED_TIME_FORMAT)}
+        if delivered is None:
+            ledger.record_run(export.name, run, {**fields, contract.LEDGER_OUTCOME: "failed",
+                                                 contract.LEDGER_ERROR: "the database did not answer"}, last)
+        else:
+            ledger.record_run(export.name, run, {**fields, contract.LEDGER_OUTCOME: "uploaded", "key": "k.xlsx"}, last)
+            ledger.record_delivery(export.name, run, {"bucket": "partner", "key": "in/k.xlsx", "at": iso(delivered)})
+
+    # Given each schedule's last run delivered 5 minutes after its deadline (or its time, without one)
+    now = dt.datetime(2026, 11, 25, 23, 0, tzinfo=dt.timezone.utc)
+    for export, entry in crons:
+        last = cron.last_fire(entry.expression, entry.time_zone, now)
+        record(export, entry, last, last + dt.timedelta(minutes=(entry.deliver_within_minutes or 0) + 5))
+    found = {s.name: s.last for s in st.schedules(deployment, now=now)}
+    for export, entry in crons:
+        last = found[entry.scheduler_name(export.name)]
+        expected = "delivered late" if entry.deliver_within_minutes else "delivered"
+        assert (last.state, last.attention) == (expected, False), last
+        assert "copied to s3://partner/in/k.xlsx at" in last.detail
+    # Given the next run of each deadline schedule failed, seen once its deadline has passed
+    for export, entry in crons:
+        if entry.deliver_within_minutes:
+            (fire,) = cron.next_fires(entry.expression, entry.time_zone, now)
+            record(export, entry, fire, None)
+            later = fire + dt.timedelta(minutes=entry.deliver_within_minutes + 1)
+            (status,) = [s for s in st.schedules(deployment, now=later) if s.name == entry.scheduler_name(export.name)]
+            assert (status.last.state, status.last.attention) == ("failed", True)
+            assert "the database did not answer" in status.last.detail
 
 
 def test_status_gives_a_new_workbook_time_to_arrive(deployed):

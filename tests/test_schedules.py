@@ -128,6 +128,32 @@ def test_deadlines_are_checked_every_minute_by_their_own_schedule(scheduled):
                                                          "Namespace": "MysqlXlsxPipeline"})
 
 
+def test_the_deadline_check_reads_only_its_exports_runs_in_the_ledger_and_writes_only_its_notices(scheduled, dev):
+    """Query only on the partitions of exports with a deadline and UpdateItem only on the notices' partition,
+    each limited by dynamodb:LeadingKeys with ForAllValues:StringEquals, which applies to Query as to writes
+    (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/specifying-conditions.html); no S3 action at
+    all: the check reads no bucket, its own or a partner's."""
+    for s in (scheduled, dev):
+        check = s.stack.deadline_check
+        if check is None:
+            continue
+        policy = s.template["Resources"][s.logical_id(check.role.node.find_child("DefaultPolicy"))]["Properties"]
+        statements = policy["PolicyDocument"]["Statement"]
+        actions = [a for st in statements for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])]
+        assert not [a for a in actions if a.startswith("s3:")]
+        table = {"Fn::GetAtt": [s.logical_id(s.stack.ledger.table), "Arn"]}
+        exports = sorted({e.name for e in s.config.exports for x in e.schedules if x.deliver_within_minutes})
+        assert [st for st in statements if str(st["Action"]).startswith("dynamodb:")] == [
+            {"Action": "dynamodb:Query", "Effect": "Allow", "Resource": table,
+             "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": exports}}},
+            {"Action": "dynamodb:UpdateItem", "Effect": "Allow", "Resource": table,
+             "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["(deadline notices)"]}}},
+        ]
+        env = s.template["Resources"][s.logical_id(check.function)]["Properties"]["Environment"]["Variables"]
+        assert env["LEDGER_TABLE"] == {"Ref": s.logical_id(s.stack.ledger.table)}
+        assert env["HISTORY_DAYS"] == str(s.config.history_days)
+
+
 def test_the_export_gets_its_statement_limit_in_its_environment(scheduled):
     from lambdas.export_to_xlsx.definition import QUERY_TIME_MARGIN_SECONDS
 
@@ -273,37 +299,68 @@ def _scheduled_event(export: str = "numbers", **schedule) -> dict:
             "schedule": {"name": "eu-morning", "scheduled_time": "2026-07-01T04:00:00Z", **schedule}}
 
 
-def test_a_scheduled_run_records_why_it_ran(env, s3, caplog):
+def _scheduled_item(ledger, export: str) -> dict:
+    """The run's one ledger item, and nothing else of the export's written anywhere but the workbook."""
+    (item,) = [i for i in ledger.items() if i["export"] == export]
+    return item
+
+
+def _no_run_records(s3) -> None:
+    """The export writes nothing but workbooks into the source bucket: the deadline check reads the ledger."""
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert all(k.endswith(".xlsx") for k in keys), keys
+
+
+def test_a_scheduled_run_records_why_it_ran(env, s3, ledger, caplog):
     caplog.set_level("INFO")
     # When Scheduler's event runs the export
     result = export_handler.handler(_scheduled_event(), Context())
     (run,) = result["exports"]
-    # Then the result, the log line, the workbook's metadata and the run record name the schedule and its time
+    # Then the result, the log line, the workbook's metadata and the ledger item name the schedule and its time
     assert run["schedule"] == {"name": "eu-morning", "scheduled_time": "2026-07-01T04:00:00Z"}
     head = s3.head_object(Bucket=BUCKET, Key=run["key"])
     assert head["Metadata"][contract.META_SCHEDULE] == "eu-morning"
     assert head["Metadata"][contract.META_SCHEDULED_TIME] == "2026-07-01T04:00:00Z"
-    record_key = contract.run_record_key(PREFIX, "numbers", "eu-morning", "2026-07-01T04:00:00Z")
-    record = json.loads(s3.get_object(Bucket=BUCKET, Key=record_key)["Body"].read())
-    assert record["outcome"] == "uploaded" and record["key"] == run["key"]
+    item = _scheduled_item(ledger, "numbers")
+    assert (item[contract.LEDGER_SCHEDULE], item[contract.LEDGER_SCHEDULED_TIME]) == ("eu-morning",
+                                                                                      "2026-07-01T04:00:00Z")
+    assert item["outcome"] == "uploaded" and item["key"] == run["key"] and item["trigger"] == "schedule: eu-morning"
     assert any('"schedule": {"name": "eu-morning"' in r.getMessage() for r in caplog.records)
+    _no_run_records(s3)
 
 
-def test_a_failed_scheduled_run_records_its_error(env, s3):
+def test_a_replayed_scheduled_run_keeps_its_schedule_in_the_ledger(env, s3, ledger):
+    # A replay of Scheduler's dead letter is still the run that schedule planned for that time
+    export_handler.handler({**_scheduled_event(), "trigger": "replay"}, Context())
+    item = _scheduled_item(ledger, "numbers")
+    assert item["trigger"] == "replay"
+    assert (item[contract.LEDGER_SCHEDULE], item[contract.LEDGER_SCHEDULED_TIME]) == ("eu-morning",
+                                                                                      "2026-07-01T04:00:00Z")
+
+
+def test_a_run_by_hand_names_no_schedule_in_the_ledger(env, s3, ledger):
+    export_handler.handler({"export": "numbers"}, Context())
+    item = _scheduled_item(ledger, "numbers")
+    assert contract.LEDGER_SCHEDULE not in item and contract.LEDGER_SCHEDULED_TIME not in item
+
+
+def test_a_failed_scheduled_run_records_its_error(env, s3, ledger):
     with pytest.raises(ExportError):
         export_handler.handler(_scheduled_event("broken"), Context())
-    record_key = contract.run_record_key(PREFIX, "broken", "eu-morning", "2026-07-01T04:00:00Z")
-    record = json.loads(s3.get_object(Bucket=BUCKET, Key=record_key)["Body"].read())
-    assert record["outcome"] == "failed" and "no_such_table_here" in record["error"]
+    item = _scheduled_item(ledger, "broken")
+    assert item["outcome"] == "failed" and "no_such_table_here" in item["error"]
+    assert item[contract.LEDGER_SCHEDULED_TIME] == "2026-07-01T04:00:00Z"
+    _no_run_records(s3)
 
 
-def test_a_skipped_scheduled_run_records_the_skip(env, s3, monkeypatch):
+def test_a_skipped_scheduled_run_records_the_skip(env, s3, ledger, monkeypatch):
     monkeypatch.setenv("EXPORTS", json.dumps({"empty": {"sql": "SELECT 1 AS n FROM DUAL WHERE 1 = 0",
                                                         "on_empty": "skip"}}))
     export_handler.runtime.cache_clear()
     export_handler.handler(_scheduled_event("empty"), Context())
-    record_key = contract.run_record_key(PREFIX, "empty", "eu-morning", "2026-07-01T04:00:00Z")
-    assert json.loads(s3.get_object(Bucket=BUCKET, Key=record_key)["Body"].read())["outcome"] == "skipped: empty"
+    item = _scheduled_item(ledger, "empty")
+    assert item["outcome"] == "skipped: empty" and item[contract.LEDGER_SCHEDULE] == "eu-morning"
+    _no_run_records(s3)
 
 
 @pytest.mark.parametrize("schedule", [

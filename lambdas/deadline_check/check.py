@@ -1,20 +1,21 @@
 """Was a scheduled run's workbook in the destination by its deadline? Announce it once if not.
 
-A run is found by its record (``contract.run_record_key``), which the export writes at a key fixed by
-the schedule's name and the run's scheduled time: no listing, and nothing depends on the run having
-started. What the record and the destination say:
+Everything it needs is in the run ledger (``lambdas/ledger.py``): the export's item of each run carries the
+schedule that planned it and the scheduled time (``contract.LEDGER_SCHEDULE``, ``LEDGER_SCHEDULED_TIME``), and
+the replicator adds the verified delivery with its time. A due run is found with one Query on the export's
+partition: the run id starts with the run's start time, which is at or after the scheduled time, so the key
+condition is the range from the scheduled time to the deadline, and a filter keeps the items of that schedule
+and time (a Lambda retry or a replay of the same event adds one; any of them counts). Nothing depends on the
+run having started, and no bucket is read, so a copy in another account's bucket is judged as surely as ours.
 
-- record ``uploaded`` and its copy in the destination: delivered (on time if the copy is older than the
-  deadline);
-- record ``skipped: empty``: skipped (``on_empty: skip``), announced as ``Workbook Skipped``;
-- record ``failed``: late, with the run's error;
-- record ``uploaded`` but no copy: late, the copy is missing (a copy another account's bucket does not let
-  the check read counts as delivered: the failed-copies queue and its alarm watch copies);
-- no record: late, the run never started, is still running or was killed.
+- delivered by the deadline (the delivery's time <= deadline): on time, nothing announced;
+- ``skipped: empty`` (``on_empty: skip``): announced as ``Workbook Skipped``;
+- delivered after the deadline, uploaded with no delivery, failed, or no item (never started, still running,
+  or killed; an item is written when the run ends): late, announced as ``Workbook Late``.
 
-Each late or skipped run is announced once: a notice object is created with a conditional put
-(``If-None-Match: *``, https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html)
-before the event goes out, so a repeated or retried check finds it and stays quiet.
+Each late or skipped run is announced once: a notice item (partition ``contract.LEDGER_NOTICE_PARTITION``) is
+created with a conditional write (``attribute_not_exists``) before the event goes out, so a repeated or retried
+check finds it and stays quiet; if the event cannot be put, the notice is removed again and the retry announces.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import contract, cron
+from ..ledger import attribute, item_of, iso
 from .settings import Deadline, Settings
 
 DELIVERED = "delivered"
@@ -36,12 +38,10 @@ FAILED = "failed"
 COPY_MISSING = "copy missing"
 NOT_RECORDED = "no run recorded"
 PENDING = "not due yet"
-#: Uploaded, but the destination (another account's bucket) does not let the check read the copy.
-COPY_UNREADABLE = "uploaded, copy not readable"
 
 
 class CheckError(Exception):
-    """S3 or EventBridge could not be read or written; the check fails and Lambda retries it."""
+    """The ledger or EventBridge could not be read or written; the check fails and Lambda retries it."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Verdict:
     deadline: dt.datetime
     state: str
     known: str
-    record: dict | None = None
+    run: dict | None = None  # the ledger item the verdict rests on
 
     @property
     def late(self) -> bool:
@@ -69,7 +69,7 @@ class Verdict:
             "deadline": _text(self.deadline),
             "state": self.state,
             "known": self.known,
-            "run": self.record,
+            "run": self.run,
         }
 
 
@@ -81,61 +81,84 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def read_record(s3: Any, settings: Settings, deadline: Deadline, scheduled: dt.datetime) -> dict | None:
-    key = contract.run_record_key(settings.key_prefix, deadline.export, deadline.schedule, _text(scheduled))
+def _moment(text: Any) -> dt.datetime | None:
+    """A ledger time (``iso``: ``...T..:..:...mmmZ``) as an aware datetime; None if absent or not a time."""
     try:
-        body = s3.get_object(Bucket=settings.source_bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if _code(exc) in ("NoSuchKey", "404", "NotFound"):
-            return None
-        raise CheckError(f"reading s3://{settings.source_bucket}/{key}: {_code(exc)}: {exc}") from None
-    except BotoCoreError as exc:
-        raise CheckError(f"reading s3://{settings.source_bucket}/{key}: {exc}") from None
-    try:
-        record = json.loads(body)
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
-        return {"outcome": "unreadable record"}
-    return record if isinstance(record, dict) else {"outcome": "unreadable record"}
+        return None
 
 
-def judge(s3: Any, settings: Settings, deadline: Deadline, scheduled: dt.datetime, now: dt.datetime) -> Verdict:
-    """The state of the run ``deadline``'s schedule planned for ``scheduled``, as seen at ``now``."""
+def scheduled_runs(dynamodb: Any, table: str, export: str, schedule: str, scheduled: dt.datetime,
+                   until: dt.datetime) -> list[dict]:
+    """The ledger items of the runs ``schedule`` planned for ``scheduled`` that started by ``until``: one Query on
+    the export's partition, key condition ``run_id BETWEEN <scheduled> AND <until>~`` (a run id is its start time
+    to the millisecond, ``#`` and a suffix, so ``~`` keeps the runs of ``until``'s last millisecond), filtered on
+    the schedule and its time. DynamoDB filters after reading a page, so every page is read."""
+    values = {
+        ":e": {"S": export}, ":from": {"S": iso(scheduled)}, ":to": {"S": iso(until) + "~"},
+        ":s": {"S": schedule}, ":t": {"S": _text(scheduled)},
+    }
+    names = {"#e": contract.LEDGER_EXPORT, "#r": contract.LEDGER_RUN_ID, "#s": contract.LEDGER_SCHEDULE,
+             "#t": contract.LEDGER_SCHEDULED_TIME}
+    items: list[dict] = []
+    try:
+        pages = dynamodb.get_paginator("query").paginate(
+            TableName=table, KeyConditionExpression="#e = :e AND #r BETWEEN :from AND :to",
+            FilterExpression="#s = :s AND #t = :t", ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+            ConsistentRead=True)
+        for page in pages:
+            items += [item_of(raw) for raw in page.get("Items", [])]
+    except ClientError as exc:
+        raise CheckError(f"reading the run ledger {table} for {export}: {_code(exc)}: {exc}") from None
+    except BotoCoreError as exc:
+        raise CheckError(f"reading the run ledger {table} for {export}: {exc}") from None
+    return items
+
+
+def _delivered_at(item: dict) -> dt.datetime | None:
+    delivery = item.get(contract.LEDGER_DELIVERY)
+    return _moment(delivery.get("at")) if isinstance(delivery, dict) else None
+
+
+def _where(item: dict) -> str:
+    delivery = item.get(contract.LEDGER_DELIVERY) or {}
+    return f"s3://{delivery.get('bucket')}/{delivery.get('key')}"
+
+
+def judge(dynamodb: Any, table: str, deadline: Deadline, scheduled: dt.datetime, now: dt.datetime, *,
+          until: dt.datetime | None = None) -> Verdict:
+    """The state of the run ``deadline``'s schedule planned for ``scheduled``, as the ledger shows it at ``now``,
+    from the runs that started by ``until`` (default: the deadline; a run started later cannot make it)."""
     due = scheduled + dt.timedelta(minutes=deadline.minutes)
 
-    def verdict(state: str, known: str, record: dict | None = None) -> Verdict:
-        return Verdict(deadline.export, deadline.schedule, scheduled, due, state, known, record)
+    def verdict(state: str, known: str, run: dict | None = None) -> Verdict:
+        return Verdict(deadline.export, deadline.schedule, scheduled, due, state, known, run)
 
-    record = read_record(s3, settings, deadline, scheduled)
-    outcome = record.get("outcome") if record else None
-    if outcome == "skipped: empty":
-        return verdict(SKIPPED, "every sheet was empty and the export skips empty workbooks (on_empty: skip)", record)
-    if outcome == "uploaded" and isinstance(record.get("key"), str):
-        copy_key = contract.destination_key(settings.destination_prefix, record["key"])
-        try:
-            head = s3.head_object(Bucket=settings.destination_bucket, Key=copy_key)
-        except ClientError as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
-                state = COPY_MISSING if now >= due else PENDING
-                return verdict(state, f"uploaded as {record['key']}; no copy at s3://{settings.destination_bucket}/"
-                                      f"{copy_key} (see the failed-copies queue)", record)
-            if _code(exc) in ("403", "AccessDenied", "Forbidden"):
-                return verdict(COPY_UNREADABLE, f"uploaded as {record['key']}; the destination does not let the "
-                                                "deadline check read the copy (watch the failed-copies queue)", record)
-            raise CheckError(f"reading s3://{settings.destination_bucket}/{copy_key}: {_code(exc)}: {exc}") from None
-        except BotoCoreError as exc:
-            raise CheckError(f"reading s3://{settings.destination_bucket}/{copy_key}: {exc}") from None
-        arrived = head["LastModified"]
-        if arrived > due:
-            return verdict(DELIVERED_LATE, f"copied to s3://{settings.destination_bucket}/{copy_key} at "
-                                           f"{_text(arrived)}, after the deadline", record)
-        return verdict(DELIVERED, f"copied to s3://{settings.destination_bucket}/{copy_key} at {_text(arrived)}",
-                       record)
+    runs = scheduled_runs(dynamodb, table, deadline.export, deadline.schedule, scheduled, until or due)
+    delivered = sorted(((at, run) for run in runs if (at := _delivered_at(run)) is not None),
+                       key=lambda pair: pair[0])
+    if delivered and delivered[0][0] <= due:
+        at, run = delivered[0]
+        return verdict(DELIVERED, f"copied to {_where(run)} at {_text(at)}", run)
+    outcomes = {run.get(contract.LEDGER_OUTCOME): run for run in runs}
+    if "skipped: empty" in outcomes:
+        return verdict(SKIPPED, "every sheet was empty and the export skips empty workbooks (on_empty: skip)",
+                       outcomes["skipped: empty"])
+    if delivered:
+        at, run = delivered[0]
+        return verdict(DELIVERED_LATE, f"copied to {_where(run)} at {_text(at)}, after the deadline", run)
     if now < due:
-        return verdict(PENDING, "the deadline has not passed", record)
-    if outcome == "failed":
-        return verdict(FAILED, f"the run failed: {record.get('error', 'no error recorded')}", record)
-    if record is not None:
-        return verdict(FAILED, f"the run's record says {outcome!r}", record)
+        return verdict(PENDING, "the deadline has not passed", runs[-1] if runs else None)
+    if "uploaded" in outcomes:
+        run = outcomes["uploaded"]
+        return verdict(COPY_MISSING, f"uploaded as {run.get(contract.LEDGER_KEY)}; no delivery recorded in the run "
+                                     "ledger (see the failed-copies queue)", run)
+    if "failed" in outcomes:
+        run = outcomes["failed"]
+        return verdict(FAILED, f"the run failed: {run.get(contract.LEDGER_ERROR) or 'no error recorded'}", run)
+    if runs:
+        return verdict(FAILED, f"the run's ledger item says {runs[-1].get(contract.LEDGER_OUTCOME)!r}", runs[-1])
     return verdict(NOT_RECORDED, "no run of this schedule recorded a result: it never started (Scheduler could not "
                                  "invoke the export, or it was throttled), is still running, or was stopped", None)
 
@@ -147,19 +170,33 @@ def due_in_window(deadline: Deadline, checked_at: dt.datetime, period: dt.timede
     return cron.fires_between(deadline.cron, deadline.time_zone, checked_at - period - offset, checked_at - offset)
 
 
-def announce(s3: Any, events: Any, settings: Settings, verdict: Verdict) -> bool:
+def _notice_key(verdict: Verdict) -> dict[str, dict[str, str]]:
+    notice = contract.notice_id(_text(verdict.scheduled_time), verdict.export, verdict.schedule)
+    return {contract.LEDGER_EXPORT: {"S": contract.LEDGER_NOTICE_PARTITION}, contract.LEDGER_RUN_ID: {"S": notice}}
+
+
+def announce(dynamodb: Any, events: Any, settings: Settings, verdict: Verdict) -> bool:
     """Put the run's one ``Workbook Late`` or ``Workbook Skipped`` event; False if it was already announced."""
-    key = contract.deadline_notice_key(settings.key_prefix, verdict.export, verdict.schedule,
-                                       _text(verdict.scheduled_time))
     detail_type = contract.SKIPPED_DETAIL_TYPE if verdict.state == SKIPPED else contract.LATE_DETAIL_TYPE
-    body = json.dumps(verdict.detail(), separators=(",", ":"), default=str)
+    detail = verdict.detail()
+    body = json.dumps(detail, separators=(",", ":"), default=str)
+    key = _notice_key(verdict)
+    names = {"#n": contract.LEDGER_NOTICE}
+    expires = int(verdict.scheduled_time.timestamp()) + settings.history_days * 86400
     try:
-        s3.put_object(Bucket=settings.source_bucket, Key=key, Body=body.encode(), IfNoneMatch="*",
-                      ContentType="application/json")
+        dynamodb.update_item(
+            TableName=settings.ledger_table, Key=key,
+            UpdateExpression="SET #n = :n, #x = :x", ConditionExpression="attribute_not_exists(#n)",
+            ExpressionAttributeNames={**names, "#x": contract.LEDGER_EXPIRES},
+            ExpressionAttributeValues={":n": attribute({"detail_type": detail_type, "detail": body}),
+                                       ":x": {"N": str(expires)}})
     except ClientError as exc:
-        if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+        if _code(exc) == "ConditionalCheckFailedException":
             return False
-        raise CheckError(f"writing the notice s3://{settings.source_bucket}/{key}: {_code(exc)}: {exc}") from None
+        raise CheckError(f"writing the notice of {verdict.export}.{verdict.schedule} at "
+                         f"{_text(verdict.scheduled_time)}: {_code(exc)}: {exc}") from None
+    except BotoCoreError as exc:
+        raise CheckError(f"writing the notice of {verdict.export}.{verdict.schedule}: {exc}") from None
     try:
         answer = events.put_events(Entries=[{"Source": contract.EVENT_SOURCE, "DetailType": detail_type,
                                              "Detail": body}])
@@ -168,9 +205,10 @@ def announce(s3: Any, events: Any, settings: Settings, verdict: Verdict) -> bool
             raise CheckError(f"EventBridge refused the {detail_type!r} event: {entry.get('ErrorCode')}: "
                              f"{entry.get('ErrorMessage')}")
     except (ClientError, BotoCoreError, CheckError) as exc:
-        # Not announced: remove the notice so the retried check announces it.
+        # Not announced: take the notice back so the retried check announces it.
         try:
-            s3.delete_object(Bucket=settings.source_bucket, Key=key)
+            dynamodb.update_item(TableName=settings.ledger_table, Key=key, UpdateExpression="REMOVE #n",
+                                 ExpressionAttributeNames=names)
         except (ClientError, BotoCoreError):
             pass
         raise CheckError(f"publishing {detail_type!r} for {verdict.export}.{verdict.schedule}: {exc}") from None

@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 
 from .. import contract
-from .check import CheckError, announce, due_in_window, judge
+from .check import SKIPPED, CheckError, announce, due_in_window, judge
 from .settings import CHECK_PERIOD_MINUTES, EVENT_CHECKED_AT, METRIC_LATE, METRIC_NAMESPACE, Settings, load_settings
 
 log = logging.getLogger()
@@ -26,7 +26,7 @@ AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_tim
 @functools.cache
 def runtime() -> tuple[Settings, Any, Any]:
     settings = load_settings(os.environ)
-    return settings, boto3.client("s3", config=AWS_CONFIG), boto3.client("events", config=AWS_CONFIG)
+    return settings, boto3.client("dynamodb", config=AWS_CONFIG), boto3.client("events", config=AWS_CONFIG)
 
 
 def checked_at(event: Any) -> dt.datetime:
@@ -53,14 +53,15 @@ def count_late(function_name: str, late: int, out: Any = None) -> None:
     stream.flush()
 
 
-def check(event: Any, settings: Settings, s3: Any, events: Any, now: dt.datetime) -> dict[str, Any]:
+def check(event: Any, settings: Settings, dynamodb: Any, events: Any, now: dt.datetime) -> dict[str, Any]:
     at = checked_at(event)
     period = dt.timedelta(minutes=CHECK_PERIOD_MINUTES)
     results, late = [], 0
     for deadline in settings.deadlines:
         for scheduled in due_in_window(deadline, at, period):
-            verdict = judge(s3, settings, deadline, scheduled, now)
-            announced = announce(s3, events, settings, verdict) if verdict.late or verdict.state == "skipped" else False
+            verdict = judge(dynamodb, settings.ledger_table, deadline, scheduled, now)
+            announced = (announce(dynamodb, events, settings, verdict) if verdict.late or verdict.state == SKIPPED
+                         else False)
             late += verdict.late and announced
             line = {**verdict.detail(), "announced": announced}
             (log.warning if verdict.late else log.info)(json.dumps(line, default=str))
@@ -71,5 +72,5 @@ def check(event: Any, settings: Settings, s3: Any, events: Any, now: dt.datetime
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
-    settings, s3, events = runtime()
-    return check(event, settings, s3, events, dt.datetime.now(dt.timezone.utc))
+    settings, dynamodb, events = runtime()
+    return check(event, settings, dynamodb, events, dt.datetime.now(dt.timezone.utc))

@@ -12,14 +12,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .. import cron
 
-ENV_SOURCE_BUCKET = "SOURCE_BUCKET"
-ENV_KEY_PREFIX = "KEY_PREFIX"
-ENV_DESTINATION_BUCKET = "DESTINATION_BUCKET"
-ENV_DESTINATION_PREFIX = "DESTINATION_PREFIX"
+#: The run ledger's table: the check reads each due run from it and writes its notices there.
+ENV_LEDGER_TABLE = "LEDGER_TABLE"
+#: Days a notice is kept (the table's TTL), as every ledger item.
+ENV_HISTORY_DAYS = "HISTORY_DAYS"
 #: ``[{"export", "schedule", "cron", "time_zone", "minutes"}]``: every schedule with a deadline.
 ENV_DEADLINES = "DEADLINES"
-ENV_NAMES = frozenset({ENV_SOURCE_BUCKET, ENV_KEY_PREFIX, ENV_DESTINATION_BUCKET, ENV_DESTINATION_PREFIX,
-                       ENV_DEADLINES})
+ENV_NAMES = frozenset({ENV_LEDGER_TABLE, ENV_HISTORY_DAYS, ENV_DEADLINES})
 #: Set by Lambda itself; names the function in the metric.
 ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
@@ -55,11 +54,9 @@ class Deadline:
 
 @dataclass(frozen=True)
 class Settings:
-    source_bucket: str
-    key_prefix: str
-    destination_bucket: str
-    destination_prefix: str
+    ledger_table: str
     deadlines: tuple[Deadline, ...]
+    history_days: int = 400
     function_name: str = "deadline-check"
 
 
@@ -85,14 +82,15 @@ def decode_deadlines(raw: str) -> tuple[Deadline, ...]:
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
-    missing = sorted(n for n in ENV_NAMES - {ENV_KEY_PREFIX, ENV_DESTINATION_PREFIX} if not environ.get(n))
+    missing = sorted(n for n in ENV_NAMES if not environ.get(n))
     if missing:
         raise ConfigurationError(f"missing environment variables: {', '.join(missing)}")
+    days = environ[ENV_HISTORY_DAYS]
+    if not days.isdigit() or int(days) < 1:
+        raise ConfigurationError(f"{ENV_HISTORY_DAYS} must be a whole number of days, at least 1, got {days!r}")
     return Settings(
-        source_bucket=environ[ENV_SOURCE_BUCKET],
-        key_prefix=environ.get(ENV_KEY_PREFIX, ""),
-        destination_bucket=environ[ENV_DESTINATION_BUCKET],
-        destination_prefix=environ.get(ENV_DESTINATION_PREFIX, ""),
+        ledger_table=environ[ENV_LEDGER_TABLE],
         deadlines=decode_deadlines(environ[ENV_DEADLINES]),
+        history_days=int(days),
         function_name=environ.get(ENV_FUNCTION_NAME) or "deadline-check",
     )

@@ -61,17 +61,6 @@ class ScheduledRun:
         return {contract.SCHEDULE_NAME: self.name, contract.SCHEDULE_TIME: self.time_text}
 
 
-def record_run(s3: Any, target: Target, export: str, run: ScheduledRun, body: dict[str, Any]) -> None:
-    """Write the run's record (``contract.run_record_key``) that the deadline check reads: what the run uploaded,
-    that it skipped an empty result, or why it failed. Best effort: a failed write is logged, never raised."""
-    key = contract.run_record_key(target.key_prefix, export, run.name, run.time_text)
-    try:
-        s3.put_object(Bucket=target.bucket, Key=key, ContentType="application/json",
-                      Body=json.dumps(body, ensure_ascii=True, default=str).encode())
-    except (ClientError, BotoCoreError) as exc:
-        log.error(json.dumps({"export": export, "run_record": key, "error": f"{type(exc).__name__}: {exc}"}))
-
-
 def query_time_limit(export: ExportDefinition) -> float | None:
     """The statement time limit of this run: the export's ``max_query_seconds`` (config sets it to the function's
     timeout less a margin unless the export gives one; None only where no config set it, as in unit tests)."""

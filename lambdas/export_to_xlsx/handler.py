@@ -19,7 +19,7 @@ from botocore.config import Config
 from .credentials import CredentialSource, IamToken, SecretCache
 from .database import Endpoint
 from .errors import ExportError
-from .export import ScheduledRun, Target, record_run, remove_stale_files, run_export
+from .export import ScheduledRun, Target, remove_stale_files, run_export
 from .. import contract
 from ..contract import (CA_BUNDLE_FILE, EVENT_EXPORT, EVENT_KEYS, EVENT_PARAMS, EVENT_SCHEDULE, EVENT_TRIGGER,
                         SCHEDULE_NAME, SCHEDULE_TIME, SCHEDULED_TIME_FORMAT, TRIGGERS)
@@ -133,8 +133,10 @@ def one_line(text: str, limit: int = 500) -> str:
 
 
 def record(ledger: Ledger, export: ExportDefinition, run: str, *, trigger: str, requested: Any, started: dt.datetime,
-           result: dict[str, Any] | None = None, error: ExportError | None = None) -> None:
-    """The run's one ledger item (one UpdateItem); a failure is logged and counted, never raised."""
+           scheduled: ScheduledRun | None = None, result: dict[str, Any] | None = None,
+           error: ExportError | None = None) -> None:
+    """The run's one ledger item (one UpdateItem); a failure is logged and counted, never raised. A run its
+    event says a schedule planned carries that schedule and time: the deadline check finds it by them."""
     finished = dt.datetime.now(dt.timezone.utc)
     fields: dict[str, Any] = {
         contract.LEDGER_TRIGGER: trigger,
@@ -142,6 +144,8 @@ def record(ledger: Ledger, export: ExportDefinition, run: str, *, trigger: str, 
         contract.LEDGER_STARTED: iso(started),
         contract.LEDGER_FINISHED: iso(finished),
     }
+    if scheduled is not None:
+        fields.update({contract.LEDGER_SCHEDULE: scheduled.name, contract.LEDGER_SCHEDULED_TIME: scheduled.time_text})
     if error is not None:
         fields.update({
             contract.LEDGER_OUTCOME: "failed",
@@ -212,16 +216,15 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
             failed = {"export": export.name, "run_id": run, "outcome": "failed", "error": str(exc)}
             if scheduled is not None:
                 failed["schedule"] = scheduled.as_json()
-                record_run(rt.s3, rt.target, export.name, scheduled, failed)
             log.error(json.dumps(failed))
-            record(rt.ledger, export, run, trigger=trigger, requested=given, started=started, error=exc)
+            record(rt.ledger, export, run, trigger=trigger, requested=given, started=started, scheduled=scheduled,
+                   error=exc)
             failures.append(str(exc))
             continue
         result["run_id"] = run
-        if scheduled is not None:
-            record_run(rt.s3, rt.target, export.name, scheduled, result)
         log.info(json.dumps(result, ensure_ascii=False))
-        record(rt.ledger, export, run, trigger=trigger, requested=given, started=started, result=result)
+        record(rt.ledger, export, run, trigger=trigger, requested=given, started=started, scheduled=scheduled,
+               result=result)
         results.append(result)
     if failures:
         uploaded = sum(r["outcome"] == "uploaded" for r in results)
