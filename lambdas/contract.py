@@ -20,6 +20,8 @@ META_ROWS = "rows"
 META_SHEETS = "sheets"
 META_PARAMS = "params"
 META_SQL_SHA256 = "sql-sha256"
+#: When the run started, UTC to the millisecond (``run_at_text``): the replicator's latest copy compares it.
+META_RUN_AT = "run-at"
 
 #: The function's event: ``{"export": NAME, "params": {NAME: VALUE}}``.
 EVENT_EXPORT = "export"
@@ -28,6 +30,21 @@ EVENT_KEYS = (EVENT_EXPORT, EVENT_PARAMS)
 
 #: The Amazon RDS CA bundle, written by the bundler into each package that connects to the database.
 CA_BUNDLE_FILE = "rds-ca-bundle.pem"
+
+
+def run_at_text(run_at: dt.datetime) -> str:
+    """``2026-12-04T05:00:00.123Z``: sorts as the instants do (fixed width, UTC)."""
+    run_at = run_at.astimezone(dt.timezone.utc)
+    return f"{run_at:%Y-%m-%dT%H:%M:%S}.{run_at.microsecond // 1000:03d}Z"
+
+
+#: The stable name an export's newest workbook gets in the destination (``latest_copy``).
+LATEST_NAME = "latest.xlsx"
+
+
+def latest_key(destination_prefix: str, key_prefix: str, export: str) -> str:
+    """``<destination prefix><key_prefix><export>/latest.xlsx``."""
+    return destination_prefix + export_prefix(key_prefix, export) + LATEST_NAME
 
 
 def export_prefix(key_prefix: str, export: str) -> str:

@@ -214,6 +214,7 @@ def test_object_key_content_type_and_metadata(env, s3):
     assert head["Metadata"] == {
         "export": "numbers", "rows": "7", "sheets": "1",
         "sql-sha256": hashlib.sha256(EXPORTS["numbers"]["sql"].encode()).hexdigest(),
+        "run-at": "2026-02-03T04:05:06.789Z",  # the run's start, which the replicator's latest copy compares
     }
     assert result["bytes"] == head["ContentLength"]
     assert set(result) >= {"bucket", "key", "rows", "sheets", "bytes", "seconds"}

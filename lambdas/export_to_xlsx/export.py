@@ -20,6 +20,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from . import params as params_module
 from .. import contract
 from .credentials import CredentialSource
+from . import masks
+from .columns import ANY
 from .database import Endpoint, LoginFailed, QueryStream, begin_snapshot, connect, end_snapshot
 from .errors import ExportError
 from .definition import ExportDefinition
@@ -84,11 +86,13 @@ def run_export(
     temp_dir: Path | None = None,
     max_rows_per_sheet: int = MAX_DATA_ROWS_PER_SHEET,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    mask_key: Callable[[], bytes] | None = None,
 ) -> dict[str, Any]:
     """Export ``export`` with the run-time ``params`` and return what was uploaded (or skipped).
 
     Every sheet reads one consistent snapshot of the database. Parameters are checked before
-    connecting. On any failure nothing is uploaded and no file is left."""
+    connecting. On any failure nothing is uploaded and no file is left. ``mask_key`` gives the HMAC key of
+    ``sha256`` masks (called only by an export that has one)."""
     started = time.monotonic()
     run_at = now()
     values = resolve_parameters(export, params, run_at)
@@ -111,6 +115,9 @@ def run_export(
     writer = None
     stream = None
     rows_before = 0
+    mask_counts: dict[str, int] = {}
+    columns_seen: set[str] = set()
+    rows_per_sheet: list[int] = []
 
     def check_deadline() -> None:
         if remaining_seconds() < DEADLINE_RESERVE_SECONDS:
@@ -126,22 +133,33 @@ def run_export(
             begin_snapshot(connection, export=export.name)
             writer = XlsxStreamWriter(
                 path, formats=export.formats, reserved_names=[s.name for s in export.sheets],
-                max_rows_per_sheet=max_rows_per_sheet, check=check_deadline,
+                max_rows_per_sheet=max_rows_per_sheet, check=check_deadline, table_style=export.table,
             )
             for sheet in export.sheets:
                 stream = QueryStream(connection, sheet.sql, export=export.name, params=values or None,
                                      sheet=sheet.name if len(export.sheets) > 1 else None)
-                writer.start_sheet(sheet.name, stream.columns, stream.types)
+                columns_seen.update(stream.columns)
+                masker = masks.Masker(export.mask, stream.columns, mask_key, mask_counts)
+                # A masked column's values are text now: the reference path encodes them, not its type's encoder.
+                types = [ANY if i in masker.masked else t for i, t in enumerate(stream.types)]
+                writer.start_sheet(sheet.name, stream.columns, types)
                 try:
                     for batch in stream.batches():
-                        writer.write_rows(batch)
+                        writer.write_rows(masker.rows(batch) if masker else batch)
                 except BaseException:
                     stream.abandon()  # do not drain the rest of the result over the network
                     raise
                 stream.close()
                 rows_before += stream.rows_read
+                rows_per_sheet.append(stream.rows_read)
                 stream = None
             end_snapshot(connection)
+            unmasked = masks.unmatched(export.mask, columns_seen)
+            if unmasked:  # a typo would otherwise send the column unmasked
+                raise ExportError(f"export {export.name!r}: mask names column(s) {', '.join(map(repr, unmasked))} "
+                                  f"that no sheet has (columns: {', '.join(sorted(columns_seen))})")
+            if export.about_sheet:
+                writer.add_about(about_rows(export, values, params, run_at, rows_per_sheet, key))
             workbook = writer.close()
         finally:
             connection.close()
@@ -153,6 +171,7 @@ def run_export(
                 contract.META_ROWS: str(workbook.rows),
                 contract.META_SHEETS: str(workbook.sheets),
                 contract.META_SQL_SHA256: sql_digest(export),
+                contract.META_RUN_AT: contract.run_at_text(run_at),
             }
             if recorded_json:
                 metadata[contract.META_PARAMS] = recorded_json
@@ -187,9 +206,34 @@ def run_export(
     unmatched = sorted(set(export.formats) - writer.formats_used)
     if unmatched:
         result["formats_unmatched"] = unmatched  # a format names a column no sheet has: say so, do not fail
-    if writer.counts.as_dict():
-        result["values_changed"] = writer.counts.as_dict()
+    changed = {**writer.counts.as_dict(), **mask_counts}
+    if changed:
+        result["values_changed"] = changed
     return result
+
+
+def about_rows(export: ExportDefinition, values: dict[str, Any], given: Any, run_at: dt.datetime,
+               rows_per_sheet: list[int], key: str) -> list[tuple[str, object]]:
+    """The About sheet: what the export is and what this run did. Only the export's definition and the run's
+    own facts: nothing of the environment (no database host, user, secret or bucket)."""
+    given_names = sorted(given) if isinstance(given, dict) else []
+    local = run_at.astimezone(params_module.time_zone(export.time_zone))
+    rows: list[tuple[str, object]] = [
+        ("Export", export.name),
+        ("Schedule (UTC)", export.schedule or "none: runs when invoked"),
+        ("Parameters given by the run", ", ".join(given_names) or "none (defaults)"),
+    ]
+    rows += [(f"Parameter {name}", params_module.as_text(value)) for name, value in values.items()]
+    rows += [
+        ("Run started (UTC)", run_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"),
+        (f"Run started ({export.time_zone})",
+         local.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " " + local.strftime("%Z (UTC%z)")),
+    ]
+    rows += [(f"Rows in {sheet.name}", n) for sheet, n in zip(export.sheets, rows_per_sheet)]
+    rows += [("SQL SHA-256", sql_digest(export)), ("Object key", key)]
+    if export.mask:
+        rows.append(("Masked columns", ", ".join(f"{c} ({how})" for c, how in sorted(export.mask.items()))))
+    return rows
 
 
 def _connect(endpoint: Endpoint, secrets: CredentialSource):

@@ -18,6 +18,7 @@ from .credentials import CredentialSource, IamToken, SecretCache
 from .database import Endpoint
 from .errors import ExportError
 from .export import Target, remove_stale_files, run_export
+from .masks import MaskKey
 from ..contract import CA_BUNDLE_FILE, EVENT_EXPORT, EVENT_KEYS, EVENT_PARAMS
 from .definition import ExportDefinition
 from .params import shown
@@ -54,6 +55,7 @@ class Runtime:
     secrets: CredentialSource
     s3: Any
     target: Target
+    mask_key: MaskKey | None = None
 
 
 @functools.cache
@@ -67,6 +69,8 @@ def runtime() -> Runtime:
         secrets=credential_source(settings),
         s3=s3_client(),
         target=Target(settings.source_bucket, settings.key_prefix),
+        # Read on first use, by an export with a sha256 mask only.
+        mask_key=MaskKey(secrets_client, settings.mask_key_secret_arn) if settings.mask_key_secret_arn else None,
     )
 
 
@@ -112,7 +116,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     for export in selected:
         try:
             result = run_export(export, endpoint=rt.endpoint, secrets=rt.secrets, s3=rt.s3, target=rt.target,
-                                params=given, remaining_seconds=remaining, temp_dir=temp_dir)
+                                params=given, remaining_seconds=remaining, temp_dir=temp_dir, mask_key=rt.mask_key)
         except ExportError as exc:
             log.error(json.dumps({"export": export.name, "outcome": "failed", "error": str(exc)}))
             failures.append(str(exc))
