@@ -90,6 +90,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         line = {"key": outcome.key, "version": outcome.version_id, "bytes": outcome.bytes,
                 "outcome": outcome.outcome, "destination_key": outcome.destination_key,
                 "ms": round((time.monotonic() - started) * 1000), **event}
+        if outcome.latest is not None:
+            line["latest"] = outcome.latest
         (log.error if "event_error" in event else log.info)(json.dumps(line))
     if failed:
         raise ReplicationError(f"{len(failed)} object(s) not copied: " + "; ".join(str(f) for f in failed))

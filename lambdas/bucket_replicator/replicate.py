@@ -47,6 +47,8 @@ class Outcome:
     outcome: str  # "copied" | "already-copied"
     destination_key: str
     metadata: dict[str, str] = field(default_factory=dict)  # the source object's user metadata
+    #: What happened to the export's latest.xlsx (None: the export keeps none).
+    latest: str | None = None
 
 
 def _error_code(exc: ClientError) -> str:
@@ -70,9 +72,6 @@ def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: Tr
     size = head["ContentLength"]
     destination_key = contract.destination_key(settings.destination_prefix, request.key)
 
-    if _already_copied(s3, settings.destination_bucket, destination_key, version, etag, size):
-        return Outcome(request.key, version, size, "already-copied", destination_key)
-
     metadata = dict(head.get("Metadata", {}))
     metadata.update({
         META_SOURCE_BUCKET: settings.source_bucket,
@@ -93,6 +92,10 @@ def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: Tr
     extra.update({h: head[h] for h in CARRIED_HEADERS if head.get(h)})
     if version:
         source["VersionId"] = version  # pin what we read, even if the event carried no version
+    if _already_copied(s3, settings.destination_bucket, destination_key, version, etag, size):
+        # A retry after a failed latest copy completes it; otherwise the latest copy finds itself up to date.
+        latest = keep_latest(s3, settings, request.key, source, size, metadata, extra)
+        return Outcome(request.key, version, size, "already-copied", destination_key, latest=latest)
     try:
         s3.copy(source, settings.destination_bucket, destination_key, ExtraArgs=extra, Config=transfer or TRANSFER,
                 SourceClient=s3)
@@ -102,7 +105,58 @@ def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: Tr
     except Exception as exc:  # s3transfer wraps some failures in its own types
         raise CopyFailed(request.key, f"copy to s3://{settings.destination_bucket}/{destination_key} failed: "
                                       f"{type(exc).__name__}: {exc}") from None
-    return Outcome(request.key, version, size, "copied", destination_key, dict(head.get("Metadata", {})))
+    latest = keep_latest(s3, settings, request.key, source, size, metadata, extra)
+    return Outcome(request.key, version, size, "copied", destination_key, dict(head.get("Metadata", {})), latest)
+
+
+#: CopyObject copies at most 5 GB in one request; a conditional write needs one request.
+MAX_SINGLE_COPY_BYTES = 5 * 10**9
+#: Conditional writes lost to another run's copy before this one gives up (each loss re-reads latest.xlsx).
+LATEST_ATTEMPTS = 5
+#: S3's answers when a conditional write's condition fails (412) or another write raced it (409):
+#: https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html
+CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
+def keep_latest(s3: Any, settings: Settings, key: str, source: dict, size: int, metadata: dict[str, str],
+                extra: dict[str, Any]) -> str | None:
+    """Copy the workbook to its export's ``latest.xlsx`` unless the one there is from the same or a newer run.
+
+    Newer means a later ``run-at`` (the run's start, in the metadata the export writes and every copy carries).
+    The copy is a conditional CopyObject: ``If-None-Match: *`` when there is no latest.xlsx yet, ``If-Match``
+    with the ETag just read otherwise, so a run that finishes at the same moment cannot slip in between the
+    read and the write; a lost race reads again and decides again. Returns what happened (for the log line)."""
+    export = metadata.get(contract.META_EXPORT)
+    folder = settings.latest_copies.get(export) if export else None
+    if folder is None:
+        return None
+    run_at = metadata.get(contract.META_RUN_AT)
+    if not key.startswith(folder) or not run_at:
+        return "not kept: not the export's own workbook (outside its folder or without run-at)"
+    latest = settings.destination_prefix + folder + contract.LATEST_NAME
+    if size > MAX_SINGLE_COPY_BYTES:
+        raise CopyFailed(key, f"cannot keep it as s3://{settings.destination_bucket}/{latest}: over 5 GB, more than "
+                              "one conditional CopyObject copies")
+    for _ in range(LATEST_ATTEMPTS):
+        try:
+            there = s3.head_object(Bucket=settings.destination_bucket, Key=latest)
+        except ClientError as exc:
+            if _error_code(exc) not in ("404", "NoSuchKey", "403", "AccessDenied"):  # 403: missing, no ListBucket
+                raise CopyFailed(key, f"cannot read s3://{settings.destination_bucket}/{latest}: "
+                                      f"{_error_code(exc)}") from None
+            there = None
+        if there is not None and there.get("Metadata", {}).get(contract.META_RUN_AT, "") >= run_at:
+            return f"not kept: {latest} is from the same or a newer run"
+        condition = {"IfMatch": there["ETag"]} if there is not None else {"IfNoneMatch": "*"}
+        try:
+            s3.copy_object(CopySource=source, Bucket=settings.destination_bucket, Key=latest, **extra, **condition)
+        except ClientError as exc:
+            if _error_code(exc) in CONDITION_FAILED:
+                continue  # another run wrote latest.xlsx in between: look again
+            raise CopyFailed(key, f"copy to s3://{settings.destination_bucket}/{latest} failed: "
+                                  f"{_error_code(exc)}") from None
+        return f"kept as {latest}"
+    raise CopyFailed(key, f"{latest} changed {LATEST_ATTEMPTS} times while this copy tried to replace it")
 
 
 def _already_copied(s3: Any, bucket: str, key: str, version: str | None, etag: str, size: int) -> bool:

@@ -7,7 +7,8 @@ Stdlib only: imported by the stack at synth time and by the function at cold sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..contract import SUFFIXES, is_replicated  # noqa: F401  (the rule the stack filters by)
@@ -17,10 +18,13 @@ ENV_DESTINATION_BUCKET = "DESTINATION_BUCKET"
 ENV_DESTINATION_PREFIX = "DESTINATION_PREFIX"
 ENV_SOURCE_PREFIX = "SOURCE_PREFIX"
 ENV_DESTINATION_KMS_KEY_ARN = "DESTINATION_KMS_KEY_ARN"
+#: JSON object: export name -> its folder in the source bucket (``<key_prefix><export>/``), for every export
+#: with ``latest_copy``; their newest workbook is also kept as ``<destination prefix><folder>latest.xlsx``.
+ENV_LATEST_COPIES = "LATEST_COPIES"
 
 #: Every variable the function reads; the stack must set exactly these.
 ENV_NAMES = frozenset({ENV_SOURCE_BUCKET, ENV_DESTINATION_BUCKET, ENV_DESTINATION_PREFIX, ENV_SOURCE_PREFIX,
-                       ENV_DESTINATION_KMS_KEY_ARN})
+                       ENV_DESTINATION_KMS_KEY_ARN, ENV_LATEST_COPIES})
 
 #: Sent with every copy: the destination bucket's owner gets full control (and owns the object
 #: where its Object Ownership is "bucket owner preferred"); buckets with ACLs disabled accept it too.
@@ -49,6 +53,8 @@ class Settings:
     source_prefix: str = ""
     destination_kms_key_arn: str | None = None
     function_name: str = "bucket-replicator"
+    #: export name -> its folder in the source bucket (``ENV_LATEST_COPIES``)
+    latest_copies: Mapping[str, str] = field(default_factory=dict)
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -72,6 +78,13 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     kms_key = environ.get(ENV_DESTINATION_KMS_KEY_ARN) or None
     if kms_key is not None and not (kms_key.startswith("arn:") and ":key/" in kms_key):
         raise ConfigurationError(f"{ENV_DESTINATION_KMS_KEY_ARN} must be a KMS key ARN, got {kms_key!r}")
+    try:
+        latest = json.loads(environ.get(ENV_LATEST_COPIES) or "{}")
+    except ValueError:
+        latest = None
+    if not isinstance(latest, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.endswith("/")
+                                               for k, v in latest.items()):
+        raise ConfigurationError(f"{ENV_LATEST_COPIES} must be a JSON object of export name -> folder ending in '/'")
     return Settings(source_bucket=source, destination_bucket=destination, destination_prefix=prefix,
                     source_prefix=source_prefix, destination_kms_key_arn=kms_key,
-                    function_name=environ.get(ENV_FUNCTION_NAME) or "bucket-replicator")
+                    function_name=environ.get(ENV_FUNCTION_NAME) or "bucket-replicator", latest_copies=latest)
