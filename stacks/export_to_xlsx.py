@@ -159,8 +159,8 @@ class ExportToXlsx(Construct):
         reads_secret = isinstance(auth, SecretDatabaseAuth) or hashes
         if not reads_secret and ("secretsmanager" in endpoints or secrets_endpoint_security_group is not None
                                  or secret_kms_key_arn is not None):
-            raise ValueError("with IAM database auth and no sha256 mask the export reads no secret: no Secrets "
-                             "Manager endpoint, endpoint group or secret KMS key")
+            raise ValueError("with IAM database auth the export reads no secret (and no export has a sha256 mask): "
+                             "no Secrets Manager endpoint, endpoint group or secret KMS key")
         if secret_kms_key_arn is not None and not isinstance(auth, SecretDatabaseAuth):
             raise ValueError("secret_kms_key_arn is the database secret's key: only with SecretDatabaseAuth")
         self.mask_key: secretsmanager.Secret | None = None
