@@ -29,6 +29,8 @@ META_RUN_ID = "run-id"
 #: A scheduled run's schedule name and the time Scheduler planned it for (``YYYY-MM-DDTHH:MM:SSZ``).
 META_SCHEDULE = "schedule"
 META_SCHEDULED_TIME = "scheduled-time"
+#: When the run started, UTC to the millisecond (``run_at_text``): the replicator's latest copy compares it.
+META_RUN_AT = "run-at"
 
 #: The function's event: ``{"export": NAME, "params": {NAME: VALUE}}``; a Scheduler schedule adds
 #: ``"schedule": {"name": SCHEDULE, "scheduled_time": "<aws.scheduler.scheduled-time>"}``, so a run knows why it ran.
@@ -107,6 +109,21 @@ def notice_id(scheduled_time: str, export: str, schedule: str) -> str:
 
 #: The Amazon RDS CA bundle, written by the bundler into each package that connects to the database.
 CA_BUNDLE_FILE = "rds-ca-bundle.pem"
+
+
+def run_at_text(run_at: dt.datetime) -> str:
+    """``2026-12-04T05:00:00.123Z``: sorts as the instants do (fixed width, UTC)."""
+    run_at = run_at.astimezone(dt.timezone.utc)
+    return f"{run_at:%Y-%m-%dT%H:%M:%S}.{run_at.microsecond // 1000:03d}Z"
+
+
+#: The stable name an export's newest workbook gets in the destination (``latest_copy``).
+LATEST_NAME = "latest.xlsx"
+
+
+def latest_key(destination_prefix: str, key_prefix: str, export: str) -> str:
+    """``<destination prefix><key_prefix><export>/latest.xlsx``."""
+    return destination_prefix + export_prefix(key_prefix, export) + LATEST_NAME
 
 
 def export_prefix(key_prefix: str, export: str) -> str:

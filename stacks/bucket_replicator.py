@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+from typing import Mapping, Sequence
 
 from aws_cdk import Arn, ArnFormat, Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_iam as iam
@@ -50,7 +51,10 @@ class BucketReplicator(Construct):
       detail-type; an event that cannot be published is counted in the custom metric
       ``MysqlXlsxPipeline/DeliveredEventsNotPublished`` (the copy stands);
     - alarms on any error, on any message in the failure queue and on any event not
-      published, sent to ``alarm_topic``.
+      published, sent to ``alarm_topic``;
+    - ``latest_copies`` (export name -> its folder in the source bucket, under ``source_prefix``): after each
+      copy of such an export's workbook, the replicator also keeps ``<destination_prefix><folder>latest.xlsx``,
+      replaced only by a newer run (a conditional CopyObject); the destination grant already covers that key.
 
     Raises ValueError when the destination is the source bucket or a prefix or key is malformed.
     Exposes ``function``, ``role``, ``failure_queue``, ``log_group``, ``default_bus_arn``,
@@ -73,6 +77,7 @@ class BucketReplicator(Construct):
         source_prefix: str = "",
         destination_prefix: str = "",
         destination_kms_key_arn: str | None = None,
+        latest_copies: Mapping[str, str] | None = None,
         memory_mb: int = 256,
         timeout: Duration = Duration.minutes(15),
     ) -> None:
@@ -85,6 +90,10 @@ class BucketReplicator(Construct):
             raise ValueError("destination_bucket is the source bucket: the replicator would copy the bucket onto itself")
         if destination_prefix.startswith("/") or source_prefix.startswith("/"):
             raise ValueError("source_prefix and destination_prefix must not start with '/'")
+        latest_copies = dict(latest_copies or {})
+        bad = sorted(f for f in latest_copies.values() if not f.endswith("/") or not f.startswith(source_prefix))
+        if bad:
+            raise ValueError(f"latest_copies folders must end in '/' and lie under source_prefix, got {bad}")
         if destination_kms_key_arn is not None and ":key/" not in destination_kms_key_arn:
             raise ValueError(f"destination_kms_key_arn must be a KMS key ARN (not an alias), got {destination_kms_key_arn!r}")
 
@@ -108,6 +117,7 @@ class BucketReplicator(Construct):
                 contract.ENV_DESTINATION_KMS_KEY_ARN: destination_kms_key_arn or "",
                 contract.ENV_LEDGER_TABLE: ledger.table.table_name,
                 contract.ENV_HISTORY_DAYS: str(ledger.history_days),
+                contract.ENV_LATEST_COPIES: json.dumps(dict(sorted(latest_copies.items())), separators=(",", ":")),
             },
             alarm_topic=alarm_topic,
             log_retention=log_retention,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
-from lambdas.contract import MAX_KEY_BYTES, longest_copy_key
+from lambdas.contract import MAX_KEY_BYTES, export_prefix, longest_copy_key
 from lambdas.db_bootstrap.settings import AUTH_MODES, DATABASE_RE, USER_RE
 from lambdas.export_to_xlsx import settings as export_contract
 from lambdas.export_to_xlsx.definition import (
@@ -417,6 +417,14 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
     )
     dest.done()
     for export in exports:
+        if export.latest_copy and not export_prefix(key_prefix, export.name).startswith(destination.source_prefix):
+            env.problem("destination.source_prefix", f"export {export.name!r} has latest_copy, but its workbooks "
+                                                     f"({export_prefix(key_prefix, export.name)}) are not copied "
+                                                     f"(outside {destination.source_prefix!r})")
+        if export.hashes and isinstance(database, ExistingDatabaseConfig) and database.auth == "iam":
+            env.problem(f"exports.{export.name}.mask", "sha256 masks need the mask key from Secrets Manager, which "
+                        "the export does not reach with database.mode 'existing' and auth 'iam' (no Secrets Manager "
+                        "endpoint or egress is set up for it): use redact or last4, or auth 'secret'")
         longest = longest_copy_key(destination.prefix, key_prefix, export.name)
         if len(longest.encode()) > MAX_KEY_BYTES:
             env.problem("destination.prefix", f"with key_prefix and export {export.name!r}, copies get keys of "

@@ -14,6 +14,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from aws_cdk import custom_resources as cr
 from constructs import Construct
@@ -95,13 +96,17 @@ class ExportToXlsx(Construct):
       user of that one database, reads no secret and needs no Secrets Manager endpoint or egress
       to one. :class:`SecretDatabaseAuth`: it reads that one secret (and decrypts it with
       ``secret_kms_key_arn`` through Secrets Manager only);
-    - an alarm on any error, sent to ``alarm_topic``.
+    - an alarm on any error, sent to ``alarm_topic``;
+    - when an export masks a column with ``sha256``: the environment's mask key, a secret of 64 generated
+      characters (nobody types or sees it; not rotated, as a new key changes every hash; kept with the stack's
+      data), which the role may read and nothing else of Secrets Manager; the function reaches Secrets Manager
+      as with ``SecretDatabaseAuth`` (the endpoint's group, or HTTPS to the VPC's CIDR).
 
     TLS is verified against the packaged Amazon RDS roots plus ``ca_bundle_file``'s certificates.
 
-    Exposes ``bundle`` (what its asset holds), ``function``, ``role``, ``security_group``, ``log_group``, ``rules``
-    (export name -> rule), ``schedules`` (Scheduler name -> schedule), ``scheduler_role`` (or None),
-    ``errors_alarm``, ``failure_queue``, ``failures_alarm``,
+    Exposes ``bundle`` (what its asset holds), ``mask_key`` (the secret, or None), ``function``, ``role``,
+    ``security_group``, ``log_group``, ``rules`` (export name -> rule), ``schedules`` (Scheduler name -> schedule),
+    ``scheduler_role`` (or None), ``errors_alarm``, ``failure_queue``, ``failures_alarm``,
     and the endpoints it created as ``s3_endpoint`` / ``secrets_endpoint`` (or None).
     """
 
@@ -162,12 +167,28 @@ class ExportToXlsx(Construct):
             auth_env = {contract.ENV_DB_AUTH: "secret", contract.ENV_DB_SECRET_ARN: auth.secret.secret_arn}
         else:
             raise ValueError(f"auth must be IamDatabaseAuth or SecretDatabaseAuth, got {auth!r}")
-        # An IAM token is signed without any call: nothing here reads a secret or talks to Secrets Manager.
-        reads_secret = isinstance(auth, SecretDatabaseAuth)
+        # An IAM token is signed without any call: with it only a sha256 mask's key is read from Secrets Manager.
+        hashes = any(e.hashes for e in exports)
+        reads_secret = isinstance(auth, SecretDatabaseAuth) or hashes
         if not reads_secret and ("secretsmanager" in endpoints or secrets_endpoint_security_group is not None
                                  or secret_kms_key_arn is not None):
-            raise ValueError("with IAM database auth the export reads no secret: no Secrets Manager endpoint, "
-                             "endpoint group or secret KMS key")
+            raise ValueError("with IAM database auth the export reads no secret (and no export has a sha256 mask): "
+                             "no Secrets Manager endpoint, endpoint group or secret KMS key")
+        if secret_kms_key_arn is not None and not isinstance(auth, SecretDatabaseAuth):
+            raise ValueError("secret_kms_key_arn is the database secret's key: only with SecretDatabaseAuth")
+        self.mask_key: secretsmanager.Secret | None = None
+        if hashes:
+            self.mask_key = secretsmanager.Secret(
+                self, "MaskKey",
+                description="Key of the export's sha256 column masks (HMAC-SHA256); a new value changes every hash",
+                generate_secret_string=secretsmanager.SecretStringGenerator(password_length=64,
+                                                                            exclude_punctuation=True),
+                removal_policy=removal_policy,
+            )
+            acknowledge(self.mask_key, "SMG4",
+                        "The key of keyed hashes that must stay the same across workbooks so masked columns join; "
+                        "rotating it would change every hash. It is generated at deploy and read only by the export.")
+            auth_env[contract.ENV_MASK_KEY_SECRET_ARN] = self.mask_key.secret_arn
 
         self.security_group = ec2.SecurityGroup(
             self, "SecurityGroup", vpc=vpc, allow_all_outbound=False,
@@ -251,6 +272,9 @@ class ExportToXlsx(Construct):
             self.role.add_to_policy(
                 iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[auth.secret.secret_arn])
             )
+        if self.mask_key is not None:
+            self.role.add_to_policy(
+                iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[self.mask_key.secret_arn]))
         if secret_kms_key_arn:
             self.role.add_to_policy(iam.PolicyStatement(
                 actions=["kms:Decrypt"], resources=[secret_kms_key_arn],

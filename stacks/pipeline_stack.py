@@ -14,6 +14,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
+from lambdas.contract import export_prefix
 from stacks.bucket_replicator import BucketReplicator
 from lambdas.deadline_check.settings import Deadline
 from stacks.config import EnvironmentConfig, ExistingDatabaseConfig
@@ -80,7 +81,7 @@ class PipelineStack(Stack):
         if not existing:
             # Our own VPC's Secrets Manager endpoint is the Database's (the bootstrap reads the master secret
             # through it); the export is admitted to it only if it reads a secret itself.
-            reads_secret = db.auth == "secret"
+            reads_secret = db.auth == "secret" or any(e.hashes for e in config.exports)  # a sha256 mask's key
             secrets_endpoint_group = self.database.secrets_endpoint_security_group if reads_secret else None
             self.bootstrap = DatabaseBootstrap(
                 self, "DatabaseBootstrap",
@@ -145,6 +146,7 @@ class PipelineStack(Stack):
             destination_kms_key_arn=config.destination.kms_key_arn,
             ledger=self.ledger,
             exports=[e.name for e in config.exports],
+            latest_copies={e.name: export_prefix(config.key_prefix, e.name) for e in config.exports if e.latest_copy},
             alarm_topic=self.alarm_topic,
             log_retention=retention,
             removal_policy=removal,

@@ -217,6 +217,7 @@ def test_object_key_content_type_and_metadata(env, s3):
         "export": "numbers", "rows": "7", "sheets": "1",
         "sql-sha256": hashlib.sha256(EXPORTS["numbers"]["sql"].encode()).hexdigest(),
         "sha256": hashlib.sha256(s3.get_object(Bucket=BUCKET, Key=result["key"])["Body"].read()).hexdigest(),
+        "run-at": "2026-02-03T04:05:06.789Z",  # the run's start, which the replicator's latest copy compares
     }
     assert result["sha256"] == head["Metadata"]["sha256"] and result["version_id"] == head.get("VersionId")
     assert result["bytes"] == head["ContentLength"]

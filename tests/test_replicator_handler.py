@@ -6,6 +6,7 @@ import base64
 import copy
 import hashlib
 import json
+from types import SimpleNamespace
 from pathlib import Path
 from urllib.parse import quote_plus
 
@@ -542,3 +543,101 @@ def test_no_credential_is_logged_even_at_debug(env, buckets, caplog, monkeypatch
     assert "daily/report.xlsx" in logged  # the function's own line is there
     for secret in ("Session-T0ken-Of-The-Role", "Signature", "Authorization", "testing"):
         assert secret not in logged
+
+
+# --- latest_copy: <destination prefix><key_prefix><export>/latest.xlsx -----------------------------------------
+
+LATEST = "exports/orders/latest.xlsx"
+
+
+@pytest.fixture
+def latest_env(env, monkeypatch):
+    monkeypatch.setenv(contract.ENV_LATEST_COPIES, json.dumps({"orders": "exports/orders/"}))
+    replicator.runtime.cache_clear()
+
+
+def put_run(s3, run_at: str, body: bytes) -> tuple[str, str]:
+    """A workbook of export orders as the export uploads it: its key from the run's time, run-at in its metadata."""
+    key = f"exports/orders/2026/12/04/orders-{run_at.replace('-', '').replace(':', '')}.xlsx"
+    version = put(s3, key, body, Metadata={"export": "orders", "run-at": run_at})
+    return key, version
+
+
+def test_latest_is_never_replaced_by_an_older_run_delivered_later(latest_env, buckets):
+    # Given two runs of orders whose deliveries are processed in reverse order (the newer run finished first)
+    older = put_run(buckets, "2026-12-04T05:00:00.000Z", b"older run")
+    newer = put_run(buckets, "2026-12-04T06:00:00.000Z", b"newer run")
+    # When the newer one is delivered, then the older one
+    replicator.handler(event_for(newer), None)
+    replicator.handler(event_for(older), None)
+    # Then latest.xlsx holds the newer run, with the metadata every copy carries, and both dated copies exist
+    assert body(buckets, DESTINATION, LATEST) == b"newer run"
+    head = buckets.head_object(Bucket=DESTINATION, Key=LATEST)
+    assert head["Metadata"]["run-at"] == "2026-12-04T06:00:00.000Z"
+    assert head["Metadata"]["source-key"] == newer[0] and head["ContentType"] == XLSX
+    assert sorted(destination_keys(buckets)) == sorted([older[0], newer[0], LATEST])
+    # And in order, the newer one replaces the older one
+    buckets.delete_object(Bucket=DESTINATION, Key=LATEST)
+    replicator.handler(event_for(older), None)
+    assert body(buckets, DESTINATION, LATEST) == b"older run"
+    replicator.handler(event_for(newer), None)
+    assert body(buckets, DESTINATION, LATEST) == b"newer run"
+
+
+def test_latest_is_only_kept_for_exports_that_ask_and_under_the_destination_prefix(latest_env, buckets, monkeypatch):
+    monkeypatch.setenv(contract.ENV_DESTINATION_PREFIX, "incoming/")
+    replicator.runtime.cache_clear()
+    other = "exports/customers/2026/12/04/customers-x.xlsx"
+    put(buckets, other, b"c", Metadata={"export": "customers", "run-at": "2026-12-04T05:00:00.000Z"})
+    by_hand = "exports/orders/by-hand.xlsx"  # in the folder, but no run-at: not a run of the export
+    put(buckets, by_hand, b"h", Metadata={"export": "orders"})
+    replicator.handler(event_for((other, None), (by_hand, None)), None)
+    assert destination_keys(buckets) == sorted(["incoming/" + by_hand, "incoming/" + other])
+    run = put_run(buckets, "2026-12-04T05:00:00.000Z", b"run")
+    replicator.handler(event_for(run), None)
+    assert body(buckets, DESTINATION, "incoming/" + LATEST) == b"run"
+
+
+def test_latest_is_written_conditionally_and_a_race_with_a_newer_run_is_lost_to_it(latest_env, buckets):
+    """S3 writes a copy only if ``If-None-Match: *`` finds no object, or ``If-Match`` the same ETag, else answers 412
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html; CopyObject takes both headers,
+    https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html). moto 5.2.5 does not evaluate them on
+    CopyObject, so a hook answers as S3 does from the state of the key when the request is sent."""
+    s3 = replicator.runtime().s3
+    sent, raced = [], []
+
+    def conditional_copy(params, **kwargs):
+        # before-call: a returned answer stands for the service's and the request is not sent (before-send
+        # handlers all run, moto's too, which would write the object whatever this one answered)
+        if not params["url_path"].endswith(LATEST):
+            return None
+        headers = {k.lower(): v for k, v in params["headers"].items()}
+        sent.append({k: headers[k] for k in ("if-match", "if-none-match") if k in headers})
+        if not raced:  # another run, newer, finishes between this run's read and its write
+            raced.append(1)
+            buckets.put_object(Bucket=DESTINATION, Key=LATEST, Body=b"racing newer run",
+                               Metadata={"run-at": "2026-12-04T07:00:00.000Z"})
+        try:
+            etag = buckets.head_object(Bucket=DESTINATION, Key=LATEST)["ETag"]
+        except Exception:  # noqa: BLE001 - no object
+            etag = None
+        if ("if-none-match" in headers and etag is not None) or (
+                "if-match" in headers and headers["if-match"] != etag):
+            error = {"Code": "PreconditionFailed", "Message": "At least one of the pre-conditions did not hold"}
+            return SimpleNamespace(status_code=412, headers={}), {
+                "Error": error, "ResponseMetadata": {"HTTPStatusCode": 412}}
+        return None
+
+    s3.meta.events.register_first("before-call.s3.CopyObject", conditional_copy)
+    run = put_run(buckets, "2026-12-04T06:00:00.000Z", b"this run")
+    replicator.handler(event_for(run), None)
+    # The first write asked for "no object yet", lost to the racing run, read again and left the newer run there
+    assert sent == [{"if-none-match": "*"}]
+    assert body(buckets, DESTINATION, LATEST) == b"racing newer run"
+    # An older latest.xlsx is replaced only if it is still the one read (If-Match with its ETag)
+    buckets.put_object(Bucket=DESTINATION, Key=LATEST, Body=b"old", Metadata={"run-at": "2026-12-04T01:00:00.000Z"})
+    etag = buckets.head_object(Bucket=DESTINATION, Key=LATEST)["ETag"]
+    later = put_run(buckets, "2026-12-04T08:00:00.000Z", b"later run")
+    replicator.handler(event_for(later), None)
+    assert sent[-1] == {"if-match": etag}
+    assert body(buckets, DESTINATION, LATEST) == b"later run"

@@ -146,6 +146,24 @@ def workbooks(mysql, tmp_path_factory) -> list[Workbook]:
         parts.expected[name] = [_header(columns), *rows[2 * i:2 * i + 2]]
     parts.expected["Totals"] = [_header(["total"]), *totals]
     books.append(parts)
+    # 3. Excel Tables: continuation sheets, header names a table cannot hold as they are, sheet names that are not
+    #    valid table names, an empty result; then an About sheet.
+    tables = Workbook(out / "tables.xlsx")
+    writer = XlsxStreamWriter(tables.path, max_rows_per_sheet=2, table_style="TableStyleLight9")
+    columns, rows = _write_sheet(writer, conns, "Orders & more", f"SELECT * FROM {ROWS_TABLE} ORDER BY n")
+    for i, name in enumerate(["Orders & more", "Orders & more (2)", "Orders & more (3)"]):
+        tables.expected[name] = [_header(columns), *rows[2 * i:2 * i + 2]]
+    sql = f"SELECT n AS `a`, n AS `A`, '' AS `x`, amount AS `line\nbreak` FROM {ROWS_TABLE} WHERE n = 1"
+    columns, rows = _write_sheet(writer, conns, "R1C1", sql)
+    tables.expected["R1C1"] = [_header(["a", "A2", "x", "line break"]), *rows]
+    _, empty = _write_sheet(writer, conns, "A1", f"SELECT n, at FROM {ROWS_TABLE} WHERE n < 0")
+    tables.expected["A1"] = [_header(["n", "at"])]
+    about = [("Export", "tables"), ("Rows in Orders & more", 5), ("Object key", "exports/t/2026/t.xlsx")]
+    assert writer.add_about(about) == "About"
+    writer.close()
+    tables.expected["About"] = [[Expected("text", k), Expected("number", v) if isinstance(v, int)
+                                 else Expected("text", v)] for k, v in about]
+    books.append(tables)
 
     with conn.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {TABLE}")
@@ -266,6 +284,72 @@ def schemas() -> dict[str, etree.XMLSchema]:
     return {name: etree.XMLSchema(etree.parse(str(XSD / name))) for _, name in SCHEMA_OF_PART}
 
 
+# --- Excel Tables, read back by the readers that know them -----------------------------------------------
+
+#: The tables of tables.xlsx: name -> (sheet, range, column names). Each continuation sheet has its own table; the
+#: empty result's table spans its header and one empty row (Excel needs a data row in a table).
+TABLES = {
+    "Orders___more": ("Orders & more", "A1:C3", ["n", "amount", "at"]),
+    "Orders___more_2": ("Orders & more (2)", "A1:C3", ["n", "amount", "at"]),
+    "Orders___more_3": ("Orders & more (3)", "A1:C2", ["n", "amount", "at"]),
+    "_R1C1": ("R1C1", "A1:D2", ["a", "A2", "x", "line break"]),
+    "_A1": ("A1", "A1:B2", ["n", "at"]),
+}
+
+
+def _book(workbooks, name: str) -> Workbook:
+    return next(w for w in workbooks if w.path.name == name)
+
+
+def test_openpyxl_reads_each_sheets_table_and_no_auto_filter_beside_it(workbooks):
+    import openpyxl
+
+    book = openpyxl.load_workbook(_book(workbooks, "tables.xlsx").path)
+    found = {}
+    for ws in book:
+        assert ws.auto_filter.ref is None, f"{ws.title}: a sheet with a table has no auto-filter of its own"
+        for t in ws.tables.values():
+            found[t.name] = (ws.title, t.ref, [c.name for c in t.tableColumns])
+            assert t.displayName == t.name and t.tableStyleInfo.name == "TableStyleLight9"
+            assert t.autoFilter.ref == t.ref and t.tableStyleInfo.showRowStripes
+    assert found == TABLES
+    assert not book["About"].tables
+    # Sheets without tables keep their auto-filter
+    sheets = openpyxl.load_workbook(_book(workbooks, "sheets.xlsx").path)
+    assert all(ws.auto_filter.ref and not ws.tables for ws in sheets)
+
+
+def test_calamine_reads_each_table_by_name_with_its_rows(workbooks):
+    from python_calamine import CalamineWorkbook
+
+    book = CalamineWorkbook.from_path(str(_book(workbooks, "tables.xlsx").path), load_tables=True)
+    assert sorted(book.table_names) == sorted(TABLES)
+    orders = [book.get_table_by_name(n) for n in ("Orders___more", "Orders___more_2", "Orders___more_3")]
+    assert [t.sheet for t in orders] == ["Orders & more", "Orders & more (2)", "Orders & more (3)"]
+    assert [row[0] for t in orders for row in t.to_python()] == [1, 2, 3, 4, 5]
+    assert book.get_table_by_name("_R1C1").columns == ["a", "A2", "x", "line break"]
+
+
+def test_libreoffice_keeps_every_table_when_it_saves_the_workbook_again(workbooks, tmp_path):
+    # LibreOffice imports a table as a database range and writes it back as a table: its re-save holds the same
+    # names, ranges and columns
+    if xlsx_readers.soffice() is None:
+        pytest.skip(f"LibreOffice (soffice) is not installed: `{LIBREOFFICE_INSTALL}`")
+    import subprocess
+
+    source = _book(workbooks, "tables.xlsx").path
+    subprocess.run([xlsx_readers.soffice(), f"-env:UserInstallation={(tmp_path / 'profile').as_uri()}", "--headless",
+                    "--norestore", "--convert-to", "xlsx:Calc MS Excel 2007 XML", "--outdir", str(tmp_path / "out"),
+                    str(source)], capture_output=True, timeout=300, check=True)
+    saved = {}
+    with zipfile.ZipFile(tmp_path / "out" / source.name) as z:
+        for part in z.namelist():
+            if part.startswith("xl/tables/"):
+                table = etree.fromstring(z.read(part))
+                saved[table.get("name")] = (table.get("ref"), [c.get("name") for c in table.iterfind("{*}tableColumns/{*}tableColumn")])
+    assert saved == {name: (ref, columns) for name, (_, ref, columns) in TABLES.items()}
+
+
 def test_every_part_of_every_workbook_is_valid_against_the_iso_schemas(workbooks, schemas):
     checked = 0
     for book in workbooks:
@@ -285,3 +369,6 @@ def test_every_part_of_every_workbook_is_valid_against_the_iso_schemas(workbooks
                 assert schema.validate(doc), f"{book.path.name} {part}: {schema.error_log.last_error}"
                 checked += 1
     assert checked >= 2 * 6  # every workbook has at least six parts
+    with zipfile.ZipFile(_book(workbooks, "tables.xlsx").path) as z:  # sml.xsd's CT_Table checked each of them
+        assert sorted(p for p in z.namelist() if p.startswith("xl/tables/")) == [
+            f"xl/tables/table{i}.xml" for i in range(1, len(TABLES) + 1)]

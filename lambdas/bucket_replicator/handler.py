@@ -135,6 +135,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
                 "outcome": outcome.outcome, "destination_key": outcome.destination_key,
                 "sha256": outcome.checksum.sha256 if outcome.checksum else None, "ledger": ledger,
                 "ms": round((time.monotonic() - started) * 1000), **event}
+        if outcome.latest is not None:
+            line["latest"] = outcome.latest
         (log.error if "event_error" in event or ledger == "not written" else log.info)(json.dumps(line))
     if failed:
         raise ReplicationError(f"{len(failed)} object(s) not copied: " + "; ".join(str(f) for f in failed))

@@ -73,6 +73,8 @@ class Outcome:
     checksum: Checksum | None = None  # what the copy was verified against
     destination_version: str | None = None
     last_modified: Any = None  # the source object's
+    #: What happened to the export's latest.xlsx (None: the export keeps none).
+    latest: str | None = None
 
 
 def _error_code(exc: ClientError) -> str:
@@ -158,11 +160,6 @@ def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: Tr
     source_metadata = dict(head.get("Metadata", {}))
     done = dict(metadata=source_metadata, checksum=expected, last_modified=head.get("LastModified"))
 
-    existing = _already_copied(s3, settings.destination_bucket, destination_key, version, etag, size, expected)
-    if existing is not None:
-        return Outcome(request.key, version, size, "already-copied", destination_key,
-                       destination_version=existing, **done)
-
     metadata = dict(source_metadata)
     metadata.update({
         META_SOURCE_BUCKET: settings.source_bucket,
@@ -184,6 +181,14 @@ def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: Tr
     if version:
         source["VersionId"] = version  # pin what we read, even if the event carried no version
     target = f"s3://{settings.destination_bucket}/{destination_key}"
+    # The latest copy follows the same rule as every copy: S3 computes its checksum with the expected algorithm.
+    latest_extra = {**extra, "ChecksumAlgorithm": expected.algorithm}
+    existing = _already_copied(s3, settings.destination_bucket, destination_key, version, etag, size, expected)
+    if existing is not None:
+        # A retry after a failed latest copy completes it; otherwise the latest copy finds itself up to date.
+        latest = keep_latest(s3, settings, request.key, source, size, metadata, latest_extra)
+        return Outcome(request.key, version, size, "already-copied", destination_key,
+                       destination_version=existing, latest=latest, **done)
     try:
         if size < transfer.multipart_threshold:
             # One request: S3 computes the copy's full-object checksum with the expected algorithm.
@@ -210,8 +215,59 @@ def replicate(s3: Any, request: CopyRequest, settings: Settings, *, transfer: Tr
     if not same:
         raise CopyFailed(request.key, f"the copy {target} has checksum {found}, not the workbook's "
                                       f"{expected.algorithm} {expected.value} ({expected.origin}): bytes changed")
+    latest = keep_latest(s3, settings, request.key, source, size, metadata, latest_extra)
     return Outcome(request.key, version, size, "copied", destination_key,
-                   destination_version=copy_head.get("VersionId") or copied_version, **done)
+                   destination_version=copy_head.get("VersionId") or copied_version, latest=latest, **done)
+
+
+#: CopyObject copies at most 5 GB in one request; a conditional write needs one request.
+MAX_SINGLE_COPY_BYTES = 5 * 10**9
+#: Conditional writes lost to another run's copy before this one gives up (each loss re-reads latest.xlsx).
+LATEST_ATTEMPTS = 5
+#: S3's answers when a conditional write's condition fails (412) or another write raced it (409):
+#: https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html
+CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
+def keep_latest(s3: Any, settings: Settings, key: str, source: dict, size: int, metadata: dict[str, str],
+                extra: dict[str, Any]) -> str | None:
+    """Copy the workbook to its export's ``latest.xlsx`` unless the one there is from the same or a newer run.
+
+    Newer means a later ``run-at`` (the run's start, in the metadata the export writes and every copy carries).
+    The copy is a conditional CopyObject: ``If-None-Match: *`` when there is no latest.xlsx yet, ``If-Match``
+    with the ETag just read otherwise, so a run that finishes at the same moment cannot slip in between the
+    read and the write; a lost race reads again and decides again. Returns what happened (for the log line)."""
+    export = metadata.get(contract.META_EXPORT)
+    folder = settings.latest_copies.get(export) if export else None
+    if folder is None:
+        return None
+    run_at = metadata.get(contract.META_RUN_AT)
+    if not key.startswith(folder) or not run_at:
+        return "not kept: not the export's own workbook (outside its folder or without run-at)"
+    latest = settings.destination_prefix + folder + contract.LATEST_NAME
+    if size > MAX_SINGLE_COPY_BYTES:
+        raise CopyFailed(key, f"cannot keep it as s3://{settings.destination_bucket}/{latest}: over 5 GB, more than "
+                              "one conditional CopyObject copies")
+    for _ in range(LATEST_ATTEMPTS):
+        try:
+            there = s3.head_object(Bucket=settings.destination_bucket, Key=latest)
+        except ClientError as exc:
+            if _error_code(exc) not in ("404", "NoSuchKey", "403", "AccessDenied"):  # 403: missing, no ListBucket
+                raise CopyFailed(key, f"cannot read s3://{settings.destination_bucket}/{latest}: "
+                                      f"{_error_code(exc)}") from None
+            there = None
+        if there is not None and there.get("Metadata", {}).get(contract.META_RUN_AT, "") >= run_at:
+            return f"not kept: {latest} is from the same or a newer run"
+        condition = {"IfMatch": there["ETag"]} if there is not None else {"IfNoneMatch": "*"}
+        try:
+            s3.copy_object(CopySource=source, Bucket=settings.destination_bucket, Key=latest, **extra, **condition)
+        except ClientError as exc:
+            if _error_code(exc) in CONDITION_FAILED:
+                continue  # another run wrote latest.xlsx in between: look again
+            raise CopyFailed(key, f"copy to s3://{settings.destination_bucket}/{latest} failed: "
+                                  f"{_error_code(exc)}") from None
+        return f"kept as {latest}"
+    raise CopyFailed(key, f"{latest} changed {LATEST_ATTEMPTS} times while this copy tried to replace it")
 
 
 def _already_copied(s3: Any, bucket: str, key: str, version: str | None, etag: str, size: int,

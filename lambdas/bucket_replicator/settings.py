@@ -7,7 +7,8 @@ Stdlib only: imported by the stack at synth time and by the function at cold sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..contract import EVENT_SOURCE, METRIC_NAMESPACE, SUFFIXES, is_replicated  # noqa: F401  (named once, in the contract)
@@ -20,10 +21,13 @@ ENV_DESTINATION_KMS_KEY_ARN = "DESTINATION_KMS_KEY_ARN"
 #: The run ledger's DynamoDB table, and how many days an item of a workbook put in by hand is kept.
 ENV_LEDGER_TABLE = "LEDGER_TABLE"
 ENV_HISTORY_DAYS = "HISTORY_DAYS"
+#: JSON object: export name -> its folder in the source bucket (``<key_prefix><export>/``), for every export
+#: with ``latest_copy``; their newest workbook is also kept as ``<destination prefix><folder>latest.xlsx``.
+ENV_LATEST_COPIES = "LATEST_COPIES"
 
 #: Every variable the function reads; the stack must set exactly these.
 ENV_NAMES = frozenset({ENV_SOURCE_BUCKET, ENV_DESTINATION_BUCKET, ENV_DESTINATION_PREFIX, ENV_SOURCE_PREFIX,
-                       ENV_DESTINATION_KMS_KEY_ARN, ENV_LEDGER_TABLE, ENV_HISTORY_DAYS})
+                       ENV_DESTINATION_KMS_KEY_ARN, ENV_LEDGER_TABLE, ENV_HISTORY_DAYS, ENV_LATEST_COPIES})
 
 #: Sent with every copy: the destination bucket's owner gets full control (and owns the object
 #: where its Object Ownership is "bucket owner preferred"); buckets with ACLs disabled accept it too.
@@ -53,6 +57,8 @@ class Settings:
     function_name: str = "bucket-replicator"
     ledger_table: str = ""
     history_days: int = 400
+    #: export name -> its folder in the source bucket (``ENV_LATEST_COPIES``)
+    latest_copies: Mapping[str, str] = field(default_factory=dict)
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -80,7 +86,15 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     history_raw = environ[ENV_HISTORY_DAYS]
     if not history_raw.isdigit() or int(history_raw) < 1:
         raise ConfigurationError(f"{ENV_HISTORY_DAYS} must be a whole number of days (1 or more), got {history_raw!r}")
+    try:
+        latest = json.loads(environ.get(ENV_LATEST_COPIES) or "{}")
+    except ValueError:
+        latest = None
+    if not isinstance(latest, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.endswith("/")
+                                               for k, v in latest.items()):
+        raise ConfigurationError(f"{ENV_LATEST_COPIES} must be a JSON object of export name -> folder ending in '/'")
     return Settings(source_bucket=source, destination_bucket=destination, destination_prefix=prefix,
                     source_prefix=source_prefix, destination_kms_key_arn=kms_key,
                     function_name=environ.get(ENV_FUNCTION_NAME) or "bucket-replicator",
-                    ledger_table=environ[ENV_LEDGER_TABLE], history_days=int(history_raw))
+                    ledger_table=environ[ENV_LEDGER_TABLE], history_days=int(history_raw),
+                    latest_copies=latest)

@@ -12,6 +12,9 @@ An export is written once, in an environment's ``exports`` list in ``cdk.json``:
 - ``schedules``: ``[{"name", "cron" | "rate", "time_zone", "params", "deliver_within_minutes"}]``,
   EventBridge Scheduler schedules in a time zone (default: the export's), each with its own
   parameter values (checked with the function's parser) and an optional delivery deadline.
+- ``table`` (``true`` or an Excel table style name: each sheet an Excel Table), ``about_sheet`` (``true``: a
+  last sheet "About" with the run's facts), ``mask`` (column -> ``sha256``, ``redact`` or ``last4``),
+  ``latest_copy`` (``true``: the replicator keeps ``<export>/latest.xlsx`` in the destination; synth only).
 
 Config reads each entry with :func:`read_export` and the stack puts :func:`encode_exports` of the
 result into the function's ``EXPORTS`` variable: the same field names, always in the ``sheets``
@@ -46,6 +49,13 @@ EXPORT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SHEET_NAME_FORBIDDEN = set("[]:*?/\\")
 #: Excel's limit on a sheet name; the writer's continuation sheets (``name (2)``) keep within it too.
 SHEET_NAME_MAX = 31
+#: Excel's built-in table styles (Home > Format as Table): Light 1-21, Medium 1-28, Dark 1-11.
+TABLE_STYLES = frozenset([f"TableStyleLight{i}" for i in range(1, 22)] + [f"TableStyleMedium{i}" for i in range(1, 29)]
+                         + [f"TableStyleDark{i}" for i in range(1, 12)])
+DEFAULT_TABLE_STYLE = "TableStyleMedium2"
+#: ``sha256``: hex of HMAC-SHA256 with the environment's mask key; ``redact``: an empty cell; ``last4``: every
+#: character but the last four replaced.
+MASKS = ("sha256", "redact", "last4")
 
 SCHEDULE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 #: EventBridge Scheduler's limit on a schedule's name (``<export>.<schedule>``).
@@ -228,12 +238,26 @@ class ExportDefinition:
     #: Column name -> Excel number format code, for number and date cells of that column in every sheet.
     formats: Mapping[str, str] = field(default_factory=dict)
     on_empty: str = "upload"
-    #: An EventBridge schedule expression (UTC); used by the stack only, not sent to the function.
+    #: An EventBridge schedule expression (UTC); used by the stack, sent to the function only for the About sheet.
     schedule: str | None = None
     #: EventBridge Scheduler schedules in a time zone; used by the stack only, not sent to the function.
     schedules: tuple[ScheduleDefinition, ...] = ()
     #: The server stops a sheet's query after this many seconds (None: the function's time left, less a margin).
     max_query_seconds: int | None = None
+    #: The Excel table style of every sheet's table (None: no tables, an auto-filter instead).
+    table: str | None = None
+    #: A last sheet "About" with the export's name, schedule, parameters, run time, rows, SQL digest and key.
+    about_sheet: bool = False
+    #: Column name -> one of MASKS, applied to that column on every sheet before a value reaches the writer.
+    mask: Mapping[str, str] = field(default_factory=dict)
+    #: The replicator also keeps ``<destination prefix><key prefix><export>/latest.xlsx`` (synth only: the
+    #: stack tells the replicator, the export function does not need it).
+    latest_copy: bool = False
+
+    @property
+    def hashes(self) -> bool:
+        """Some column is masked with the keyed hash: the function needs the environment's mask key."""
+        return "sha256" in self.mask.values()
 
     @classmethod
     def single(cls, name: str, sql: str, sheet_name: str | None = None, **fields: Any) -> "ExportDefinition":
@@ -260,6 +284,14 @@ class ExportDefinition:
             body["on_empty"] = self.on_empty
         if self.max_query_seconds is not None:
             body["max_query_seconds"] = self.max_query_seconds
+        if self.table is not None:
+            body["table"] = True if self.table == DEFAULT_TABLE_STYLE else self.table
+        if self.about_sheet:
+            body["about_sheet"] = True
+            if self.schedule is not None:
+                body["schedule"] = self.schedule  # shown on the About sheet
+        if self.mask:
+            body["mask"] = dict(self.mask)
         return body
 
 
@@ -561,11 +593,43 @@ def _read_schedules(r: Reader, export: str, parameters: tuple[ParameterDefinitio
     return tuple(out)
 
 
+def _read_table(r: Reader) -> str | None:
+    raw = r.raw("table")
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return DEFAULT_TABLE_STYLE
+    if isinstance(raw, str) and raw in TABLE_STYLES:
+        return raw
+    r.problem("table", f"{shown(raw)} is not true, false or one of Excel's table styles (TableStyleLight1-21, "
+                       f"TableStyleMedium1-28, TableStyleDark1-11)")
+    return None
+
+
+def _read_mask(r: Reader) -> dict[str, str]:
+    raw = r.raw("mask")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or not raw:
+        r.problem("mask", 'expected an object of column name -> mask, like {"email": "sha256"}')
+        return {}
+    out = {}
+    for column, how in raw.items():
+        if not column:
+            r.problem("mask", "a column name must not be empty")
+        elif how not in MASKS:
+            r.problem(f"mask.{column}", f"{shown(how)} is not one of {', '.join(MASKS)}")
+        else:
+            out[column] = how
+    return out
+
+
 def read_export(r: Reader, root: Path, *, wire: bool = False) -> ExportDefinition | None:
     """One export from its JSON object; None when it has problems (recorded in ``r``).
 
     ``root`` is where ``sql/...`` files are read from. ``wire``: the form in ``EXPORTS``, whose
-    SQL files carry the digest of the SQL synth checked and which has no schedule."""
+    SQL files carry the digest of the SQL synth checked, with a schedule only for the About sheet and no
+    ``latest_copy`` (the replicator's business)."""
     before = len(r.problems)
     name = r.str("name", required=True, check=is_export_name, expect=f"an export name: {EXPORT_NAME_RULE}")
     sheets = _read_sheets(r, root, name or "?", wire)
@@ -574,8 +638,12 @@ def read_export(r: Reader, root: Path, *, wire: bool = False) -> ExportDefinitio
     formats = _read_formats(r)
     on_empty = r.str("on_empty", "upload", check=ON_EMPTY.__contains__, expect=f"one of {', '.join(ON_EMPTY)}")
     max_query = r.int("max_query_seconds", None, 1, 900)
-    schedule = None if wire else r.str("schedule")
+    schedule = r.str("schedule")  # in EXPORTS only with about_sheet, which shows it
     schedules = () if wire else _read_schedules(r, name or "?", parameters, tz)
+    table = _read_table(r)
+    about_sheet = r.bool("about_sheet", False)
+    mask = _read_mask(r)
+    latest_copy = False if wire else r.bool("latest_copy", False)
     if schedule is not None:
         problem = validate_schedule(schedule)
         if problem:
@@ -597,7 +665,8 @@ def read_export(r: Reader, root: Path, *, wire: bool = False) -> ExportDefinitio
         return None
     return ExportDefinition(name=name, sheets=sheets, parameters=parameters, time_zone=tz, formats=formats,
                             on_empty=on_empty, schedule=schedule, schedules=schedules,
-                            max_query_seconds=max_query)
+                            max_query_seconds=max_query, table=table, about_sheet=about_sheet, mask=mask,
+                            latest_copy=latest_copy)
 
 
 def export_from(raw: Mapping[str, Any], root: Path, path: str = "export") -> ExportDefinition:

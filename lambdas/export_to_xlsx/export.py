@@ -20,6 +20,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from . import params as params_module
 from .. import contract
 from .credentials import CredentialSource
+from . import masks
+from .columns import ANY
 from .database import (Endpoint, LoginFailed, QueryStream, StatementTimeLimit, begin_snapshot, configure_session,
                        connect, end_snapshot)
 from .errors import ExportError
@@ -110,6 +112,7 @@ def run_export(
     run_id: str | None = None,
     transfer: TransferConfig | None = None,
     scheduled: ScheduledRun | None = None,
+    mask_key: Callable[[], bytes] | None = None,
 ) -> dict[str, Any]:
     """Export ``export`` with the run-time ``params`` and return what was uploaded (or skipped).
 
@@ -119,7 +122,8 @@ def run_export(
     (so a replayed run reads the day it was planned for). On any failure nothing is uploaded and no
     file is left; the ExportError raised then carries the resolved parameters (``params``, when they
     were resolved) for the run's ledger item. ``run_id`` is recorded in the workbook's metadata, so
-    the replicator finds the run's ledger item."""
+    the replicator finds the run's ledger item. ``mask_key`` gives the HMAC key of ``sha256`` masks (called
+    only by an export that has one)."""
     started = time.monotonic()
     run_at = now()
     values = resolve_parameters(export, params, scheduled.scheduled_time if scheduled else run_at)
@@ -128,7 +132,7 @@ def run_export(
         return _run(export, endpoint=endpoint, secrets=secrets, s3=s3, target=target, values=values,
                     recorded=recorded, remaining_seconds=remaining_seconds, temp_dir=temp_dir,
                     max_rows_per_sheet=max_rows_per_sheet, run_at=run_at, started=started, run_id=run_id,
-                    transfer=transfer or TRANSFER, scheduled=scheduled)
+                    transfer=transfer or TRANSFER, scheduled=scheduled, mask_key=mask_key)
     except ExportError as exc:
         exc.params = recorded  # type: ignore[attr-defined]
         raise
@@ -137,7 +141,8 @@ def run_export(
 def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSource, s3: Any, target: Target,
          values: dict[str, Any], recorded: dict[str, str], remaining_seconds: Callable[[], float],
          temp_dir: Path | None, max_rows_per_sheet: int, run_at: dt.datetime, started: float,
-         run_id: str | None, transfer: TransferConfig, scheduled: ScheduledRun | None) -> dict[str, Any]:
+         run_id: str | None, transfer: TransferConfig, scheduled: ScheduledRun | None,
+         mask_key: Callable[[], bytes] | None) -> dict[str, Any]:
     # S3 user metadata is ASCII and at most 2 KB per object, copies included: the values as JSON with
     # non-ASCII characters escaped, checked before any row is read.
     recorded_json = json.dumps(recorded, separators=(",", ":"), ensure_ascii=True) if recorded else None
@@ -157,6 +162,9 @@ def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSou
     stream = None
     rows_before = 0
     limit = query_time_limit(export)
+    mask_counts: dict[str, int] = {}
+    columns_seen: set[str] = set()
+    rows_per_sheet: list[int] = []
 
     def check_deadline() -> None:
         if remaining_seconds() < DEADLINE_RESERVE_SECONDS:
@@ -173,16 +181,21 @@ def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSou
             begin_snapshot(connection, export=export.name)
             writer = XlsxStreamWriter(
                 path, formats=export.formats, reserved_names=[s.name for s in export.sheets],
-                max_rows_per_sheet=max_rows_per_sheet, check=check_deadline,
+                max_rows_per_sheet=max_rows_per_sheet, check=check_deadline, table_style=export.table,
             )
             for sheet in export.sheets:
                 try:
                     stream = QueryStream(connection, sheet.sql, export=export.name, params=values or None,
                                          sheet=sheet.name if len(export.sheets) > 1 else None)
-                    writer.start_sheet(sheet.name, stream.columns, stream.types)
+                    columns_seen.update(stream.columns)
+                    masker = masks.Masker(export.mask, stream.columns, mask_key, mask_counts)
+                    # A masked column's values are text now: the reference path encodes them, not its type's
+                    # encoder.
+                    types = [ANY if i in masker.masked else t for i, t in enumerate(stream.types)]
+                    writer.start_sheet(sheet.name, stream.columns, types)
                     try:
                         for batch in stream.batches():
-                            writer.write_rows(batch)
+                            writer.write_rows(masker.rows(batch) if masker else batch)
                     except BaseException:
                         stream.abandon()  # do not drain the rest of the result over the network
                         raise
@@ -192,8 +205,15 @@ def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSou
                         f"(max_query_seconds) and the server stopped it; nothing was uploaded") from None
                 stream.close()
                 rows_before += stream.rows_read
+                rows_per_sheet.append(stream.rows_read)
                 stream = None
             end_snapshot(connection)
+            unmasked = masks.unmatched(export.mask, columns_seen)
+            if unmasked:  # a typo would otherwise send the column unmasked
+                raise ExportError(f"export {export.name!r}: mask names column(s) {', '.join(map(repr, unmasked))} "
+                                  f"that no sheet has (columns: {', '.join(sorted(columns_seen))})")
+            if export.about_sheet:
+                writer.add_about(about_rows(export, recorded, run_at, rows_per_sheet, key, scheduled))
             workbook = writer.close()
         finally:
             connection.close()
@@ -206,6 +226,7 @@ def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSou
                 contract.META_SHEETS: str(workbook.sheets),
                 contract.META_SQL_SHA256: sql_digest(export),
                 contract.META_SHA256: workbook.sha256,
+                contract.META_RUN_AT: contract.run_at_text(run_at),
             }
             if run_id:
                 metadata[contract.META_RUN_ID] = run_id
@@ -249,9 +270,34 @@ def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSou
     unmatched = sorted(set(export.formats) - writer.formats_used)
     if unmatched:
         result["formats_unmatched"] = unmatched  # a format names a column no sheet has: say so, do not fail
-    if writer.counts.as_dict():
-        result["values_changed"] = writer.counts.as_dict()
+    changed = {**writer.counts.as_dict(), **mask_counts}
+    if changed:
+        result["values_changed"] = changed
     return result
+
+
+def about_rows(export: ExportDefinition, recorded: dict[str, str], run_at: dt.datetime, rows_per_sheet: list[int],
+               key: str, scheduled: ScheduledRun | None) -> list[tuple[str, object]]:
+    """The About sheet: what the export is and what this run did. Only the export's definition and the run's
+    own facts: nothing of the environment (no database host, user, secret or bucket); parameter values as the
+    run records them (a sensitive one as its digest)."""
+    local = run_at.astimezone(params_module.time_zone(export.time_zone))
+    if scheduled is not None:
+        why = f"schedule {scheduled.name}, planned for {scheduled.time_text}"
+    else:
+        why = f"invoked (its UTC schedule: {export.schedule})" if export.schedule else "invoked"
+    rows: list[tuple[str, object]] = [("Export", export.name), ("Trigger", why)]
+    rows += [(f"Parameter {name}", value) for name, value in recorded.items()]
+    rows += [
+        ("Run started (UTC)", run_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"),
+        (f"Run started ({export.time_zone})",
+         local.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " " + local.strftime("%Z (UTC%z)")),
+    ]
+    rows += [(f"Rows in {sheet.name}", n) for sheet, n in zip(export.sheets, rows_per_sheet)]
+    rows += [("SQL SHA-256", sql_digest(export)), ("Object key", key)]
+    if export.mask:
+        rows.append(("Masked columns", ", ".join(f"{c} ({how})" for c, how in sorted(export.mask.items()))))
+    return rows
 
 
 def _connect(endpoint: Endpoint, secrets: CredentialSource):

@@ -25,6 +25,7 @@ from ..contract import (CA_BUNDLE_FILE, EVENT_EXPORT, EVENT_KEYS, EVENT_PARAMS, 
                         SCHEDULE_NAME, SCHEDULE_TIME, SCHEDULED_TIME_FORMAT, TRIGGERS)
 from ..ledger import Ledger, iso
 from .definition import SCHEDULE_NAME_RE, ExportDefinition
+from .masks import MaskKey
 from .params import recorded, shown
 from .settings import Settings, load_settings
 
@@ -66,6 +67,7 @@ class Runtime:
     s3: Any
     target: Target
     ledger: Ledger
+    mask_key: MaskKey | None = None
 
 
 @functools.cache
@@ -81,6 +83,8 @@ def runtime() -> Runtime:
         target=Target(settings.source_bucket, settings.key_prefix),
         ledger=Ledger(dynamodb_client(), settings.ledger_table, function_name=settings.function_name,
                       history_days=settings.history_days),
+        # Read on first use, by an export with a sha256 mask only.
+        mask_key=MaskKey(secrets_client, settings.mask_key_secret_arn) if settings.mask_key_secret_arn else None,
     )
 
 
@@ -211,7 +215,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         try:
             result = run_export(export, endpoint=rt.endpoint, secrets=rt.secrets, s3=rt.s3, target=rt.target,
                                 params=given, remaining_seconds=remaining, temp_dir=temp_dir,
-                                now=lambda: started, run_id=run, scheduled=scheduled)
+                                now=lambda: started, run_id=run, scheduled=scheduled, mask_key=rt.mask_key)
         except ExportError as exc:
             failed = {"export": export.name, "run_id": run, "outcome": "failed", "error": str(exc)}
             if scheduled is not None:

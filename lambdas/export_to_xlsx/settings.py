@@ -29,6 +29,8 @@ ENV_LEDGER_TABLE = "LEDGER_TABLE"
 ENV_HISTORY_DAYS = "HISTORY_DAYS"
 #: Set by Lambda itself; names the function in the ledger-failure metric.
 ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
+#: The secret holding the environment's mask key; set only when some export has a ``sha256`` mask.
+ENV_MASK_KEY_SECRET_ARN = "MASK_KEY_SECRET_ARN"
 
 #: The variables the function reads whatever the auth mode.
 ENV_NAMES = frozenset(
@@ -53,9 +55,10 @@ ENV_LAMBDA_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 AUTH_ENV_NAMES = {"iam": frozenset({ENV_DB_USER}), "secret": frozenset({ENV_DB_SECRET_ARN})}
 
 
-def env_names(auth: str) -> frozenset[str]:
-    """Every variable the function reads in auth mode ``auth``; the stack must set exactly these."""
-    return ENV_NAMES | AUTH_ENV_NAMES[auth]
+def env_names(auth: str, hashes: bool = False) -> frozenset[str]:
+    """Every variable the function reads in auth mode ``auth`` (``hashes``: some export has a sha256 mask);
+    the stack must set exactly these."""
+    return ENV_NAMES | AUTH_ENV_NAMES[auth] | ({ENV_MASK_KEY_SECRET_ARN} if hashes else frozenset())
 
 #: ``verify``: TLS with the server certificate checked against the bundled Amazon RDS CA.
 #: ``off``: plain connection, only for local tests against a server without TLS.
@@ -87,6 +90,7 @@ class Settings:
     ledger_table: str = ""
     history_days: int = 400
     function_name: str = "export-to-xlsx"
+    mask_key_secret_arn: str | None = None
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -116,6 +120,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     prefix = environ.get(ENV_KEY_PREFIX, "")
     if prefix and not prefix.endswith("/"):
         raise ConfigurationError(f"{ENV_KEY_PREFIX} must be empty or end with '/', got {prefix!r}")
+    exports = decode_exports(environ[ENV_EXPORTS], PACKAGE_DIR, ENV_EXPORTS)
+    mask_key = environ.get(ENV_MASK_KEY_SECRET_ARN) or None
+    hashing = sorted(e.name for e in exports.values() if e.hashes)
+    if hashing and mask_key is None:
+        raise ConfigurationError(f"{ENV_MASK_KEY_SECRET_ARN} is missing: export(s) {', '.join(hashing)} mask "
+                                 "columns with sha256, which needs the environment's mask key")
     return Settings(
         source_bucket=environ[ENV_SOURCE_BUCKET],
         key_prefix=prefix,
@@ -126,7 +136,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         db_port=int(port_raw),
         db_name=environ[ENV_DB_NAME],
         tls=tls,
-        exports=decode_exports(environ[ENV_EXPORTS], PACKAGE_DIR, ENV_EXPORTS),
+        exports=exports,
+        mask_key_secret_arn=mask_key,
         ledger_table=environ[ENV_LEDGER_TABLE],
         history_days=int(history_raw),
         function_name=environ.get(ENV_FUNCTION_NAME) or "export-to-xlsx",

@@ -342,11 +342,68 @@ class WorkbookResult:
     sha256: str = ""
 
 
+#: Excel's longest defined name, a table's name included.
+MAX_TABLE_NAME = 255
+#: A table name may not read as a cell reference: A1 style (up to three letters and a row) or R1C1 style.
+_CELL_REFERENCE_RE = re.compile(r"^(?:[A-Za-z]{1,3}[0-9]+|[Rr][0-9]*(?:[Cc][0-9]*)?|[Cc][0-9]*)$")
+#: Characters a table or column name of this writer never holds (controls; XML cannot hold some, Excel
+#: stores line breaks in column names as escapes).
+_NAME_CONTROL_RE = re.compile("[\x00-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
+ABOUT_SHEET = "About"
+
+
+def table_name(sheet: str, taken: set[str]) -> str:
+    """A valid, unused Excel table name for ``sheet`` (casefolded names in ``taken``; the result is added).
+
+    Excel's rules for names: letters, digits, ``_`` and ``.`` only (any other character becomes ``_``), starting
+    with a letter, ``_`` or ``\\``, not a cell reference (``A1``, ``R1C1``, ``R``, ``C``), at most 255
+    characters, unique in the workbook ignoring case (``_2``, ``_3``, ... is added)."""
+    name = "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in sheet)
+    if not name or not (name[0].isalpha() or name[0] == "_") or _CELL_REFERENCE_RE.match(name):
+        name = "_" + name
+    name = name[:MAX_TABLE_NAME]
+    candidate, n = name, 1
+    while candidate.casefold() in taken:
+        n += 1
+        suffix = f"_{n}"
+        candidate = name[: MAX_TABLE_NAME - len(suffix)] + suffix
+    taken.add(candidate.casefold())
+    return candidate
+
+
+def table_columns(columns: Sequence[str]) -> list[str]:
+    """Header names a table can hold: no control characters or edge spaces, never empty (``Column<n>``), unique
+    ignoring case (a repeated name gets ``2``, ``3``, ... as Excel's own "Format as Table" does)."""
+    out: list[str] = []
+    taken: set[str] = set()
+    for i, column in enumerate(columns, start=1):
+        base = _NAME_CONTROL_RE.sub(" ", column).strip()[:MAX_CELL_CHARS // 2] or f"Column{i}"
+        name, n = base, 1
+        while name.casefold() in taken:
+            n += 1
+            name = f"{base}{n}"
+        taken.add(name.casefold())
+        out.append(name)
+    return out
+
+
+@dataclass
+class _Physical:
+    """A sheet of the package: its name, data rows, last column letter, and its table (name, columns) if any."""
+
+    name: str
+    rows: int
+    last_col: str
+    table: str | None = None
+    columns: list[str] = field(default_factory=list)
+
+
 @dataclass
 class _Logical:
     """A sheet as asked for by start_sheet; it may span several physical sheets past the row limit."""
 
     columns: list[str]
+    header: list[str]  # the header of a table: table_columns(columns)
     letters: list[str]
     name_of: Callable[[int], str]
     encoders: list[Callable[[object], str]]  # one per column: value -> the rest of its <c> (CellEncoder.value)
@@ -375,6 +432,11 @@ class XlsxStreamWriter:
     ``min_free_bytes`` is kept free on the file's filesystem: when the next flush
     would eat into it, :class:`StorageFullError` is raised instead of filling the disk.
     ``check`` is called every flush (a deadline check can raise from it).
+    ``table_style`` (an Excel table style name) makes each physical sheet's rows an Excel Table (a ListObject)
+    named after the sheet (:func:`table_name`), whose header is :func:`table_columns` of the columns and whose
+    range follows the sheet's rows; a sheet without rows gets a table of its header and one empty row (Excel
+    needs a data row in a table). Without it each sheet gets an auto-filter (a sheet never has both).
+    :meth:`add_about` adds a sheet of label/value rows after the data sheets (not counted as rows).
     The one-sheet form ``XlsxStreamWriter(path, sheet_name=..., columns=...)`` starts the sheet at once.
     """
 
@@ -390,6 +452,7 @@ class XlsxStreamWriter:
         min_free_bytes: int = 32 * 1024 * 1024,
         compresslevel: int = COMPRESSLEVEL,
         check: Callable[[], None] | None = None,
+        table_style: str | None = None,
     ):
         if not 1 <= max_rows_per_sheet <= MAX_DATA_ROWS_PER_SHEET:
             raise ValueError(f"max_rows_per_sheet must be 1..{MAX_DATA_ROWS_PER_SHEET}")
@@ -407,7 +470,10 @@ class XlsxStreamWriter:
         self._file = HashingFile(open(self.path, "wb"))
         self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel)
         self._sheet = None
-        self._sheets: list[tuple[str, int, str]] = []  # physical sheets: (name, data rows, last column letter)
+        self.table_style = table_style
+        self._table_names: set[str] = set()  # casefolded
+        self._tables = 0
+        self._sheets: list[_Physical] = []
         self._logical: list[_Logical] = []
         self._current: _Logical | None = None
         self._out: list[str] = []  # XML not yet written
@@ -438,7 +504,7 @@ class XlsxStreamWriter:
         columns = [str(c) for c in columns]
         types = self._column_types(columns, types)
         letters = [column_letter(i) for i in range(len(columns))]
-        self._current = _Logical(columns=columns, letters=letters,
+        self._current = _Logical(columns=columns, header=table_columns(columns), letters=letters,
                                  name_of=sheet_names(name), encoders=self._encoders(columns, types), types=types,
                                  templates=_RowTemplates(letters))
         self._logical.append(self._current)
@@ -466,10 +532,41 @@ class XlsxStreamWriter:
             rows=self.rows,
             sheets=len(self._sheets),
             bytes=self.path.stat().st_size,
-            sheet_names=[n for n, _, _ in self._sheets],
+            sheet_names=[p.name for p in self._sheets],
             rows_per_sheet=[s.rows for s in self._logical],
             sha256=self._file.sha256,
         )
+
+    def add_about(self, rows: Sequence[tuple[str, object]]) -> str:
+        """End the current sheet and add a sheet of ``(label, value)`` rows, named ``About`` (or ``About (2)``...
+        when a data sheet has that name); returns its name. Its cells are not counted in ``rows`` or the
+        sanitize counts."""
+        self._end_logical()
+        name, n = ABOUT_SHEET, 1
+        while name.casefold() in self._used or name.casefold() in self._reserved:
+            n += 1
+            name = f"{ABOUT_SHEET} ({n})"
+        self._used.add(name.casefold())
+        self._sheets.append(_Physical(name, 0, ""))
+        encoder = CellEncoder(SanitizeCounts())
+        body = []
+        for r, (label, value) in enumerate(rows, start=1):
+            rest = encoder.value(value)
+            cell = f'<c r="B{r}"{rest}' if rest else ""
+            body.append(f'<row r="{r}"><c r="A{r}" s="{STYLE_HEADER}" t="inlineStr">{encoder.text(label)}</c>'
+                        f"{cell}</row>")
+        width = min(max((_display_width(v) for _, v in rows), default=10) + 2, 100)
+        self._zip.writestr(
+            f"xl/worksheets/sheet{len(self._sheets)}.xml",
+            '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+            '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
+            'xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships">'
+            '<sheetViews><sheetView workbookViewId="0"/></sheetViews><sheetFormatPr defaultRowHeight="15"/>'
+            f'<cols><col min="1" max="1" width="28" customWidth="1"/>'
+            f'<col min="2" max="2" width="{width}" customWidth="1"/></cols>'
+            f'<sheetData>{"".join(body)}</sheetData></worksheet>',
+        )
+        return name
 
     def discard(self) -> None:
         """Close what is still open and delete the file; safe to call more than once."""
@@ -551,7 +648,12 @@ class XlsxStreamWriter:
         number = len(self._sheets) + 1
         name = self._part_name(sheet)
         self._used.add(name.casefold())
-        self._sheets.append((name, 0, sheet.letters[-1]))
+        part = _Physical(name, 0, sheet.letters[-1])
+        if self.table_style is not None:
+            # Orders, Orders_2, ... (the part's number, as in its sheet name "Orders (2)")
+            base = sheet.name_of(1) if sheet.parts == 1 else f"{sheet.name_of(1)}_{sheet.parts}"
+            part.table, part.columns = table_name(base, self._table_names), sheet.header
+        self._sheets.append(part)
         # No ZIP64: SheetJS cannot read it. _write_sheet keeps the entry under SHEET_XML_LIMIT instead.
         self._sheet = self._zip.open(f"xl/worksheets/sheet{number}.xml", "w")
         cols = "".join(
@@ -559,7 +661,7 @@ class XlsxStreamWriter:
         )
         header = "".join(
             f'<c r="{letter}1" s="{STYLE_HEADER}" t="inlineStr">{self._encoder.text(name or " ")}</c>'
-            for letter, name in zip(sheet.letters, sheet.columns)
+            for letter, name in zip(sheet.letters, sheet.header if part.table else sheet.columns)
         )
         self._sheet_bytes, self._sheet_full = 0, False
         self._write_sheet(
@@ -579,10 +681,40 @@ class XlsxStreamWriter:
 
     def _finish_part(self, sheet: _Logical) -> None:
         self._flush()
-        name, rows, last_col = self._sheets[-1]
-        self._write_sheet(f'</sheetData><autoFilter ref="A1:{last_col}{rows + 1}"/></worksheet>'.encode())
+        part = self._sheets[-1]
+        if part.table is None:
+            self._write_sheet(f'</sheetData><autoFilter ref="A1:{part.last_col}{part.rows + 1}"/></worksheet>'.encode())
+        else:  # the table carries its own auto-filter
+            self._write_sheet(b'</sheetData><tableParts count="1"><tablePart r:id="rId1"/></tableParts></worksheet>')
         self._sheet.close()
         self._sheet = None
+        if part.table is not None:
+            self._write_table(len(self._sheets), part)
+
+    def _write_table(self, number: int, part: _Physical) -> None:
+        """xl/tables/tableN.xml for sheet ``number`` and the sheet's relationship to it."""
+        self._tables += 1
+        ref = f"A1:{part.last_col}{max(part.rows, 1) + 1}"  # a table holds at least one (maybe empty) data row
+        quote = {chr(34): "&quot;"}
+        # The same escapes as the header cell's text (_xHHHH_ lookalikes), so name and cell read the same.
+        columns = "".join(f'<tableColumn id="{i}" name="{escape(EXCEL_ESCAPE_RE.sub("_x005F_", c), quote)}"/>'
+                          for i, c in enumerate(part.columns, start=1))
+        self._zip.writestr(
+            f"xl/tables/table{self._tables}.xml",
+            '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+            f'<table xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" id="{self._tables}" '
+            f'name="{part.table}" displayName="{part.table}" ref="{ref}" totalsRowShown="0">'
+            f'<autoFilter ref="{ref}"/><tableColumns count="{len(part.columns)}">{columns}</tableColumns>'
+            f'<tableStyleInfo name="{self.table_style}" showFirstColumn="0" showLastColumn="0" showRowStripes="1" '
+            'showColumnStripes="0"/></table>',
+        )
+        self._zip.writestr(
+            f"xl/worksheets/_rels/sheet{number}.xml.rels",
+            '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+            '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+            '<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/table" '
+            f'Target="../tables/table{self._tables}.xml"/></Relationships>',
+        )
 
     def _write_buffered(self, sheet: _Logical, rows: list[Sequence[object]]) -> None:
         out = self._out
@@ -590,16 +722,16 @@ class XlsxStreamWriter:
         templates = sheet.templates
         width = len(encoders)
         for row in rows:
-            name, in_sheet, last_col = self._sheets[-1]
-            if in_sheet == self.max_rows or self._sheet_full:
+            part = self._sheets[-1]
+            if part.rows == self.max_rows or self._sheet_full:
                 self._finish_part(sheet)
                 self._open_part(sheet)
-                name, in_sheet, last_col = self._sheets[-1]
+                part = self._sheets[-1]
             if len(row) != width:
                 raise ValueError(f"row {sheet.rows + 1} of sheet {sheet.name_of(1)!r} has {len(row)} values "
                                  f"for {width} columns")
-            out.append(templates.row(in_sheet + 2, list(map(call, encoders, row))))
-            self._sheets[-1] = (name, in_sheet + 1, last_col)
+            out.append(templates.row(part.rows + 2, list(map(call, encoders, row))))
+            part.rows += 1
             sheet.rows += 1
             self.rows += 1
             if self.rows % FLUSH_ROWS == 0:
@@ -625,7 +757,7 @@ class XlsxStreamWriter:
 
     def _write_sheet(self, data: bytes) -> None:
         if self._sheet_bytes + len(data) > SHEET_XML_LIMIT:
-            name, rows, _ = self._sheets[-1]
+            name, rows = self._sheets[-1].name, self._sheets[-1].rows
             raise SheetTooLargeError(
                 f"sheet {name!r}: {len(data) // 2**20} MiB of XML for the rows after row {rows + 1} would pass "
                 f"the {SHEET_XML_LIMIT // 2**20} MiB a sheet holds without ZIP64, which SheetJS cannot read; "
@@ -643,6 +775,10 @@ class XlsxStreamWriter:
             f'<Override PartName="/xl/worksheets/sheet{i}.xml" '
             'ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>'
             for i in range(1, n + 1)
+        ) + "".join(
+            f'<Override PartName="/xl/tables/table{i}.xml" '
+            'ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.table+xml"/>'
+            for i in range(1, self._tables + 1)
         )
         z.writestr(
             "[Content_Types].xml",
@@ -676,20 +812,21 @@ class XlsxStreamWriter:
         )
         sheets = "".join(
             f'<sheet name="{escape(name, {chr(34): "&quot;"})}" sheetId="{i}" r:id="rId{i}"/>'
-            for i, (name, _, _) in enumerate(self._sheets, start=1)
+            for i, name in enumerate((p.name for p in self._sheets), start=1)
         )
         filters = "".join(
             f'<definedName name="_xlnm._FilterDatabase" localSheetId="{i}" hidden="1">'
-            f"{escape(_quote_sheet(name))}!$A$1:${last_col}${rows + 1}</definedName>"
-            for i, (name, rows, last_col) in enumerate(self._sheets)
+            f"{escape(_quote_sheet(p.name))}!$A$1:${p.last_col}${p.rows + 1}</definedName>"
+            for i, p in enumerate(self._sheets) if p.table is None and p.last_col
         )
+        defined_names = f"<definedNames>{filters}</definedNames>" if filters else ""
         z.writestr(
             "xl/workbook.xml",
             '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
             '<workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
             'xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships">'
             '<workbookPr/><bookViews><workbookView activeTab="0"/></bookViews>'
-            f"<sheets>{sheets}</sheets><definedNames>{filters}</definedNames></workbook>",
+            f"<sheets>{sheets}</sheets>{defined_names}</workbook>",
         )
         rels = "".join(
             f'<Relationship Id="rId{i}" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
