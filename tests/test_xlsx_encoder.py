@@ -214,6 +214,25 @@ def test_entries_are_plain_zip_not_zip64(tmp_path):
         assert z.testzip() is None
 
 
+def test_sheets_are_deflated_by_zlib_ng_at_the_chosen_level(tmp_path):
+    from zlib_ng import zlib_ng
+
+    from lambdas.export_to_xlsx.xlsx import COMPRESSLEVEL
+
+    # Given a workbook of a few thousand rows, two sheets
+    path = tmp_path / "w.xlsx"
+    writer = XlsxStreamWriter(path, sheet_name="s", columns=["n", "t"], max_rows_per_sheet=3000)
+    writer.write_rows([(i, f"row {i} {i * 7919 % 1000}") for i in range(5000)])
+    writer.close()
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None  # every entry inflates and matches its CRC
+        for name in ("xl/worksheets/sheet1.xml", "xl/worksheets/sheet2.xml"):
+            # Then each sheet is exactly what zlib-ng writes for its XML (the standard zlib writes other bytes)
+            xml = z.read(name)
+            deflate = zlib_ng.compressobj(COMPRESSLEVEL, zlib_ng.DEFLATED, -15, 9)
+            assert z.getinfo(name).compress_size == len(deflate.compress(xml) + deflate.flush()), name
+
+
 def test_a_sheet_nearing_the_zip_entry_limit_continues_on_a_new_sheet(tmp_path, monkeypatch):
     # Given a limit small enough to reach (the real one is 2 GiB of XML per sheet)
     monkeypatch.setattr(xlsx, "SHEET_XML_LIMIT", 3 * 2**20)
