@@ -233,6 +233,25 @@ def test_strings(text):
     assert_same(FIELD_TYPE.VAR_STRING, text, TEXT_ENCODING)
 
 
+@pytest.mark.parametrize("code, texts", [
+    (FIELD_TYPE.VAR_STRING, ["paid", "a&b", "x" * 65, "paid", "a&b", " pad", "x" * 65, "paid"]),
+    (FIELD_TYPE.NEWDECIMAL, ["0.10", "1" * 20, "0.10", "-0.00", "1" * 20, "-0.00"]),
+    (FIELD_TYPE.DATE, ["2024-02-29", "1899-12-31", "2024-02-29", "0000-00-00", "1899-12-31"]),
+])
+def test_repeated_values_keep_their_cells_and_counts(code, texts):
+    # Given one column's encoder, which remembers the cells of values it saw
+    encoding = TEXT_ENCODING if code == FIELD_TYPE.VAR_STRING else NUMBER_ENCODING
+    fast_counts, reference_counts = SanitizeCounts(), SanitizeCounts()
+    encode = columns.column_encoder(CellEncoder(fast_counts), column_type(code, 0, 0, encoding), "A")
+    decode = column_type(code, 0, 0, encoding).value
+    for text in texts:
+        # When a value comes again, Then its cell is the reference path's, and values the reference path
+        # changes are counted every time
+        raw = text.encode()
+        assert encode(raw) == reference_cell(reference_counts, decode(raw)), text
+    assert fast_counts == reference_counts
+
+
 @BUDGET
 @given(st.binary(max_size=8))
 def test_invalid_utf8_fails_as_in_the_driver(raw):

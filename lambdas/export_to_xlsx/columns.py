@@ -61,6 +61,9 @@ _FIRST_DAY = EXCEL_FIRST_DATE.toordinal() - _EPOCH_ORDINAL
 _LAST_US = (EXCEL_PAST_LAST_INSTANT - EXCEL_EPOCH) // dt.timedelta(microseconds=1)
 #: Distinct days remembered per column (about 1 MB at most): dates repeat, datetimes share their day.
 _DAY_CACHE_SIZE = 4096
+#: Cells remembered per column for values that repeat (statuses, codes, prices), values of at most _MEMO_BYTES
+#: bytes: a few hundred kB per column at most, the first distinct values a column brings.
+_MEMO_SIZE, _MEMO_BYTES = 4096, 64
 
 
 def column_encoder(encoder: CellEncoder, column: ColumnType, letter: str) -> Encode:
@@ -99,16 +102,32 @@ def _integer(start: bytes, reference: Encode) -> Encode:
     return encode
 
 
+def _memo() -> tuple[Callable[[object], bytes | None], Callable[[bytes, bytes], bytes]]:
+    """(recall, remember) of a column's cells by the value's bytes, up to _MEMO_SIZE values of _MEMO_BYTES."""
+    cells: dict[bytes, bytes] = {}
+
+    def remember(raw: bytes, cell: bytes) -> bytes:
+        if len(cells) < _MEMO_SIZE and len(raw) <= _MEMO_BYTES:
+            cells[raw] = cell
+        return cell
+
+    return cells.get, remember
+
+
 def _decimal(start: bytes, reference: Encode) -> Encode:
     """A DECIMAL's text of at most 15 characters has at most 15 significant digits: it is the number float() of
     the text gives (the double float(Decimal(text)) gives, the reference path's); zero is written "0"."""
     head, tail, zero = start + b"><v>", b"</v></c>", start + b"><v>0</v></c>"
     well_formed = _DECIMAL_TEXT.fullmatch
+    recall, remember = _memo()
 
     def encode(raw: bytes | None) -> bytes:
+        cell = recall(raw)
+        if cell is not None:
+            return cell
         if raw is not None and len(raw) <= MAX_EXACT_DIGITS and well_formed(raw):
             number = float(raw)
-            return head + b"%r" % number + tail if number else zero
+            return remember(raw, head + b"%r" % number + tail if number else zero)
         return reference(raw)
 
     return encode
@@ -138,23 +157,19 @@ def _day_numbers() -> Callable[[bytes], int | None]:
 
 
 def _date(start: bytes, reference: Encode) -> Encode:
-    """Dates repeat: each distinct day's whole cell is remembered (up to _DAY_CACHE_SIZE of them)."""
-    cells: dict[bytes, bytes] = {}
     well_formed = _DATE_TEXT.fullmatch
     day_number = _day_numbers()
     head = start + f' s="{STYLE_DATE}"><v>'.encode()
+    recall, remember = _memo()  # dates repeat
 
     def encode(raw: bytes | None) -> bytes:
-        cell = cells.get(raw)
+        cell = recall(raw)
         if cell is not None:
             return cell
         if raw is not None and well_formed(raw):
             day = day_number(raw)
             if day is not None:
-                cell = head + b"%d</v></c>" % day
-                if len(cells) < _DAY_CACHE_SIZE:
-                    cells[raw] = cell
-                return cell
+                return remember(raw, head + b"%d</v></c>" % day)
         return reference(raw)
 
     return encode
@@ -192,16 +207,20 @@ def _text(start: bytes, reference: Encode) -> Encode:
     head, tail = start + b' t="inlineStr"><is><t>', b"</t></is></c>"
     needs_work = _TEXT_NEEDS_WORK.search
     space = _ASCII_SPACE
+    recall, remember = _memo()
 
     def encode(raw: bytes | None) -> bytes:
+        cell = recall(raw)
+        if cell is not None:
+            return cell
         if raw and len(raw) <= _PLAIN_TEXT_MAX and needs_work(raw) is None:
             if raw.isascii():
                 if raw[0] not in space and raw[-1] not in space:
-                    return head + raw + tail
+                    return remember(raw, head + raw + tail)
             else:
                 text = raw.decode()
                 if not text[0].isspace() and not text[-1].isspace():
-                    return head + raw + tail
+                    return remember(raw, head + raw + tail)
         return reference(raw)
 
     return encode
