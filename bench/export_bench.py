@@ -13,7 +13,7 @@ the size of the workbook. It prints a table, the ratios against the fetch floor 
 - fetch:      the floor: an unbuffered cursor (SSCursor, fetchmany 2000) with PyMySQL's default converters,
               rows read and dropped, in a process that also holds the S3 client an export needs
 - export:     this project's export function code (run_export): connect, one consistent snapshot, the
-              server's text parsed per column into the streaming writer, upload to the local S3
+              server's bytes encoded per column by the streaming writer, upload to the local S3
 - sheets:     the same rows as a 3-sheet report (three queries, each a third of the ids, number formats)
               through run_export, as the function runs a multi-sheet export
 - rustpy:     rustpy-xlsxwriter (Rust, streaming) fed the fetch floor's rows as dicts
