@@ -538,6 +538,7 @@ class XlsxStreamWriter:
         if sheet.widths is None:
             self._start_first_part(sheet)
         self._finish_part(sheet)
+        sheet.encoders = []  # and the cells they remember (columns.py): memory stays flat however many sheets
         self._current = None
 
     def _start_first_part(self, sheet: _Logical) -> None:
