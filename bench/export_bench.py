@@ -48,7 +48,8 @@ FORMATS = {"amount": "#,##0.00", "tax": "0.0000"}
 TARGETS = (
     ("export CPU <= 1.7x the fetch floor", lambda by, n: by[("export", n)]["cpu_s"] <= 1.7 * by[("fetch", n)]["cpu_s"]),
     ("export CPU < rustpy-xlsxwriter", lambda by, n: by[("export", n)]["cpu_s"] < by[("rustpy", n)]["cpu_s"]),
-    ("export file <= XlsxWriter's", lambda by, n: by[("export", n)]["file_mb"] <= by[("xlsxwriter", n)]["file_mb"]),
+    ("export file <= XlsxWriter's (bytes)",
+     lambda by, n: by[("export", n)]["file_bytes"] <= by[("xlsxwriter", n)]["file_bytes"]),
     ("export peak RSS <= 1.3x the floor", lambda by, n: by[("export", n)]["rss_mb"] <= 1.3 * by[("fetch", n)]["rss_mb"]),
     ("3-sheet CPU <= 1.7x the fetch floor", lambda by, n: by[("sheets", n)]["cpu_s"] <= 1.7 * by[("fetch", n)]["cpu_s"]),
     ("3-sheet peak RSS <= 1.3x the floor", lambda by, n: by[("sheets", n)]["rss_mb"] <= 1.3 * by[("fetch", n)]["rss_mb"]),
@@ -273,7 +274,8 @@ def measure(path: str, rows: int, workdir: Path) -> dict:
     out.unlink(missing_ok=True)
     size_file.unlink(missing_ok=True)
     return {"path": path, "rows": rows, "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "wall_s": round(wall, 2),
-            "rss_mb": round(usage.ru_maxrss / 1024, 1), "file_mb": round(size / 2**20, 1) if size else None}
+            "rss_mb": round(usage.ru_maxrss / 1024, 1), "file_mb": round(size / 2**20, 1) if size else None,
+            "file_bytes": size}
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -297,6 +299,9 @@ def verdicts(by: dict, counts: list[int]) -> None:
             print(f"  {'PASS' if ok(by, n) else 'FAIL'}  {name}")
         except KeyError:
             print(f"  -     {name} (path not run)")
+    if ("export", n) in by and ("xlsxwriter", n) in by:
+        ours, theirs = by[("export", n)]["file_bytes"], by[("xlsxwriter", n)]["file_bytes"]
+        print(f"        export file {ours:,} bytes, XlsxWriter's {theirs:,} ({ours / theirs - 1:+.2%})")
     for path in ("export", "sheets"):
         runs = [by[(path, c)] for c in counts if (path, c) in by]
         if len(runs) > 1:
