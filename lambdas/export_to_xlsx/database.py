@@ -8,8 +8,7 @@ from typing import Callable, Iterator, Sequence
 
 import pymysql
 from pymysql import converters
-from pymysql.constants import CR, ER, FIELD_TYPE
-from pymysql.constants import FLAG
+from pymysql.constants import CR, ER, FIELD_TYPE, FLAG
 from pymysql.cursors import SSCursor
 
 from . import columns
