@@ -1,7 +1,7 @@
-"""The fast path (the server's text, per-column encoders) writes the same bytes as the reference path (the driver's
+"""The fast path (the server's bytes, per-column encoders) writes the same bytes as the reference path (the driver's
 default converters, then CellEncoder.value) for every value, edge values first.
 
-The reference path is what the export wrote before it read the server's text; the conformance suite
+The reference path is what the export wrote before it read the server's bytes; the conformance suite
 (test_xlsx_conformance.py) holds what readers show, so identical bytes keep every reader's reading.
 """
 
@@ -16,15 +16,20 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from pymysql import converters
-from pymysql.constants import FIELD_TYPE
+from pymysql.constants import FIELD_TYPE, FLAG
+from pymysql.cursors import SSCursor
 
 from lambdas.export_to_xlsx import columns
-from lambdas.export_to_xlsx.database import COLUMN_TYPES, TEXT_CONVERSIONS, QueryStream
-from lambdas.export_to_xlsx.xlsx import CellEncoder, SanitizeCounts, XlsxStreamWriter
+from lambdas.export_to_xlsx.database import QueryStream, _split_row, column_type
+from lambdas.export_to_xlsx.xlsx import ROW, CellEncoder, SanitizeCounts, XlsxStreamWriter
 from tests.test_xlsx_encoder import ANY_CHAR, BUDGET
 
 
-def outcome(write) -> tuple[str, dict]:
+#: The encoding PyMySQL decodes each kind of column with on a utf8mb4 connection (binary strings: none).
+TEXT_ENCODING, NUMBER_ENCODING = "utf8", "ascii"
+
+
+def outcome(write) -> tuple[bytes | str, dict]:
     """(xml, counts) of ``write(counts)``, or the error it raised (text the driver cannot convert either)."""
     counts = SanitizeCounts()
     try:
@@ -33,18 +38,35 @@ def outcome(write) -> tuple[str, dict]:
         return f"raises {type(exc).__name__}", counts.as_dict()
 
 
-def both_paths(code: int, text: str | None) -> tuple[tuple[str, dict], tuple[str, dict]]:
-    """(xml, counts) of the fast path given the server's ``text`` and of the reference path given the value
-    the driver's default converter makes of it."""
-    column = COLUMN_TYPES[code]
-    fast = outcome(lambda counts: columns.column_encoder(CellEncoder(counts), column)(text))
-    reference = outcome(lambda counts: CellEncoder(counts).value(
-        converters.decoders[code](text) if text is not None else None))
+def reference_cell(counts: SanitizeCounts, value: object) -> bytes:
+    """The reference path's cell in column A: CellEncoder.value of the driver's value."""
+    rest = CellEncoder(counts).value(value)
+    return b'<c r="A' + ROW + b'"' + rest.encode() if rest else b""
+
+
+def fast_cell(counts: SanitizeCounts, code: int, raw: bytes | None, *, encoding: str | None = NUMBER_ENCODING,
+              flags: int = 0) -> bytes:
+    column = column_type(code, flags, 0, encoding)
+    return columns.column_encoder(CellEncoder(counts), column, "A")(raw)
+
+
+def both_paths(code: int, text: str | None, encoding: str = NUMBER_ENCODING):
+    """(xml, counts) of the fast path given the server's bytes of ``text`` and of the reference path given the
+    value the driver's default converter makes of it."""
+    raw = None if text is None else text.encode(encoding, "surrogatepass")
+    fast = outcome(lambda counts: fast_cell(counts, code, raw, encoding=encoding))
+
+    def driver_value():
+        value = None if raw is None else raw.decode(encoding)
+        convert = converters.decoders.get(code)
+        return convert(value) if value is not None and convert not in (None, converters.through) else value
+
+    reference = outcome(lambda counts: reference_cell(counts, driver_value()))
     return fast, reference
 
 
-def assert_same(code: int, text: str | None) -> None:
-    fast, reference = both_paths(code, text)
+def assert_same(code: int, text: str | None, encoding: str = NUMBER_ENCODING) -> None:
+    fast, reference = both_paths(code, text, encoding)
     assert fast == reference, f"{text!r}: fast path wrote {fast}, the reference path {reference}"
 
 
@@ -83,6 +105,10 @@ EDGE_TEXTS = {
     ],
     FIELD_TYPE.TIME: ["838:59:59", "-838:59:59", "00:00:00.5", "12:34:56.789", "-00:00:01.25", "00:00:00",
                       "23:59:59.9996", "-00:00:00.000001", "1:2:3", ""],
+    FIELD_TYPE.LONGLONG: ["0", "-1", "999999999999999", "-99999999999999", "-999999999999999", "1000000000000000",
+                          "18446744073709551615", "-9223372036854775808"],
+    FIELD_TYPE.LONG: ["0", "2147483647", "-2147483648"],
+    FIELD_TYPE.DOUBLE: ["0", "-0", "1e20", "1.7976931348623157e308", "2.2250738585072014e-308", "0.1", "-2.5e-300"],
 }
 
 
@@ -96,15 +122,72 @@ def test_edge_values_are_written_the_same_by_both_paths(code, text):
 
 
 def test_timestamp_and_decimal_share_the_datetime_and_newdecimal_encoders():
-    assert COLUMN_TYPES[FIELD_TYPE.TIMESTAMP] == COLUMN_TYPES[FIELD_TYPE.DATETIME]
-    assert COLUMN_TYPES[FIELD_TYPE.DECIMAL].kind == COLUMN_TYPES[FIELD_TYPE.NEWDECIMAL].kind == columns.DECIMAL
+    def kind(code: int) -> str:
+        return column_type(code, 0, 0, NUMBER_ENCODING).kind
+
+    assert kind(FIELD_TYPE.TIMESTAMP) == kind(FIELD_TYPE.DATETIME) == columns.DATETIME
+    assert kind(FIELD_TYPE.DECIMAL) == kind(FIELD_TYPE.NEWDECIMAL) == columns.DECIMAL
 
 
-def test_the_export_reads_exactly_these_types_as_text():
-    # The driver keeps converting every other type (ints, floats, BIT, strings): the encoders expect that.
-    removed = {code for code in converters.decoders if code not in TEXT_CONVERSIONS}
-    assert removed == {FIELD_TYPE.DECIMAL, FIELD_TYPE.NEWDECIMAL, FIELD_TYPE.DATE, FIELD_TYPE.DATETIME,
-                       FIELD_TYPE.TIMESTAMP, FIELD_TYPE.TIME}
+@pytest.mark.parametrize("code, flags, encoding, kind", [
+    (FIELD_TYPE.LONG, FLAG.ZEROFILL | FLAG.UNSIGNED, NUMBER_ENCODING, columns.OTHER),  # "007" is 7
+    (FIELD_TYPE.YEAR, FLAG.ZEROFILL | FLAG.UNSIGNED, NUMBER_ENCODING, columns.OTHER),
+    (FIELD_TYPE.VAR_STRING, FLAG.BINARY, None, columns.OTHER),  # VARBINARY: hex text
+    (FIELD_TYPE.BLOB, FLAG.BINARY | FLAG.BLOB, None, columns.OTHER),
+    (FIELD_TYPE.VAR_STRING, 0, "latin1", columns.OTHER),  # not UTF-8: decoded by the reference path
+    (FIELD_TYPE.VAR_STRING, 0, TEXT_ENCODING, columns.TEXT),
+    (FIELD_TYPE.LONGLONG, FLAG.UNSIGNED, NUMBER_ENCODING, columns.INTEGER),
+])
+def test_only_columns_whose_bytes_are_their_cell_text_take_a_fast_path(code, flags, encoding, kind):
+    assert column_type(code, flags, 0, encoding).kind == kind
+
+
+def test_zerofill_integers_are_written_as_their_value():
+    # Given the server's text of an INT ZEROFILL value
+    cell = fast_cell(SanitizeCounts(), FIELD_TYPE.LONG, b"0000000007", flags=FLAG.ZEROFILL)
+    # Then the cell holds the number, as the driver's int() reads it
+    assert cell == reference_cell(SanitizeCounts(), 7) == b'<c r="A\0"><v>7</v></c>'
+
+
+class Packet:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def get_all_data(self) -> bytes:
+        return self.data
+
+
+@pytest.mark.parametrize("values", [
+    [b"1", None, b"", b"x" * 250],
+    [b"x" * 251, b"y" * 65_535],  # 0xFC: a 2-byte length
+    [b"z" * 65_536, None],  # 0xFD: a 3-byte length
+])
+def test_row_packets_split_into_the_servers_bytes(values):
+    # Given a text-protocol row packet: length-encoded strings, 0xFB for NULL
+    def encoded(value: bytes | None) -> bytes:
+        if value is None:
+            return b"\xfb"
+        n = len(value)
+        if n < 251:
+            return bytes([n]) + value
+        if n < 2**16:
+            return b"\xfc" + n.to_bytes(2, "little") + value
+        return b"\xfd" + n.to_bytes(3, "little") + value
+
+    packet = Packet(b"".join(map(encoded, values)))
+    # Then the row is exactly those values
+    assert _split_row(len(values))(packet) == tuple(values)
+
+
+def test_an_eight_byte_length_is_read():
+    assert _split_row(1)(Packet(b"\xfe" + (3).to_bytes(8, "little") + b"abc")) == (b"abc",)
+
+
+def test_a_packet_longer_than_its_values_is_refused():
+    import pymysql
+
+    with pytest.raises(pymysql.err.InternalError, match="ended after 2 bytes"):
+        _split_row(1)(Packet(b"\x01a\x01b"))
 
 
 @BUDGET
@@ -142,18 +225,55 @@ def test_times(value, digits):
 
 
 @BUDGET
-@given(st.one_of(st.text(ANY_CHAR, max_size=50), st.sampled_from(["", " a", "a ", "x" * 20_000, "_x0041_", "a&b"])))
+@given(st.one_of(st.text(ANY_CHAR, max_size=50),
+                 st.sampled_from(["", " a", "a ", "\u3000a", "a\u00a0", "\ufffe", "x" * 16_383, "é" * 16_383,
+                                  "x" * 20_000, "_x0041_", "a&b", "\ta", "a\n"])))
+@example("\udc80")  # a lone surrogate: invalid UTF-8, which the driver refuses
 def test_strings(text):
-    fast = columns.column_encoder(CellEncoder(SanitizeCounts()), COLUMN_TYPES[FIELD_TYPE.VAR_STRING])(text)
-    assert fast == CellEncoder(SanitizeCounts()).value(text)
+    assert_same(FIELD_TYPE.VAR_STRING, text, TEXT_ENCODING)
+
+
+@pytest.mark.parametrize("code, texts", [
+    (FIELD_TYPE.VAR_STRING, ["paid", "a&b", "x" * 65, "paid", "a&b", " pad", "x" * 65, "paid"]),
+    (FIELD_TYPE.NEWDECIMAL, ["0.10", "1" * 20, "0.10", "-0.00", "1" * 20, "-0.00"]),
+    (FIELD_TYPE.DATE, ["2024-02-29", "1899-12-31", "2024-02-29", "0000-00-00", "1899-12-31"]),
+])
+def test_repeated_values_keep_their_cells_and_counts(code, texts):
+    # Given one column's encoder, which remembers the cells of values it saw
+    encoding = TEXT_ENCODING if code == FIELD_TYPE.VAR_STRING else NUMBER_ENCODING
+    fast_counts, reference_counts = SanitizeCounts(), SanitizeCounts()
+    encode = columns.column_encoder(CellEncoder(fast_counts), column_type(code, 0, 0, encoding), "A")
+    decode = column_type(code, 0, 0, encoding).value
+    for text in texts:
+        # When a value comes again, Then its cell is the reference path's, and values the reference path
+        # changes are counted every time
+        raw = text.encode()
+        assert encode(raw) == reference_cell(reference_counts, decode(raw)), text
+    assert fast_counts == reference_counts
 
 
 @BUDGET
-@given(st.one_of(st.integers(), st.floats(), st.booleans(), st.none(), st.binary(max_size=8)))
-def test_numbers_and_other_values_the_driver_converts(value):
-    for code in (FIELD_TYPE.LONGLONG, FIELD_TYPE.DOUBLE, FIELD_TYPE.BLOB):
-        fast = columns.column_encoder(CellEncoder(SanitizeCounts()), COLUMN_TYPES[code])(value)
-        assert fast == CellEncoder(SanitizeCounts()).value(value)
+@given(st.binary(max_size=8))
+def test_invalid_utf8_fails_as_in_the_driver(raw):
+    fast = outcome(lambda counts: fast_cell(counts, FIELD_TYPE.VAR_STRING, raw, encoding=TEXT_ENCODING))
+    try:
+        reference = outcome(lambda counts: reference_cell(counts, raw.decode(TEXT_ENCODING)))
+    except UnicodeDecodeError:
+        reference = ("raises UnicodeDecodeError", {})
+    assert fast == reference
+
+
+@BUDGET
+@given(st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False)))
+def test_numbers(value):
+    assert_same(FIELD_TYPE.LONGLONG if type(value) is int else FIELD_TYPE.DOUBLE, repr(value))
+
+
+@BUDGET
+@given(st.binary(max_size=8))
+def test_binary_strings(raw):
+    fast = outcome(lambda counts: fast_cell(counts, FIELD_TYPE.BLOB, raw, encoding=None))
+    assert fast == outcome(lambda counts: reference_cell(counts, raw))
 
 
 # --- through the server: the export's connection against the driver's defaults -----------------------------
@@ -175,6 +295,12 @@ EDGE_COLUMNS = {  # column -> (type, values as the driver takes them)
     "amount": ("DECIMAL(12,2)", [Decimal("1234.50")]),
     "n": ("BIGINT UNSIGNED", [18446744073709551615, 0]),
     "s": ("VARCHAR(50)", ["plain", " padded ", "a&b", "_x0041_", ""]),
+    "u": ("VARCHAR(20)", ["\u3000wide space", "é", "x\u00a0", "注文", "a\tb", "\n"]),
+    "i": ("INT", [-2147483648, 2147483647, 0]),
+    "z": ("INT(5) ZEROFILL", [7, 12345, 0]),
+    "y": ("YEAR", [1901, 0]),
+    "f": ("DOUBLE", [0.1, -2.5e-300, 1e20]),
+    "bin": ("VARBINARY(8)", [b"\x00\xff", b"ab"]),
 }
 
 
@@ -207,15 +333,25 @@ def edge_table(mysql):
 
 
 def write(mysql, path, *, fast: bool, formats=None) -> dict:
-    conn = mysql.connect(**({"conv": TEXT_CONVERSIONS} if fast else {}))
+    """The edge table through the export's QueryStream and per-column encoders (``fast``), or through a plain
+    cursor with the driver's default converters and the reference path."""
+    conn = mysql.connect()
     with conn.cursor() as cur:
         cur.execute("SET SESSION time_zone = '+00:00'")
-    stream = QueryStream(conn, f"SELECT * FROM {EDGE_TABLE} ORDER BY id", export="edge")
+    sql = f"SELECT * FROM {EDGE_TABLE} ORDER BY id"
     writer = XlsxStreamWriter(path, formats=formats)
-    writer.start_sheet("Edge", stream.columns, stream.types if fast else None)
-    for batch in stream.batches():
-        writer.write_rows(batch)
-    stream.close()
+    if fast:
+        stream = QueryStream(conn, sql, export="edge")
+        writer.start_sheet("Edge", stream.columns, stream.types)
+        for batch in stream.batches():
+            writer.write_rows(batch)
+        stream.close()
+    else:
+        with conn.cursor(SSCursor) as cur:
+            cur.execute(sql)
+            writer.start_sheet("Edge", [d[0] for d in cur.description])
+            while batch := cur.fetchmany(100):
+                writer.write_rows(batch)
     conn.close()
     writer.close()
     return writer.counts.as_dict()
@@ -224,8 +360,8 @@ def write(mysql, path, *, fast: bool, formats=None) -> dict:
 @pytest.mark.parametrize("formats", [None, {"amount": "#,##0.00", "dt6": "yyyy-mm-dd hh:mm:ss.000"}],
                          ids=["plain", "number-formats"])
 def test_the_export_path_writes_the_reference_paths_bytes(mysql, edge_table, tmp_path, formats):
-    # Given edge values and NULLs of every text-read type in the server
-    # When one workbook is written from the server's text with per-column encoders, one from the driver's values
+    # Given edge values and NULLs of every type with a fast path in the server
+    # When one workbook is written from the server's bytes with per-column encoders, one from the driver's values
     fast_counts = write(mysql, tmp_path / "fast.xlsx", fast=True, formats=formats)
     reference_counts = write(mysql, tmp_path / "reference.xlsx", fast=False, formats=formats)
     # Then every part, the sheet XML with its column widths included, is the same, and so are the counts

@@ -1,8 +1,8 @@
 """Workbooks the project writes, read by independent spreadsheet readers and checked against the ISO schemas.
 
 A table of values covering every MySQL type the README lists, hostile strings and the writer's past defects
-goes through the real MariaDB, the export's own QueryStream and XlsxStreamWriter (the server's text for DECIMAL and
-date/time types, per-column encoders, as the export reads them), once per session. Then
+goes through the real MariaDB, the export's own QueryStream and XlsxStreamWriter (the server's bytes, per-column
+encoders, as the export reads them), once per session. Then
 openpyxl, python-calamine, SheetJS, ExcelJS (one Node.js process) and LibreOffice headless (one run, every
 sheet to CSV as shown on screen) read every workbook, and every cell must show what the README's rules say
 (pipeline_ops.xlsx_expect), except for the reader limits in its READER_LIMITS table. Every XML part of every
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from lambdas.export_to_xlsx.database import TEXT_CONVERSIONS, QueryStream
+from lambdas.export_to_xlsx.database import QueryStream
 from lambdas.export_to_xlsx.xlsx import XlsxStreamWriter, column_letter
 from pipeline_ops.xlsx_expect import READER_LIMITS, EMPTY, Expected, expected_rows, query
 from tests import xlsx_readers
@@ -90,7 +90,7 @@ def _header(columns) -> list[Expected]:
 
 
 def _write_sheet(writer: XlsxStreamWriter, conns, name: str, sql: str) -> tuple[list[str], list[list[Expected]]]:
-    """One sheet through the export's own path (its connection reads the server's text); what the database
+    """One sheet through the export's own path (QueryStream reads the server's bytes); what the database
     returns for the same query with the driver's default converters, as expected cells."""
     export_conn, conn = conns
     stream = QueryStream(export_conn, sql, export="conformance")
@@ -107,7 +107,7 @@ def workbooks(mysql, tmp_path_factory) -> list[Workbook]:
     """The conformance workbooks, written once per session."""
     out = tmp_path_factory.mktemp("conformance")
     conn = mysql.connect()
-    export_conn = mysql.connect(conv=TEXT_CONVERSIONS)  # as database.connect() reads rows
+    export_conn = mysql.connect()  # QueryStream reads the server's bytes whatever the connection's converters
     conns = (export_conn, conn)
     with export_conn.cursor() as cur:
         cur.execute("SET SESSION time_zone = '+00:00'")

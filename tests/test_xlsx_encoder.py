@@ -214,6 +214,61 @@ def test_entries_are_plain_zip_not_zip64(tmp_path):
         assert z.testzip() is None
 
 
+def test_a_row_of_the_wrong_width_is_refused_by_its_number(tmp_path):
+    # Given a two-column sheet past its width sample
+    writer = XlsxStreamWriter(tmp_path / "w.xlsx", sheet_name="s", columns=["n", "t"])
+    writer.write_rows([(i, "x") for i in range(1500)])
+    # When a batch holds a row of three values, Then the error names that row and the sheet
+    with pytest.raises(ValueError, match=r"row 1503 of sheet 's' has 3 values for 2 columns"):
+        writer.write_rows([(1, "a"), (2, "b"), (3, "c", "extra"), (4, "d")])
+    writer.discard()
+
+
+def test_memory_stays_flat_however_many_sheets(tmp_path):
+    import tracemalloc
+
+    from pymysql.constants import FIELD_TYPE
+
+    from lambdas.export_to_xlsx.database import column_type
+
+    # Given a report whose every sheet brings new distinct short texts as the server's bytes (each column
+    # remembers the cells of its first distinct values)
+    text = column_type(FIELD_TYPE.VAR_STRING, 0, 0, "utf8")
+    writer = XlsxStreamWriter(tmp_path / "w.xlsx")
+    tracemalloc.start()
+    try:
+        for n in range(12):
+            writer.start_sheet(f"s{n}", ["code"], [text])
+            writer.write_rows([(b"code %d %d" % (n, i),) for i in range(5000)])
+            if n == 1:
+                after_two = tracemalloc.get_traced_memory()[0]
+        after_twelve = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        writer.discard()
+    # Then ten more sheets hold no more memory than the first two did
+    assert after_twelve < after_two + 256 * 1024
+
+
+def test_sheets_are_deflated_by_zlib_ng_at_the_chosen_level(tmp_path):
+    from zlib_ng import zlib_ng
+
+    from lambdas.export_to_xlsx.xlsx import COMPRESSLEVEL
+
+    # Given a workbook of a few thousand rows, two sheets
+    path = tmp_path / "w.xlsx"
+    writer = XlsxStreamWriter(path, sheet_name="s", columns=["n", "t"], max_rows_per_sheet=3000)
+    writer.write_rows([(i, f"row {i} {i * 7919 % 1000}") for i in range(5000)])
+    writer.close()
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None  # every entry inflates and matches its CRC
+        for name in ("xl/worksheets/sheet1.xml", "xl/worksheets/sheet2.xml"):
+            # Then each sheet is exactly what zlib-ng writes for its XML (the standard zlib writes other bytes)
+            xml = z.read(name)
+            deflate = zlib_ng.compressobj(COMPRESSLEVEL, zlib_ng.DEFLATED, -15, 9)
+            assert z.getinfo(name).compress_size == len(deflate.compress(xml) + deflate.flush()), name
+
+
 def test_a_sheet_nearing_the_zip_entry_limit_continues_on_a_new_sheet(tmp_path, monkeypatch):
     # Given a limit small enough to reach (the real one is 2 GiB of XML per sheet)
     monkeypatch.setattr(xlsx, "SHEET_XML_LIMIT", 3 * 2**20)

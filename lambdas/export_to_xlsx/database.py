@@ -8,7 +8,7 @@ from typing import Callable, Iterator, Sequence
 
 import pymysql
 from pymysql import converters
-from pymysql.constants import CR, ER, FIELD_TYPE
+from pymysql.constants import CR, ER, FIELD_TYPE, FLAG
 from pymysql.cursors import SSCursor
 
 from . import columns
@@ -23,30 +23,80 @@ _CONNECTION_ERRORS = {CR.CR_CONNECTION_ERROR, CR.CR_CONN_HOST_ERROR, CR.CR_SERVE
                       CR.CR_SERVER_LOST, CR.CR_UNKNOWN_HOST}
 
 
-#: Types whose values the export reads as the server's text: the writer parses that text straight into cell
-#: XML (columns.py) instead of the driver building Decimal and datetime objects it would turn back into text.
-TEXT_TYPES = (FIELD_TYPE.DECIMAL, FIELD_TYPE.NEWDECIMAL, FIELD_TYPE.DATE, FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP,
-              FIELD_TYPE.TIME)
-#: PyMySQL's converters (``conv=``) without those of TEXT_TYPES.
-TEXT_CONVERSIONS = {k: v for k, v in converters.conversions.items() if k not in TEXT_TYPES}
-
-_INTEGER = ColumnType(columns.INTEGER)
-_TEXT = ColumnType(columns.TEXT)
-#: Type code -> what the column holds; ``parse`` is the driver's default converter of the text types.
-COLUMN_TYPES = {
-    **dict.fromkeys((FIELD_TYPE.TINY, FIELD_TYPE.SHORT, FIELD_TYPE.INT24, FIELD_TYPE.LONG, FIELD_TYPE.LONGLONG,
-                     FIELD_TYPE.YEAR), _INTEGER),
-    **dict.fromkeys((FIELD_TYPE.FLOAT, FIELD_TYPE.DOUBLE), ColumnType(columns.FLOAT)),
-    **{code: ColumnType(columns.DECIMAL, converters.decoders[code])
-       for code in (FIELD_TYPE.DECIMAL, FIELD_TYPE.NEWDECIMAL)},
-    FIELD_TYPE.DATE: ColumnType(columns.DATE, converters.convert_date),
-    **{code: ColumnType(columns.DATETIME, converters.convert_datetime)
-       for code in (FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP)},
-    FIELD_TYPE.TIME: ColumnType(columns.TIME, converters.convert_timedelta),
+#: What a column of each type code holds, for the writer's per-column encoders (columns.py); anything unlisted, a
+#: ZEROFILL integer and text that is not UTF-8 (binary strings and BLOBs included) take the reference path.
+_KINDS = {
+    **dict.fromkeys((FIELD_TYPE.TINY, FIELD_TYPE.SHORT, FIELD_TYPE.INT24, FIELD_TYPE.LONG, FIELD_TYPE.LONGLONG),
+                    columns.INTEGER),
+    **dict.fromkeys((FIELD_TYPE.FLOAT, FIELD_TYPE.DOUBLE), columns.FLOAT),
+    **dict.fromkeys((FIELD_TYPE.DECIMAL, FIELD_TYPE.NEWDECIMAL), columns.DECIMAL),
+    FIELD_TYPE.DATE: columns.DATE,
+    **dict.fromkeys((FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP), columns.DATETIME),
+    FIELD_TYPE.TIME: columns.TIME,
     **dict.fromkeys((FIELD_TYPE.VARCHAR, FIELD_TYPE.VAR_STRING, FIELD_TYPE.STRING, FIELD_TYPE.ENUM, FIELD_TYPE.SET,
                      FIELD_TYPE.JSON, FIELD_TYPE.TINY_BLOB, FIELD_TYPE.MEDIUM_BLOB, FIELD_TYPE.LONG_BLOB,
-                     FIELD_TYPE.BLOB), _TEXT),
+                     FIELD_TYPE.BLOB), columns.TEXT),
 }
+_UTF8 = {"utf8", "utf-8", "utf8mb4"}
+
+
+def column_type(type_code: int, flags: int, length: int, encoding: str | None) -> ColumnType:
+    """What a result column holds, and how the driver would decode its bytes: the ``encoding`` the driver chose
+    for it (PyMySQL's ``MySQLResult.converters``), then its default converter for ``type_code``."""
+    convert = converters.decoders.get(type_code)
+    if convert is converters.through:
+        convert = None
+    if type_code == FIELD_TYPE.BIT:
+        convert = _bit_converter(length or 1)
+
+    def decode(raw: bytes) -> object:
+        value = raw.decode(encoding) if encoding is not None else raw
+        return convert(value) if convert is not None else value
+
+    kind = _KINDS.get(type_code, columns.OTHER)
+    if kind == columns.INTEGER and flags & FLAG.ZEROFILL:
+        kind = columns.OTHER  # "007": its value is 7
+    if kind == columns.TEXT and (encoding or "").lower() not in _UTF8:
+        kind = columns.OTHER  # binary strings are written as hex; other character sets are decoded first
+    return ColumnType(kind, decode)
+
+
+def _split_row(fields: int) -> Callable[[object], tuple[bytes | None, ...]]:
+    """A row packet of the text protocol as its ``fields`` values, each the server's bytes or None for NULL.
+
+    Each value is a length-encoded string: one byte for lengths below 251, 0xFB for NULL, 0xFC, 0xFD or 0xFE
+    followed by a 2, 3 or 8 byte little-endian length (MySQL's protocol documentation, "Text Resultset Row")."""
+    count = range(fields)
+
+    def split(packet) -> tuple[bytes | None, ...]:
+        data = packet.get_all_data()
+        values = []
+        at = 0
+        for _ in count:
+            if at == len(data):
+                break  # a short row, as PyMySQL returns it: the writer refuses it by its number of values
+            length = data[at]
+            at += 1
+            if length < 251:
+                values.append(data[at:at + length])
+                at += length
+            elif length == 251:
+                values.append(None)
+            else:
+                size = _LENGTH_SIZES[length]
+                length = int.from_bytes(data[at:at + size], "little")
+                at += size
+                values.append(data[at:at + length])
+                at += length
+        if at != len(data):
+            raise pymysql.err.InternalError(f"a row packet of {len(data)} bytes ended after {at} bytes and "
+                                            f"{fields} values")
+        return tuple(values)
+
+    return split
+
+
+_LENGTH_SIZES = {252: 2, 253: 3, 254: 8}
 
 
 @dataclass(frozen=True)
@@ -119,7 +169,6 @@ def connect(endpoint: Endpoint, credentials: Credentials) -> pymysql.connections
             password=credentials.password,
             database=endpoint.database,
             charset="utf8mb4",
-            conv=TEXT_CONVERSIONS,
             connect_timeout=CONNECT_TIMEOUT,
             autocommit=False,
             **tls,
@@ -200,11 +249,15 @@ class QueryStream:
         if not description:
             raise ExportError(f"{self._where}: the SQL returned no result set (is it a SELECT?)")
         self.columns: list[str] = [d[0] for d in description]
-        #: What each column holds, for the writer's per-column encoders (anything unlisted: the reference path).
-        self.types: list[ColumnType] = [COLUMN_TYPES.get(d[1], columns.ANY) for d in description]
-        self._converters = {
-            i: _bit_converter(d[3] or 1) for i, d in enumerate(description) if d[1] == FIELD_TYPE.BIT
-        }
+        result = self._cursor._result
+        #: What each column holds and how the driver would decode it, for the writer's per-column encoders.
+        self.types: list[ColumnType] = [
+            column_type(field.type_code, field.flags, field.length, encoding)
+            for field, (encoding, _) in zip(result.fields, result.converters)
+        ]
+        # Rows arrive as the server's bytes (the writer encodes them, columns.py): PyMySQL's own loop reads each
+        # packet (NULL, errors, EOF, packets over 16 MB) and this one method of this one result splits it.
+        result._read_row_from_packet = _split_row(len(description))
 
     def _error(self, exc: pymysql.err.MySQLError) -> ExportError:
         code = _code(exc)
@@ -216,17 +269,13 @@ class QueryStream:
             )
         return ExportError(f"{self._where}: the SQL failed: ({code}) {exc.args[-1]}")
 
-    def batches(self) -> Iterator[Sequence[Sequence[object]]]:
-        convert = self._converters
+    def batches(self) -> Iterator[Sequence[Sequence[bytes | None]]]:
+        """Rows of the server's bytes (None for NULL); ``types`` tells how each column decodes."""
         try:
             while True:
                 rows = self._cursor.fetchmany(self._batch_rows)
                 if not rows:
                     return
-                if convert:
-                    rows = [
-                        tuple(convert[i](v) if i in convert else v for i, v in enumerate(row)) for row in rows
-                    ]
                 self.rows_read += len(rows)
                 yield rows
         except pymysql.err.MySQLError as exc:

@@ -188,7 +188,8 @@ def _run(export: ExportDefinition, *, endpoint: Endpoint, secrets: CredentialSou
                     stream = QueryStream(connection, sheet.sql, export=export.name, params=values or None,
                                          sheet=sheet.name if len(export.sheets) > 1 else None)
                     columns_seen.update(stream.columns)
-                    masker = masks.Masker(export.mask, stream.columns, mask_key, mask_counts)
+                    masker = masks.Masker(export.mask, stream.columns, mask_key, mask_counts,
+                                          [masks.text_decoder(t) for t in stream.types])
                     # A masked column's values are text now: the reference path encodes them, not its type's
                     # encoder.
                     types = [ANY if i in masker.masked else t for i, t in enumerate(stream.types)]

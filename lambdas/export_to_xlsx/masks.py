@@ -20,6 +20,7 @@ import hmac
 import math
 from typing import Callable, Iterable, Mapping, Sequence
 
+from . import columns
 from .errors import ExportError
 
 MASK_CHAR = "*"
@@ -41,6 +42,18 @@ def as_text(value: object) -> str:
     return str(value)
 
 
+#: Kinds whose mask text is the server's own text (``2024-02-29 23:59:59.999000``, ``838:59:59.000000``, every
+#: digit of a DECIMAL), not the driver's Python value's ``str`` (which would differ for TIME, for one).
+_SERVER_TEXT_KINDS = (columns.DECIMAL, columns.DATE, columns.DATETIME, columns.TIME)
+
+
+def text_decoder(column: columns.ColumnType) -> Callable[[object], object]:
+    """How a masked column's raw value (the server's bytes) becomes the value the mask works on."""
+    if column.kind in _SERVER_TEXT_KINDS:
+        return lambda raw: raw.decode() if isinstance(raw, (bytes, bytearray)) else raw
+    return column.value
+
+
 def last4(text: str) -> str:
     if len(text) <= 4:
         return MASK_CHAR * len(text)
@@ -50,10 +63,13 @@ def last4(text: str) -> str:
 class Masker:
     """Masks the columns ``mask`` names in the rows of one sheet; counts what it changed in ``counts``.
 
-    ``key`` gives the HMAC key; it is called only when a column of this sheet is hashed."""
+    ``key`` gives the HMAC key; it is called only when a column of this sheet is hashed. ``decoders`` (one per
+    column) turn a value as the rows carry it (the server's bytes) into what the driver's converters return, the
+    value a mask works on."""
 
     def __init__(self, mask: Mapping[str, str], columns: Sequence[str], key: Callable[[], bytes] | None,
-                 counts: dict[str, int]):
+                 counts: dict[str, int], decoders: Sequence[Callable[[object], object]] | None = None):
+        self._decoders = decoders
         self.counts = counts
         self.masked = {i: mask[c] for i, c in enumerate(columns) if c in mask}
         self._fns: dict[int, Callable[[object], object]] = {}
@@ -80,7 +96,7 @@ class Masker:
             for i, fn in fns.items():
                 value = row[i]
                 if value is not None:
-                    row[i] = fn(value)
+                    row[i] = fn(self._decoders[i](value) if self._decoders is not None else value)
                     changed[i] += 1
             out.append(tuple(row))
         for i, n in changed.items():
