@@ -70,7 +70,7 @@ bench: $(VENV)/.dev
 lock: $(VENV)/.dev
 	$(UV_COMPILE) $(VENV_LOCK) requirements.in -o requirements.txt
 	$(UV_COMPILE) $(VENV_LOCK) requirements-dev.in -o requirements-dev.txt
-	for fn in lambdas/*/; do $(UV_COMPILE) $(LAMBDA_LOCK) $${fn}requirements.in -o $${fn}requirements.txt || exit 1; done
+	for fn in lambdas/*/requirements.in; do $(UV_COMPILE) $(LAMBDA_LOCK) $$fn -o $${fn%.in}.txt || exit 1; done
 
 clean:
 	rm -rf cdk.out $(VENV) node_modules

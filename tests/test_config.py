@@ -500,3 +500,55 @@ def test_a_schedule_may_not_give_a_sensitive_parameter():
         load_report(parameters=[{"name": "who", "type": "str", "sensitive": True, "default": "x"}],
                     sheets=[{"name": "A", "sql": "SELECT %(who)s AS who"}],
                     schedules=[{"name": "daily", "cron": "cron(0 6 * * ? *)", "params": {"who": "alice"}}])
+
+
+@pytest.mark.parametrize("sql, why", [
+    ("SELECT 1 --\f'\nINTO @x --\f'", "INTO stores the result in variables"),  # '--' and a form feed: a comment
+    ("SELECT 1 --\v'\nINTO OUTFILE '/tmp/x' --\v'", "INTO OUTFILE"),
+    ("SELECT 1 --\r'\nFOR UPDATE --\r'", "FOR UPDATE"),
+])
+def test_a_comment_opened_by_dashes_and_any_control_character_hides_no_clause(sql, why):
+    """MySQL takes '--' followed by any whitespace or control character as a comment
+    (https://dev.mysql.com/doc/refman/8.4/en/ansi-diff-comments.html): the quote after it is commented out, so
+    the clause after the line break is code."""
+    with pytest.raises(ConfigError, match=rf"sql must only read: {why}"):
+        load_report(sheets=[{"name": "One", "sql": sql}])
+
+
+@pytest.mark.parametrize("sql, message", [
+    ("WITH t AS (SELECT 1 AS a) UPDATE orders SET amount = 0", "after its WITH clause comes UPDATE"),
+    ("WITH t AS (SELECT 1) DELETE FROM orders", "after its WITH clause comes DELETE"),
+])
+def test_a_with_clause_must_lead_to_a_select(sql, message):
+    with pytest.raises(ConfigError, match=message):
+        load_report(sheets=[{"name": "One", "sql": sql}])
+
+
+@pytest.mark.parametrize("sql", ["SELECT(1) AS a", "SELECT*FROM orders", "WITH t AS (SELECT 1 AS a) SELECT a FROM t",
+                                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3) "
+                                 "SELECT i FROM n"])
+def test_selects_written_without_spaces_or_through_a_with_clause_pass(sql):
+    assert load_report(sheets=[{"name": "One", "sql": sql}]).sheets[0].sql == sql
+
+
+@pytest.mark.parametrize("fields, lines", [
+    ({"name": "Bad Name!"}, ["environments.dev.exports[0].name: 'Bad Name!' is not an export name"]),
+    ({"sql": 5}, ["environments.dev.exports[0].sql: expected a string, got 5"]),
+    ({"name": "a" * 40}, ["environments.dev.exports[0].sheet_name: missing: the export's name"]),
+])
+def test_one_mistake_is_one_line_without_follow_on_errors(fields, lines):
+    def change(env):
+        env["exports"] = [{"name": "orders", "sql": "SELECT 1", **fields}]
+
+    with pytest.raises(ConfigError) as raised:
+        load_environment(with_change("dev", change), "dev")
+    got = str(raised.value).splitlines()
+    assert len(got) == len(lines) and all(g.startswith(want) for g, want in zip(got, lines)), got
+
+
+@pytest.mark.parametrize("zone", ["posix/Europe/Berlin", "right/UTC", "localtime", "posixrules"])
+def test_only_zones_the_functions_carry_pass_synth(zone):
+    """The machine's own zone database knows names the function's tzdata package does not: they would pass synth
+    and stop every run at cold start."""
+    with pytest.raises(ConfigError, match=rf"time_zone: '{zone}' is not an IANA time zone name"):
+        load_report(time_zone=zone)

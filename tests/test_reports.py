@@ -182,9 +182,11 @@ def test_sql_files_are_read_from_the_package_at_cold_start(env, s3, orders, monk
     # Given EXPORTS that names a .sql file of the package instead of holding the SQL
     (tmp_path / "sql").mkdir()
     (tmp_path / "sql" / "big.sql").write_text(f"-- a long report\nSELECT id, label FROM {TABLE} ORDER BY id;\n")
+    digest = definition.sql_digest(definition.read_sql_file(tmp_path, "sql/big.sql"))
     monkeypatch.setattr(contract, "PACKAGE_DIR", tmp_path)
     monkeypatch.setenv(contract.ENV_EXPORTS, json.dumps(
-        {"filed": {"sheets": [{"name": "Filed", "sql_file": "sql/big.sql"}, {"name": "Inline", "sql": "SELECT 1 AS one"}]}}))
+        {"filed": {"sheets": [{"name": "Filed", "sql_file": "sql/big.sql", "sha256": digest},
+                              {"name": "Inline", "sql": "SELECT 1 AS one"}]}}))
     export_handler.runtime.cache_clear()
     # When it runs
     (result,) = export_handler.handler({"export": "filed"}, Context())["exports"]

@@ -315,7 +315,7 @@ def check_sheet_name(sheet: object) -> str:
     return sheet
 
 
-_SQL_TOKEN_RE = re.compile(r"""'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|`[^`]*`|--[ \t][^\n]*|--$|#[^\n]*|/\*.*?\*/|;""",
+_SQL_TOKEN_RE = re.compile(r"""'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|`[^`]*`|--(?=[\x00-\x20])[^\n]*|--$|#[^\n]*|/\*.*?\*/|;""",
                            re.DOTALL | re.MULTILINE)
 #: Clauses that make a SELECT write a file or variables, or lock rows: an export only reads.
 _FORBIDDEN_CLAUSES = (
@@ -346,6 +346,17 @@ def _code_only(sql: str) -> str:
     return _SQL_TOKEN_RE.sub(keep, sql)
 
 
+def _main_statement(code: str) -> str | None:
+    """The statement a ``WITH`` clause leads to: the first statement keyword outside every parenthesis."""
+    depth, outside = 0, []
+    for ch in code.lower():
+        depth += ch == "("
+        outside.append(ch if depth == 0 else " ")
+        depth -= ch == ")" and depth > 0
+    found = re.search(r"\b(select|update|delete|insert|replace|table|values)\b", "".join(outside))
+    return found.group(1) if found else None
+
+
 def check_sql(sql: object) -> str:
     """One read-only SELECT (or WITH ... SELECT); a trailing ';' is dropped. Returns the SQL to run."""
     if not isinstance(sql, str) or not sql.strip():
@@ -353,9 +364,12 @@ def check_sql(sql: object) -> str:
     code = _code_only(sql).strip()
     if not code:
         raise ValueError("sql holds only comments")
-    first = code.split(None, 1)[0].lower().lstrip("(")
+    first = re.match(r"\(*\s*([a-z]*)", code.lower()).group(1)
     if first not in ("select", "with"):
         raise ValueError(f"sql must be a single SELECT (or WITH ... SELECT) query, got one starting with {first!r}")
+    if first == "with" and _main_statement(code) != "select":
+        raise ValueError("sql must be a single SELECT (or WITH ... SELECT) query; after its WITH clause comes "
+                         f"{(_main_statement(code) or 'nothing').upper()}")
     if ";" in code.rstrip("; \t\r\n"):
         raise ValueError("sql must be a single statement; it holds more than one (';' between statements)")
     words = " ".join(code.lower().split())
@@ -445,14 +459,21 @@ def read_sql_file(root: Path, relative: str) -> str:
 
 def _read_sheet(r: Reader, root: Path, default_name: str | None, name_key: str, export: str,
                 wire: bool) -> SheetDefinition | None:
-    name = r.str(name_key, default_name, required=default_name is None)
-    name = r.attempt(lambda: check_sheet_name(name), None, name_key) if name is not None else None
+    name = r.str(name_key, default_name, required=name_key == "name")
+    if name is not None and not r.has(name_key) and len(name) > SHEET_NAME_MAX:
+        r.problem(name_key, f"missing: the export's name {name!r} would name its sheet, and Excel allows "
+                            f"{SHEET_NAME_MAX} characters; give sheet_name")
+        name = None
+    elif name is not None:
+        name = r.attempt(lambda: check_sheet_name(name), None, name_key)
     where = f"export {export!r}, sheet {name or '?'!r}"
-    sql, sql_file = r.str("sql"), r.str("sql_file")
-    digest = r.str("sha256") if wire else None
-    if sql is None and sql_file is None:
+    if not r.has("sql") and not r.has("sql_file"):
         r.problem("sql", "required field is missing (give sql or sql_file)")
         return None
+    sql, sql_file = r.str("sql"), r.str("sql_file")
+    digest = r.str("sha256", required=wire and sql_file is not None) if wire else None
+    if sql is None and sql_file is None:
+        return None  # the field's own problem is recorded
     if sql is not None and sql_file is not None:
         r.problem("sql_file", "give sql or sql_file, not both")
         return None
@@ -474,9 +495,10 @@ def _naming(where: str, check: Callable[..., T], *args: Any) -> T:
         raise ValueError(f"{where}: {exc}") from None
 
 
-def _read_sheets(r: Reader, root: Path, export: str, wire: bool) -> tuple[SheetDefinition, ...] | None:
-    if not r.has("sheets"):
-        sheet = _read_sheet(r, root, export, "sheet_name", export, wire)
+def _read_sheets(r: Reader, root: Path, export: str | None, wire: bool) -> tuple[SheetDefinition, ...] | None:
+    r.used.add("sheets")  # "sheets": null is the one-sheet form too
+    if not r.has("sheets"):  # the one-sheet form: the sheet is named after the export unless sheet_name says
+        sheet = _read_sheet(r, root, export, "sheet_name", export or "?", wire)
         return None if sheet is None else (sheet,)
     for key in ("sql", "sql_file", "sheet_name"):
         if r.has(key):
@@ -485,7 +507,10 @@ def _read_sheets(r: Reader, root: Path, export: str, wire: bool) -> tuple[SheetD
     sheets = []
     for i, item in enumerate(raw):
         sr = r.child(item, f"{r.path}.sheets[{i}]")
-        sheets.append(_read_sheet(sr, root, None, "name", export, wire))
+        if not isinstance(item, Mapping):  # its problem is recorded; nothing more to say about it
+            sheets.append(None)
+            continue
+        sheets.append(_read_sheet(sr, root, None, "name", export or "?", wire))
         sr.done()
     if not raw or None in sheets:
         return None
@@ -632,7 +657,7 @@ def read_export(r: Reader, root: Path, *, wire: bool = False) -> ExportDefinitio
     ``latest_copy`` (the replicator's business)."""
     before = len(r.problems)
     name = r.str("name", required=True, check=is_export_name, expect=f"an export name: {EXPORT_NAME_RULE}")
-    sheets = _read_sheets(r, root, name or "?", wire)
+    sheets = _read_sheets(r, root, name, wire)
     parameters = _read_parameters(r)
     tz = r.str("time_zone", "UTC", check=is_time_zone, expect="an IANA time zone name like 'Europe/Berlin'")
     formats = _read_formats(r)

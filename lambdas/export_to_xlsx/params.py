@@ -76,7 +76,24 @@ class ParameterDefinition:
         return out
 
 
+def _tzdata_zones() -> frozenset[str] | None:
+    """The zone names of the tzdata package (which the functions carry and the venvs install), or None."""
+    try:
+        from importlib.resources import files
+
+        return frozenset(files("tzdata").joinpath("zones").read_text(encoding="utf-8").split())
+    except (ImportError, OSError):
+        return None
+
+
+_ZONES = _tzdata_zones()
+
+
 def time_zone(name: str) -> ZoneInfo:
+    """An IANA zone by name: one of the tzdata package's zones where it is installed, so that a name only the
+    machine's own database knows (``posix/...``, ``localtime``) fails at synth, not in the function."""
+    if _ZONES is not None and name not in _ZONES:
+        raise ParameterError(f"time zone {name!r} is not an IANA time zone name like 'Europe/Berlin'")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
