@@ -32,12 +32,12 @@ $(VENV_STAMP):
 	@[ -n "$(FOUND_PYTHON)" ] || echo "warning: Python $(LAMBDA_PYTHON) (the functions' Lambda runtime) not found; the venv uses $$(python3 --version) instead"
 	rm -rf $(VENV) && $(BASE_PYTHON) -m venv $(VENV) && touch $@
 
-$(VENV)/.synth: requirements.txt pyproject.toml | $(VENV_STAMP)
+$(VENV)/.synth: requirements.txt pyproject.toml $(VENV_STAMP)
 	$(PIP_LOCKED) -r requirements.txt
 	$(PIP_PROJECT)
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml | $(VENV_STAMP)
+$(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml $(VENV_STAMP)
 	$(PIP_LOCKED) -r requirements-dev.txt
 	$(PIP_PROJECT)
 	touch $@ $(VENV)/.synth

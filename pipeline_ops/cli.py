@@ -397,11 +397,19 @@ def local(template_path: Path | None, sample_tables: bool, export: str | None, p
     from lambdas.export_to_xlsx.errors import ExportError
     from pipeline_ops.local import main as local_main
 
+    import pymysql
+
+    from lambdas.export_to_xlsx.definition import DefinitionError
+
     try:
         local_main(template_path, sample_data=sample_tables, export=export, params=params, out=out_dir)
-    except (ExportError, AssertionError, ValueError, RuntimeError, OSError) as exc:
-        err.print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
-                  markup=False, soft_wrap=True)
+    except DefinitionError as exc:  # config or EXPORTS: every problem, one line each
+        err.print("\n".join(f"error: {line}" for line in exc.problems), markup=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    except (ExportError, AssertionError, ValueError, RuntimeError, OSError, LookupError, TypeError,
+            pymysql.MySQLError) as exc:  # a failed export or check, a template that is not dev's, the database
+        text = str(exc).strip()
+        err.print(f"error: {text.splitlines()[0] if text else type(exc).__name__}", markup=False, soft_wrap=True)
         raise SystemExit(1) from None
 
 

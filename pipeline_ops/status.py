@@ -9,12 +9,12 @@ from typing import Any
 import botocore.exceptions
 
 from lambdas import cron
+from lambdas.bucket_replicator.replicate import META_SOURCE_VERSION as SOURCE_VERSION_METADATA
+from lambdas.contract import META_ROWS, SUFFIXES as WORKBOOK_SUFFIXES, destination_key, export_prefix
 from pipeline_ops.aws import Deployment, OperatorError, calling, explain
 from pipeline_ops.replay import present_queues
 
 #: The replicator's copy records the source version it copied (lambdas/bucket_replicator/replicate.py).
-SOURCE_VERSION_METADATA = "source-version-id"
-WORKBOOK_SUFFIXES = (".xlsx", ".XLSX")
 
 
 @dataclass(frozen=True)
@@ -86,16 +86,16 @@ def exports(deployment: Deployment, *, now: dt.datetime, grace: dt.timedelta) ->
             run = latest_run(dynamodb, table, export.name)
             if run is not None:
                 last = f"{run.get('outcome')} {run.get('started')} ({run.get('trigger')})"
-        latest = latest_workbook(s3, source_bucket, f"{config.key_prefix}{export.name}/")
+        latest = latest_workbook(s3, source_bucket, export_prefix(config.key_prefix, export.name))
         if latest is None:
             out.append(ExportStatus(export.name, None, None, None, Check("", "no workbook yet"), last))
             continue
         with calling(f"reading s3://{source_bucket}/{latest['Key']}"):
             head = s3.head_object(Bucket=source_bucket, Key=latest["Key"])
         source = {**latest, "VersionId": head.get("VersionId")}
-        delivered = _delivery(s3, source, destination_bucket, config.destination.prefix + latest["Key"], now, grace)
+        delivered = _delivery(s3, source, destination_bucket, destination_key(config.destination.prefix, latest["Key"]), now, grace)
         out.append(ExportStatus(export.name, latest["Key"], latest["LastModified"],
-                                head.get("Metadata", {}).get("rows"), delivered, last))
+                                head.get("Metadata", {}).get(META_ROWS), delivered, last))
     return out
 
 

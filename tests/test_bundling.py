@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import pytest
 from stacks.bundling import (
     EXPORT_BUNDLE, LAMBDA_PYTHON_VERSION, REPLICATOR_BUNDLE, RUNTIME, SHARED_FILES, BundlingError, bundle, rds_ca_bundle,
 )
+from lambdas.export_to_xlsx.params import resolve
 from stacks.db_bootstrap import bootstrap_bundle
 
 
@@ -290,17 +292,25 @@ def test_the_export_asset_reads_its_sql_files_and_time_zones_on_its_own(dev, tmp
         f"sys.path[:0] = [{str(asset)!r}, {str(lambda_like_path)!r}];"
         "zoneinfo.reset_tzpath(to=[]);"
         "from lambdas.export_to_xlsx import definition, settings, params;"
-        f"e = definition.decode_exports({exports!r}, settings.PACKAGE_DIR)['daily_sales'];"
-        "v = params.resolve(e.parameters, {}, dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.timezone.utc), e.time_zone, "
-        "export=e.name);"
-        "print(json.dumps([[s.sql_file for s in e.sheets], e.sheets[0].sql.count('%(day)s'), str(v['day'])]))"
+        f"es = definition.decode_exports({exports!r}, settings.PACKAGE_DIR);"
+        "at = dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.timezone.utc);"
+        "sheets = {n: [[s.sql_file, s.sql] for s in e.sheets] for n, e in es.items()};"
+        "values = {n: {k: str(v) for k, v in params.resolve(e.parameters, {}, at, e.time_zone, export=n).items()} "
+        "for n, e in es.items() if all(p.default is not None for p in e.parameters)};"
+        "print(json.dumps({'sheets': sheets, 'values': values}))"
     )
     result = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True)
-    # Then the SQL comes from the package, and Berlin's calendar is known without the system database
+    # Then every sheet's SQL comes from the package as synth read it, and every zone's calendar is known without
+    # the system database: relative dates resolve as they do here (e.g. 00:30 UTC on 1 March is 01:30 in Berlin,
+    # where 'yesterday' is 28 February)
     assert result.returncode == 0, result.stderr
-    files, placeholders, day = json.loads(result.stdout)
-    assert files == ["sql/daily_sales_orders.sql", "sql/daily_sales_totals.sql"] and placeholders == 2
-    assert day == "2026-02-28"  # 00:30 UTC on 1 March is 01:30 in Berlin: 'yesterday' is 28 February
+    got = json.loads(result.stdout)
+    assert got["sheets"] == {e.name: [[s.sql_file, s.sql] for s in e.sheets] for e in dev.config.exports}
+    at = dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.timezone.utc)
+    assert got["values"] == {e.name: {k: str(v) for k, v in resolve(e.parameters, {}, at, e.time_zone,
+                                                                      export=e.name).items()}
+                             for e in dev.config.exports if all(p.default is not None for p in e.parameters)}
+    assert any(e.time_zone != "UTC" for e in dev.config.exports), "dev has an export in a time zone of its own"
 
 
 def test_the_tests_run_on_the_python_of_the_functions_runtime():

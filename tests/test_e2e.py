@@ -278,3 +278,18 @@ def test_a_failed_export_in_the_local_command_is_one_line_and_exit_1(dev, sample
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_template_that_is_not_devs_is_one_line_not_a_traceback(dev, sample_tables, tmp_path):
+    # Given a template from before the function packages moved under lambdas/ (another handler name)
+    old = json.loads(json.dumps(dev.template).replace('"lambdas.export_to_xlsx.handler.handler"',
+                                                      '"export_to_xlsx.handler.handler"'))
+    template = tmp_path / "old.template.json"
+    template.write_text(json.dumps(old))
+    dsn = (f"mysql://{sample_tables['user']}:{sample_tables['password']}@{sample_tables['host']}:"
+           f"{sample_tables['port']}/{sample_tables['database']}")
+    done = subprocess.run([str(Path(sys.executable).parent / "pipeline-ops"), "local", "--template", str(template),
+                           "--no-sample-tables"], env={**os.environ, "MYSQL_DSN": dsn}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -868,8 +868,9 @@ def test_the_export_docstring_says_which_retries_apply_to_what(dev):
 
     doc = " ".join(ExportToXlsx.__doc__.split())
     # Given the template: the rule retries delivery twice within two hours; the function retries an error once in 6 h
+    scheduled = next(e.name for e in dev.config.exports if e.schedule)  # an export with a UTC rule, whichever
     (rule,) = [r for r in dev.resources("AWS::Events::Rule").values()
-               if "orders" in json.dumps(r["Properties"]["Targets"][0].get("Input", ""))]
+               if json.loads(r["Properties"]["Targets"][0].get("Input", "{}")).get("export") == scheduled]
     assert rule["Properties"]["Targets"][0]["RetryPolicy"] == {"MaximumEventAgeInSeconds": 7200,
                                                                "MaximumRetryAttempts": 2}
     fn = dev.logical_id(dev.stack.export.function)
@@ -1115,13 +1116,16 @@ def test_the_export_asset_holds_the_sql_files_and_changes_with_them(dev):
     from stacks.export_to_xlsx import export_bundle
 
     spec = export_bundle(dev.config.exports)
-    daily = [e for e in dev.config.exports if e.name == "daily_sales"]
-    assert set(spec.extra_files) >= {"sql/daily_sales_orders.sql", "sql/daily_sales_totals.sql"}
-    assert spec.extra_files["sql/daily_sales_orders.sql"]() == daily[0].sheets[0].sql.encode()
+    # Every sheet of dev read from a .sql file, whichever: the file is in the asset at its path, as synth read it
+    filed = [(e, s) for e in dev.config.exports for s in e.sheets if s.sql_file]
+    assert filed, "dev has an export with a .sql file"
+    for export, sheet in filed:
+        assert spec.extra_files[sheet.sql_file]() == sheet.sql.encode()
     # A changed .sql file gives a new asset hash (so a new function version and a snapshot diff)
-    changed = dataclasses.replace(daily[0], sheets=(dataclasses.replace(daily[0].sheets[0], sql="SELECT 2"),)
-                                  + daily[0].sheets[1:])
-    others = [e for e in dev.config.exports if e.name != "daily_sales"]
+    export, sheet = filed[0]
+    changed = dataclasses.replace(export, sheets=tuple(dataclasses.replace(s, sql="SELECT 2") if s is sheet else s
+                                                       for s in export.sheets))
+    others = [e for e in dev.config.exports if e.name != export.name]
     assert export_bundle(others + [changed]).asset_hash() != spec.asset_hash()
     assert export_bundle(list(dev.config.exports)).asset_hash() == spec.asset_hash()
 

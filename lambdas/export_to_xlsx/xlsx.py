@@ -29,6 +29,7 @@ from xml.sax.saxutils import escape
 from zlib_ng import zlib_ng
 
 from .checksum import HashingFile
+from .definition import SHEET_NAME_MAX
 
 #: The format's limit is 1,048,576 rows per sheet; one of them is the header.
 MAX_DATA_ROWS_PER_SHEET = 1_048_575
@@ -326,13 +327,13 @@ def _display_width(value: object) -> int:
 
 
 def sheet_names(base: str) -> Callable[[int], str]:
-    """Name of the n-th sheet (1-based): ``base``, ``base (2)``, ... always within 31 characters."""
+    """Name of the n-th sheet (1-based): ``base``, ``base (2)``, ... always within Excel's 31 characters."""
 
     def name(n: int) -> str:
         if n == 1:
-            return base[:31]
+            return base[:SHEET_NAME_MAX]
         suffix = f" ({n})"
-        return base[: 31 - len(suffix)] + suffix
+        return base[: SHEET_NAME_MAX - len(suffix)] + suffix
 
     return name
 
@@ -509,8 +510,8 @@ class XlsxStreamWriter:
         once; without them every value goes through :meth:`CellEncoder.value`, the reference path."""
         if not columns:
             raise ValueError(f"sheet {name!r} needs at least one column")
-        if not name or len(name) > 31:
-            raise ValueError(f"sheet name {name!r} must be 1-31 characters")
+        if not name or len(name) > SHEET_NAME_MAX:
+            raise ValueError(f"sheet name {name!r} must be 1-{SHEET_NAME_MAX} characters")
         if name.casefold() in self._used:
             raise ValueError(f"sheet name {name!r} is already used in this workbook (names are case-insensitive)")
         self._end_logical()

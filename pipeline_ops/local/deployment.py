@@ -75,6 +75,13 @@ class LocalPipeline:
     # -- set-up --------------------------------------------------------------------------
 
     def __enter__(self) -> "LocalPipeline":
+        try:
+            return self._set_up()
+        except BaseException:  # a half-built deployment is taken down: servers, patched settings, caches
+            self._stack.close()
+            raise
+
+    def _set_up(self) -> "LocalPipeline":
         import logging
 
         from moto.server import ThreadedMotoServer

@@ -25,20 +25,22 @@ def run(template: dict, mysql: dict, say: Callable[[str], None] = print, *, even
     report = {"exports": [], "skipped": [], "copies": [], "hand_uploads": {}, "delivered": [],
               "hand_uploads_copied": []}
     with LocalPipeline(template, mysql, say=say) as p:
-        if events is None:
-            events = [{}] + (p.backfill_events() if backfill else [])
-        for export_event in events:
-            _run_one(p, export_event, report, say)
-        if hand_uploads:
-            _hand_uploads(p, report, say)
-        _ledger(p, report, say)
-        problems = {fn: d for fn, d in p.denied_calls().items() if d}
-        check(not problems, f"calls the template's roles would deny: {problems}")
-        say("IAM: every call of both handlers is allowed by the role the template gives it")
-        report["listing"] = p.listing()
-        if out is not None:
-            for path in p.save_objects(out):
-                say(f"kept {path}")
+        try:
+            if events is None:
+                events = [{}] + (p.backfill_events() if backfill else [])
+            for export_event in events:
+                _run_one(p, export_event, report, say)
+            if hand_uploads:
+                _hand_uploads(p, report, say)
+            _ledger(p, report, say)
+            problems = {fn: d for fn, d in p.denied_calls().items() if d}
+            check(not problems, f"calls the template's roles would deny: {problems}")
+            say("IAM: every call of both handlers is allowed by the role the template gives it")
+            report["listing"] = p.listing()
+        finally:  # what was produced is kept, also when a check or an export failed
+            if out is not None:
+                for path in p.save_objects(out):
+                    say(f"kept {path}")
     return report
 
 
