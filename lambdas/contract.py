@@ -8,6 +8,10 @@ bundler puts this module into every function's package (``lambdas/contract.py``)
 from __future__ import annotations
 
 import datetime as dt
+import json
+import sys
+import time
+from typing import Any
 
 #: The key endings that are copied. S3 notification filters compare suffixes case-sensitively,
 #: so the stack adds one filter per ending and the replicator accepts exactly these, nothing else
@@ -161,3 +165,21 @@ def is_replicated(key: str, source_prefix: str) -> bool:
 def destination_key(destination_prefix: str, key: str) -> str:
     """The key of a source object's copy in the destination bucket."""
     return destination_prefix + key
+
+
+def put_metric(function_name: str, metric: str, value: int = 1, out: Any = None) -> None:
+    """One embedded-metric-format log line (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/
+    CloudWatch_Embedded_Metric_Format_Specification.html): CloudWatch Logs turns it into ``metric`` = ``value`` in
+    METRIC_NAMESPACE with the dimension ``FunctionName``, which the stack's alarms watch."""
+    line = {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [{"Namespace": METRIC_NAMESPACE, "Dimensions": [["FunctionName"]],
+                                   "Metrics": [{"Name": metric, "Unit": "Count"}]}],
+        },
+        "FunctionName": function_name,
+        metric: value,
+    }
+    stream = out or sys.stdout
+    stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+    stream.flush()

@@ -14,8 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
-import time
 from decimal import Decimal
 from typing import Any, Mapping
 
@@ -75,22 +73,8 @@ def item_of(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def count_failure(function_name: str, out: Any = None) -> None:
-    """One embedded-metric-format line: CloudWatch Logs turns it into ``LedgerWritesFailed`` = 1."""
-    line = {
-        "_aws": {
-            "Timestamp": int(time.time() * 1000),
-            "CloudWatchMetrics": [{
-                "Namespace": contract.METRIC_NAMESPACE,
-                "Dimensions": [["FunctionName"]],
-                "Metrics": [{"Name": contract.METRIC_LEDGER_NOT_WRITTEN, "Unit": "Count"}],
-            }],
-        },
-        "FunctionName": function_name,
-        contract.METRIC_LEDGER_NOT_WRITTEN: 1,
-    }
-    stream = out or sys.stdout
-    stream.write(json.dumps(line, separators=(",", ":")) + "\n")
-    stream.flush()
+    """``LedgerWritesFailed`` = 1 for this function (:func:`contract.put_metric`)."""
+    contract.put_metric(function_name, contract.METRIC_LEDGER_NOT_WRITTEN, 1, out)
 
 
 def _reason(exc: Exception) -> str:

@@ -6,7 +6,6 @@ import json
 from typing import Sequence
 
 from aws_cdk import Aws, Duration, RemovalPolicy, Stack
-from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_scheduler as scheduler
@@ -17,7 +16,7 @@ from lambdas import contract as shared
 from lambdas.deadline_check import settings as contract
 from stacks.bundling import BundleSpec
 from stacks.nag import acknowledge
-from stacks.pipeline_function import alarm_on, failure_queue, pipeline_function
+from stacks.pipeline_function import failure_queue, function_metric_alarm, pipeline_function
 from stacks.run_ledger import RunLedger
 
 DEADLINE_CHECK_BUNDLE = BundleSpec(package="deadline_check")
@@ -138,11 +137,8 @@ class DeadlineCheck(Construct):
                           {contract.EVENT_CHECKED_AT: shared.SCHEDULED_TIME_ATTRIBUTE},
                           retry_attempts=3, max_event_age=Duration.hours(1)),
         )
-        self.late_alarm = alarm_on(
-            self, "LateAlarm", topic=alarm_topic,
+        self.late_alarm = function_metric_alarm(
+            self, "LateAlarm", topic=alarm_topic, function=self.function, metric_name=contract.METRIC_LATE,
             description="A scheduled workbook was not in the destination by its deadline (see the Workbook Late "
                         "event or the deadline check's log)",
-            metric=cloudwatch.Metric(namespace=contract.METRIC_NAMESPACE, metric_name=contract.METRIC_LATE,
-                                     dimensions_map={"FunctionName": self.function.function_name},
-                                     period=Duration.minutes(5), statistic="Sum"),
         )

@@ -9,15 +9,13 @@ log line on stdout) that an alarm watches; it never undoes or repeats the copy.
 from __future__ import annotations
 
 import json
-import sys
-import time
 from typing import Any, Mapping
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..contract import META_EXPORT, META_PARAMS, META_ROWS, META_SHEETS
+from ..contract import META_EXPORT, META_PARAMS, META_ROWS, META_SHEETS, put_metric
 from .replicate import Outcome
-from .settings import DELIVERED_DETAIL_TYPE, DELIVERED_SOURCE, METRIC_NAMESPACE, METRIC_NOT_PUBLISHED, Settings
+from .settings import DELIVERED_DETAIL_TYPE, DELIVERED_SOURCE, METRIC_NOT_PUBLISHED, Settings
 
 
 
@@ -86,19 +84,5 @@ def destination_version(s3: Any, settings: Settings, outcome: Outcome) -> str | 
 
 
 def count_failure(function_name: str, out: Any = None) -> None:
-    """One embedded-metric-format line: CloudWatch Logs turns it into ``METRIC_NOT_PUBLISHED`` = 1."""
-    line = {
-        "_aws": {
-            "Timestamp": int(time.time() * 1000),
-            "CloudWatchMetrics": [{
-                "Namespace": METRIC_NAMESPACE,
-                "Dimensions": [["FunctionName"]],
-                "Metrics": [{"Name": METRIC_NOT_PUBLISHED, "Unit": "Count"}],
-            }],
-        },
-        "FunctionName": function_name,
-        METRIC_NOT_PUBLISHED: 1,
-    }
-    stream = out or sys.stdout
-    stream.write(json.dumps(line, separators=(",", ":")) + "\n")
-    stream.flush()
+    """``DeliveredEventsNotPublished`` = 1 for this function (:func:`contract.put_metric`)."""
+    put_metric(function_name, METRIC_NOT_PUBLISHED, 1, out)

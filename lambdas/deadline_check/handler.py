@@ -7,8 +7,6 @@ import functools
 import json
 import logging
 import os
-import sys
-import time
 from typing import Any
 
 import boto3
@@ -16,7 +14,7 @@ from botocore.config import Config
 
 from .. import contract
 from .check import SKIPPED, CheckError, announce, due_in_window, judge
-from .settings import CHECK_PERIOD_MINUTES, EVENT_CHECKED_AT, METRIC_LATE, METRIC_NAMESPACE, Settings, load_settings
+from .settings import CHECK_PERIOD_MINUTES, EVENT_CHECKED_AT, METRIC_LATE, Settings, load_settings
 
 log = logging.getLogger()
 
@@ -40,17 +38,8 @@ def checked_at(event: Any) -> dt.datetime:
 
 
 def count_late(function_name: str, late: int, out: Any = None) -> None:
-    """One embedded-metric-format line: CloudWatch Logs turns it into ``WorkbooksLate`` = late."""
-    line = {
-        "_aws": {"Timestamp": int(time.time() * 1000), "CloudWatchMetrics": [{
-            "Namespace": METRIC_NAMESPACE, "Dimensions": [["FunctionName"]],
-            "Metrics": [{"Name": METRIC_LATE, "Unit": "Count"}]}]},
-        "FunctionName": function_name,
-        METRIC_LATE: late,
-    }
-    stream = out or sys.stdout
-    stream.write(json.dumps(line, separators=(",", ":")) + "\n")
-    stream.flush()
+    """``WorkbooksLate`` = ``late`` for this function (:func:`contract.put_metric`)."""
+    contract.put_metric(function_name, METRIC_LATE, late, out)
 
 
 def check(event: Any, settings: Settings, dynamodb: Any, events: Any, now: dt.datetime) -> dict[str, Any]:

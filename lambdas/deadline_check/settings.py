@@ -29,7 +29,6 @@ CHECK_PERIOD_MINUTES = 1
 EVENT_CHECKED_AT = "checked_at"
 
 #: Custom metrics (embedded metric format, dimension FunctionName): late runs, and events that could not be put.
-METRIC_NAMESPACE = "MysqlXlsxPipeline"
 METRIC_LATE = "WorkbooksLate"
 
 
