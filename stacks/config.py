@@ -134,6 +134,9 @@ class DestinationConfig:
     prefix: str = ""
     kms_key_arn: str | None = None
     source_prefix: str = ""
+    #: The destination bucket's region, when known: only checked against the key's (S3 takes an SSE-KMS key in
+    #: the bucket's own region only) and, for the bucket this stack creates, against the stack's region.
+    region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -366,6 +369,24 @@ def _check_region(env: Reader, region: str | None, ca_bundle_file: Path | None, 
         env.problem("region", bundle.uncovered_region_message(region))
 
 
+def _check_destination_region(dest: Reader, destination: DestinationConfig, stack_region: str | None) -> None:
+    """S3 encrypts with an SSE-KMS key of the bucket's own region only (and S3 in that region calls KMS), and the
+    bucket this stack creates is in the stack's region: a key or a region that cannot match is refused here,
+    rather than as AccessDenied on every copy after the deploy."""
+    key_region = destination.kms_key_arn.split(":")[3] if destination.kms_key_arn else None
+    bucket_region = destination.region
+    if destination.bucket_name is None and stack_region is not None:
+        if bucket_region is not None and bucket_region != stack_region:
+            dest.problem("region", f"{bucket_region!r}: the destination bucket this stack creates (no bucket_name) "
+                                   f"is in the stack's region {stack_region!r}")
+            return
+        bucket_region = stack_region
+    if key_region is not None and bucket_region is not None and key_region != bucket_region:
+        where = "destination.region" if destination.region is not None else "the stack's region, where it creates the bucket,"
+        dest.problem("kms_key_arn", f"the key is in {key_region!r} but {where} is {bucket_region!r}: S3 encrypts "
+                                    f"only with a key in the bucket's own region")
+
+
 def _destination_name(dest: Reader) -> str | None:
     name = dest.str("bucket_name", check=_BUCKET_RE.match, expect="an S3 bucket name")
     arn = dest.str("bucket_arn", check=lambda v: bool(_BUCKET_ARN_RE.match(v) and _BUCKET_RE.match(v.rsplit(":", 1)[1])),
@@ -414,7 +435,9 @@ def _read_environment(name: str, raw: Any, root: Path) -> EnvironmentConfig:
                              expect="a full KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID); aliases resolve in the "
                                     "caller's account, so another account's key needs its ARN"),
         source_prefix=dest.str("source_prefix", "", check=_plain_prefix, expect=PLAIN_PREFIX),
+        region=dest.str("region", check=_REGION_RE.match, expect="a region name like 'eu-west-1'"),
     )
+    _check_destination_region(dest, destination, region)
     dest.done()
     for export in exports:
         if export.latest_copy and not export_prefix(key_prefix, export.name).startswith(destination.source_prefix):

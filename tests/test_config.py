@@ -552,3 +552,52 @@ def test_only_zones_the_functions_carry_pass_synth(zone):
     and stop every run at cold start."""
     with pytest.raises(ConfigError, match=rf"time_zone: '{zone}' is not an IANA time zone name"):
         load_report(time_zone=zone)
+
+
+# --- the destination's region ------------------------------------------------------------
+
+PARTNER_KEY = "arn:aws:kms:{}:210987654321:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def _destination(**fields):
+    def change(env):
+        env["destination"].update(fields)
+    return change
+
+
+@pytest.mark.parametrize("env, fields, message", [
+    ("prod", {"region": "us-east-1", "kms_key_arn": PARTNER_KEY.format("eu-west-1")},
+     r"environments.prod.destination.kms_key_arn: the key is in 'eu-west-1' but destination.region is "
+     r"'us-east-1': S3 encrypts only with a key in the bucket's own region"),
+    ("dev", {"kms_key_arn": PARTNER_KEY.format("us-east-1")}, None),  # dev has no region: nothing to compare
+    ("prod", {"region": "eu-west-1"}, None),  # prod's partner key is in eu-west-1 too
+])
+def test_a_partner_key_outside_its_bucket_s_region_is_refused(env, fields, message):
+    """An SSE-KMS key must be in its bucket's region
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/specifying-kms-encryption.html): with the bucket's
+    region given (destination.region), a key of another region is refused at synth instead of failing every
+    copy after the deploy; without one there is nothing to compare and any key region is taken."""
+    context = with_change(env, _destination(**fields))
+    if message is None:
+        assert load_environment(context, env).destination.region == fields.get("region")
+    else:
+        with pytest.raises(ConfigError, match=message):
+            load_environment(context, env)
+
+
+def test_the_bucket_this_stack_creates_is_in_the_stack_s_region():
+    """Without bucket_name the stack creates the destination bucket, in its own region; a destination.region or a
+    key of another region cannot be that bucket's (same AWS page as above)."""
+    def own_bucket(**fields):
+        def change(env):
+            env["destination"] = {"prefix": "incoming/", **fields}
+        return with_change("prod", change)
+
+    assert load_environment(own_bucket(region="eu-west-1"), "prod").destination.region == "eu-west-1"
+    assert load_environment(own_bucket(kms_key_arn=PARTNER_KEY.format("eu-west-1")), "prod").destination.kms_key_arn
+    with pytest.raises(ConfigError, match=r"destination.region: 'us-east-1': the destination bucket this stack "
+                                          r"creates \(no bucket_name\) is in the stack's region 'eu-west-1'"):
+        load_environment(own_bucket(region="us-east-1"), "prod")
+    with pytest.raises(ConfigError, match=r"destination.kms_key_arn: the key is in 'us-east-1' but the stack's "
+                                          r"region, where it creates the bucket, is 'eu-west-1'"):
+        load_environment(own_bucket(kms_key_arn=PARTNER_KEY.format("us-east-1")), "prod")
