@@ -7,8 +7,9 @@ or, in the failed-exports queue, EventBridge's dead letter of a schedule, which 
 (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-rule-event-delivery.html#eb-rule-dlq),
 or EventBridge Scheduler's dead letter, which is likewise the schedule's input with its context
 attributes filled in (``{"export", "params", "schedule": {"name", "scheduled_time"}}``) and the error in
-the attributes ``ERROR_CODE``, ``ERROR_MESSAGE``, ``EXHAUSTED_RETRY_CONDITION`` and ``SCHEDULE_ARN``
-(https://docs.aws.amazon.com/scheduler/latest/UserGuide/configuring-schedule-dlq.html). A replayed
+the attributes ``ERROR_CODE``, ``ERROR_MESSAGE``, ``EXHAUSTED_RETRY_CONDITION``, ``SCHEDULE_ARN``, ... and
+``IS_PAYLOAD_TRUNCATED`` (https://docs.aws.amazon.com/scheduler/latest/UserGuide/configuring-schedule-dlq.html);
+a truncated one is not replayed. A replayed
 scheduled run keeps its schedule and scheduled time: it reads the day it was planned for, records its
 run where the deadline check looks, and ``status`` shows whether it made its deadline.
 A message is deleted only after the function, invoked synchronously with that event, succeeded;
@@ -98,6 +99,10 @@ def read_message(queue: FailureQueue, message: dict) -> Waiting:
         return Waiting(mid, handle, event, queue.subject(event), reason)
     why = ": ".join(a for a in (attributes.get("EXHAUSTED_RETRY_CONDITION"), attributes.get("ERROR_CODE"),
                                 attributes.get("ERROR_MESSAGE")) if a)
+    if attributes.get("IS_PAYLOAD_TRUNCATED") == "true":  # Scheduler cut the body: not the schedule's input
+        return Waiting(mid, handle, None, "(unknown)",
+                       f"holds no event to replay (its payload was truncated{'; ' + why if why else ''}): "
+                       "left in the queue")
     if queue.plain_event_keys and isinstance(body, dict) and "export" in body and set(body) <= queue.plain_event_keys:
         return Waiting(mid, handle, body, queue.subject(body), why or "no reason recorded")
     return Waiting(mid, handle, None, "(unknown)",

@@ -419,7 +419,8 @@ def test_replay_re_runs_a_scheduler_dead_letter_with_its_schedule(deployed):
         QueueUrl=deployed.outputs["FailedExportsQueueUrl"], MessageBody=json.dumps(event),
         MessageAttributes={name: {"DataType": "String", "StringValue": value} for name, value in {
             "ERROR_CODE": "AWS.Lambda.TooManyRequestsException", "ERROR_MESSAGE": "Rate Exceeded.",
-            "EXHAUSTED_RETRY_CONDITION": "MaximumRetryAttemptsExceeded", "RETRY_ATTEMPTS": "5",
+            "EXECUTION_ID": "ad06616e51cdf74a", "EXHAUSTED_RETRY_CONDITION": "MaximumRetryAttempts",
+            "IS_PAYLOAD_TRUNCATED": "false", "RETRY_ATTEMPTS": "5", "SCHEDULED_TIME": "2026-07-01T04:00:00Z",
             "SCHEDULE_ARN": "arn:aws:scheduler:us-east-1:123456789012:schedule/MysqlXlsxPipeline-dev/customers.eu-morning",
             "TARGET_ARN": "arn:aws:lambda:us-east-1:123456789012:function:export"}.items()})
     deployed.fake.answers[export_fn] = lambda e: ({"exports": [upload("customers")]}, None)
@@ -427,8 +428,25 @@ def test_replay_re_runs_a_scheduler_dead_letter_with_its_schedule(deployed):
     assert result.exit_code == 0, result.output
     assert deployed.fake.payloads(export_fn) == [{**event, "trigger": "replay"}]  # replayed: the ledger says so
     assert "customers (eu-morning at 2026-07-01T04:00:00Z)" in result.stdout
-    assert "MaximumRetryAttemptsExceeded: AWS.Lambda.TooManyRequestsException: Rate Exceeded." in result.stdout
+    assert "MaximumRetryAttempts: AWS.Lambda.TooManyRequestsException: Rate Exceeded." in result.stdout
     assert deployed.queue_bodies("FailedExportsQueueUrl") == []
+
+
+def test_replay_leaves_a_scheduler_dead_letter_whose_payload_was_cut(deployed):
+    """Scheduler marks a dead letter whose body it cut with IS_PAYLOAD_TRUNCATED
+    (https://docs.aws.amazon.com/scheduler/latest/UserGuide/configuring-schedule-dlq.html): even if what is left
+    parses, it is not the schedule's input, so it is not replayed but left for a person to read."""
+    export_fn = deployed.outputs["ExportFunctionName"]
+    body = json.dumps({"export": "customers"})
+    deployed.sqs.send_message(
+        QueueUrl=deployed.outputs["FailedExportsQueueUrl"], MessageBody=body,
+        MessageAttributes={name: {"DataType": "String", "StringValue": value} for name, value in {
+            "ERROR_CODE": "AWS.Lambda.TooManyRequestsException", "IS_PAYLOAD_TRUNCATED": "true"}.items()})
+    result = deployed.cli("replay")
+    assert result.exit_code == 1
+    assert "holds no event to replay (its payload was truncated" in result.stdout and "1 left" in result.stdout
+    assert deployed.fake.payloads(export_fn) == []
+    assert deployed.queue_bodies("FailedExportsQueueUrl") == [{"export": "customers"}]
 
 
 def test_replay_works_without_the_failed_exports_queue(endpoint, dev):
