@@ -190,11 +190,11 @@ def _datetime(start: bytes, reference: Encode) -> Encode:
             if day is not None:
                 seconds = day * 86_400 + int(raw[11:13]) * 3600 + int(raw[14:16]) * 60 + int(raw[17:19])
                 if len(raw) == 19:
-                    return head + b"%r" % serial(seconds, 86_400) + tail
+                    return head + serial(seconds, 86_400).encode() + tail
                 us = int(raw[20:].ljust(6, b"0"))
                 if seconds * 1_000_000 + us < _LAST_US:
                     ms = seconds * 1000 + (us + 500) // 1000
-                    return (head_ms if ms % 1000 else head) + b"%r" % serial(ms, 86_400_000) + tail
+                    return (head_ms if ms % 1000 else head) + serial(ms, 86_400_000).encode() + tail
         return reference(raw)
 
     return encode
