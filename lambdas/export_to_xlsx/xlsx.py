@@ -69,9 +69,11 @@ STYLE_DATETIME_MS, STYLE_TIME_MS = 5, 6
 #: Deflate level of the sheets, which zlib-ng compresses (sheet XML is most of the CPU a zip costs). Measured on the
 #: benchmark's rows (200k rows, 107 MiB of sheet XML, deflate alone): zlib-ng level 4 0.48 CPU s and 18.4 MiB, 5:
 #: 0.58 s and 18.3 MiB, 6: 0.95 s and 18.3 MiB; the standard zlib at level 2 (this writer's before) 0.51 s and
-#: 21.4 MiB, at 6 (XlsxWriter's) 1.65 s and 18.3 MiB. Level 5 would save 0.5% of the file for 0.5 CPU s per million
-#: rows, more than uploading the difference (about 0.5 MiB per million rows) takes.
-COMPRESSLEVEL = 4
+#: 21.4 MiB, at 6 (XlsxWriter's) 1.65 s and 18.3 MiB. Level 5 makes the file 0.5% smaller than level 4 for 0.5 CPU s
+#: per million rows (1M rows' sheet XML: 96,474,065 against 95,974,607 bytes, 3.0 against 3.5 CPU s), which takes it
+#: below XlsxWriter's (issue 20's target); level 6 saves next to nothing more for twice that CPU, level 7 (6% smaller)
+#: costs 4 CPU s more per million rows, which the CPU target cannot afford.
+COMPRESSLEVEL = 5
 #: zlib-ng's memLevel 9 (zlib's default is 8): a larger hash table, 0.1% smaller files at the same CPU.
 _MEM_LEVEL = 9
 FLUSH_ROWS = 512
@@ -924,7 +926,7 @@ def _deflating_with_zlib_ng(entry, level: int):
     zipfile has no option for another deflate implementation; its entry writer keeps its compressor in
     ``_compressor`` (CPython 3.6 to 3.14), so that one object is swapped. zlib-ng writes standard raw deflate (any
     zip reader inflates it) about three times as fast as zlib for the same size of file: level 4 gives a file
-    14% smaller than zlib's level 2 at the same CPU. A zipfile that keeps its compressor elsewhere fails here
+    14% smaller than zlib's level 2 at the same CPU, level 5 (:data:`COMPRESSLEVEL`) another 0.5%. A zipfile that keeps its compressor elsewhere fails here
     (and in the tests) instead of silently writing with zlib."""
     if type(getattr(entry, "_compressor", None)) is not type(zlib.compressobj()):
         raise RuntimeError("zipfile's entry writer has no zlib compressor to replace: update _deflating_with_zlib_ng")
