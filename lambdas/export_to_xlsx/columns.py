@@ -59,6 +59,9 @@ _PLAIN_TEXT_MAX = MAX_CELL_CHARS // 2
 _EPOCH_ORDINAL = EXCEL_EPOCH.toordinal()
 _FIRST_DAY = EXCEL_FIRST_DATE.toordinal() - _EPOCH_ORDINAL
 _LAST_US = (EXCEL_PAST_LAST_INSTANT - EXCEL_EPOCH) // dt.timedelta(microseconds=1)
+#: " HH:MM" and ":SS" of a date-time's text (every valid one) to seconds: two lookups parse and check the time of day.
+_HOURS_MINUTES = {b" %02d:%02d" % (h, m): h * 3600 + m * 60 for h in range(24) for m in range(60)}
+_SECONDS = {b":%02d" % s: s for s in range(60)}
 #: Distinct days remembered per column (about 1 MB at most): dates repeat, datetimes share their day.
 _DAY_CACHE_SIZE = 4096
 #: Cells remembered per column for values that repeat (statuses, codes, prices), values of at most _MEMO_BYTES
@@ -134,9 +137,10 @@ def _decimal(start: bytes, reference: Encode) -> Encode:
 
 
 def _day_numbers() -> Callable[[bytes], int | None]:
-    """Days since Excel's epoch of a well-formed ``YYYY-MM-DD``, or None for a day that is not a date (zero
-    dates) or comes before 1900-03-01; remembered for the column's first distinct days."""
+    """Days since Excel's epoch of ``YYYY-MM-DD``, or None for text of another shape, a day that is not a date
+    (zero dates) or one before 1900-03-01; remembered for the column's first distinct texts."""
     cache: dict[bytes, int | None] = {}
+    well_formed = _DATE_TEXT.fullmatch
 
     def day_number(text: bytes) -> int | None:
         try:
@@ -147,7 +151,7 @@ def _day_numbers() -> Callable[[bytes], int | None]:
             number = dt.date(int(text[:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_ORDINAL
         except ValueError:
             number = None
-        if number is not None and number < _FIRST_DAY:
+        if number is not None and (number < _FIRST_DAY or not well_formed(text)):
             number = None
         if len(cache) < _DAY_CACHE_SIZE:
             cache[text] = number
@@ -180,21 +184,28 @@ def _datetime(start: bytes, reference: Encode) -> Encode:
     path computes it (:func:`xlsx.serial` of the same rational); early, zero and too-late values go there."""
     well_formed = _DATETIME_TEXT.fullmatch
     day_number = _day_numbers()
+    hours_minutes, seconds_of = _HOURS_MINUTES.get, _SECONDS.get
     head = start + f' s="{STYLE_DATETIME}"><v>'.encode()
     head_ms = start + f' s="{STYLE_DATETIME_MS}"><v>'.encode()
     tail = b"</v></c>"
 
     def encode(raw: bytes | None) -> bytes:
-        if raw is not None and well_formed(raw):
+        if raw is None:
+            return reference(raw)
+        if len(raw) == 19:  # whole seconds: the shape checked by the lookups (what well_formed checks)
+            day = day_number(raw[:10])
+            hm = hours_minutes(raw[10:16])
+            s = seconds_of(raw[16:])
+            if day is not None and hm is not None and s is not None:
+                return head + serial(day * 86_400 + hm + s, 86_400).encode() + tail
+        elif well_formed(raw):
             day = day_number(raw[:10])
             if day is not None:
                 seconds = day * 86_400 + int(raw[11:13]) * 3600 + int(raw[14:16]) * 60 + int(raw[17:19])
-                if len(raw) == 19:
-                    return head + b"%r" % serial(seconds, 86_400) + tail
                 us = int(raw[20:].ljust(6, b"0"))
                 if seconds * 1_000_000 + us < _LAST_US:
                     ms = seconds * 1000 + (us + 500) // 1000
-                    return (head_ms if ms % 1000 else head) + b"%r" % serial(ms, 86_400_000) + tail
+                    return (head_ms if ms % 1000 else head) + serial(ms, 86_400_000).encode() + tail
         return reference(raw)
 
     return encode

@@ -69,9 +69,11 @@ STYLE_DATETIME_MS, STYLE_TIME_MS = 5, 6
 #: Deflate level of the sheets, which zlib-ng compresses (sheet XML is most of the CPU a zip costs). Measured on the
 #: benchmark's rows (200k rows, 107 MiB of sheet XML, deflate alone): zlib-ng level 4 0.48 CPU s and 18.4 MiB, 5:
 #: 0.58 s and 18.3 MiB, 6: 0.95 s and 18.3 MiB; the standard zlib at level 2 (this writer's before) 0.51 s and
-#: 21.4 MiB, at 6 (XlsxWriter's) 1.65 s and 18.3 MiB. Level 5 would save 0.5% of the file for 0.5 CPU s per million
-#: rows, more than uploading the difference (about 0.5 MiB per million rows) takes.
-COMPRESSLEVEL = 4
+#: 21.4 MiB, at 6 (XlsxWriter's) 1.65 s and 18.3 MiB. Level 5 makes the file 0.5% smaller than level 4 for 0.5 CPU s
+#: per million rows (1M rows' sheet XML: 96,474,065 against 95,974,607 bytes, 3.0 against 3.5 CPU s), which takes it
+#: below XlsxWriter's (issue 20's target); level 6 saves next to nothing more for twice that CPU, level 7 (6% smaller)
+#: costs 4 CPU s more per million rows, which the CPU target cannot afford.
+COMPRESSLEVEL = 5
 #: zlib-ng's memLevel 9 (zlib's default is 8): a larger hash table, 0.1% smaller files at the same CPU.
 _MEM_LEVEL = 9
 FLUSH_ROWS = 512
@@ -192,17 +194,17 @@ class CellEncoder:
                 return f' t="inlineStr"><is><t>{_format_timedelta(value)}</t></is></c>'
             us = value.microseconds
             if not us:
-                return f' s="{STYLE_TIME}"><v>{_days(value)!r}</v></c>'
+                return f' s="{STYLE_TIME}"><v>{_days(value)}</v></c>'
             value += dt.timedelta(microseconds=(us + 500) // 1000 * 1000 - us)  # to the millisecond
             style = STYLE_TIME_MS if value.microseconds else STYLE_TIME
-            return f' s="{style}"><v>{_days(value)!r}</v></c>'
+            return f' s="{style}"><v>{_days(value)}</v></c>'
         if kind is bool:
             return f' t="b"><v>{int(value)}</v></c>'
         if kind is bytes or kind is bytearray:
             return f' t="inlineStr"><is><t>{value.hex()}</t></is></c>' if value else ""
         if kind is dt.time:
             since_midnight = dt.datetime.combine(EXCEL_EPOCH, value) - EXCEL_EPOCH
-            return f' s="{STYLE_TIME}"><v>{_days(since_midnight)!r}</v></c>'
+            return f' s="{STYLE_TIME}"><v>{_days(since_midnight)}</v></c>'
         if isinstance(value, (int, float, str, dt.date, Decimal)):  # subclasses
             return self.value(_base(value))
         return f' t="inlineStr">{self.text(str(value))}</c>'
@@ -234,12 +236,12 @@ class CellEncoder:
             return self._outside(value)
         us = value.microsecond
         if not us:
-            return f' s="{STYLE_DATETIME}"><v>{_days(value - EXCEL_EPOCH)!r}</v></c>'
+            return f' s="{STYLE_DATETIME}"><v>{_days(value - EXCEL_EPOCH)}</v></c>'
         if value >= EXCEL_PAST_LAST_INSTANT:
             return self._outside(value)
         value += dt.timedelta(microseconds=(us + 500) // 1000 * 1000 - us)  # to the millisecond
         style = STYLE_DATETIME_MS if value.microsecond else STYLE_DATETIME
-        return f' s="{style}"><v>{_days(value - EXCEL_EPOCH)!r}</v></c>'
+        return f' s="{style}"><v>{_days(value - EXCEL_EPOCH)}</v></c>'
 
     def _outside(self, value: dt.date) -> str:
         """A date Excel cannot hold, as ISO text with every digit, counted."""
@@ -263,19 +265,25 @@ _EXACT_IN_DOUBLE = 2**53
 _ONE_US = dt.timedelta(microseconds=1)
 
 
-def _days(delta: dt.timedelta) -> float:
-    """``delta`` in days (a serial or a duration): the nearest double that is not below the exact value.
+def _days(delta: dt.timedelta) -> str:
+    """``delta`` in days (a serial or a duration), as the cell's text: :func:`serial` in microseconds.
 
     LibreOffice shows seconds by cutting, not rounding: the nearest double to 1970-01-01 00:00:01 is a
-    hair below it and shows as 00:00:00. One step up (at most 40 microseconds in year 9999) is still
-    the same millisecond for every reader."""
+    hair below it and shows as 00:00:00, so no serial is ever below its instant. Two steps up at most (under 81
+    microseconds in year 9999, 1.3 microseconds until 2079) is still the same millisecond for every reader."""
     return serial(delta // _ONE_US, _US_PER_DAY)
 
 
-def serial(units: int, per_day: int) -> float:
-    """``units / per_day`` days as the nearest double that is not below the exact value (see :func:`_days`).
+def serial(units: int, per_day: int) -> str:
+    """``units / per_day`` days as the shortest text of a double that is not below the exact value: the nearest
+    such double, or, when its shortest form needs all 17 significant digits, the next double up if that one's
+    form is shorter (see :func:`_days`).
 
-    The same rational gives the same double whatever the unit (seconds, milliseconds, microseconds)."""
+    XlsxWriter writes 16 digits, which stores about half of all date-times below their instant. The nearest
+    double not below needs 17 digits for 37% of the seconds of 1900-2099 (27% of the benchmark's date-times); the
+    next one up needs fewer for two thirds of those (all of the benchmark's, whose serials are above 32768, where
+    doubles are 0.6 microseconds apart): 0.23% of the benchmark's compressed file. The same rational gives the
+    same text whatever the unit (seconds, milliseconds, microseconds)."""
     days = units / per_day  # correctly rounded
     if -_EXACT_IN_DOUBLE < units < _EXACT_IN_DOUBLE:
         # units and per_day are exact doubles, so fma's one rounding keeps the sign of days * per_day - units:
@@ -284,7 +292,22 @@ def serial(units: int, per_day: int) -> float:
     else:
         numerator, denominator = days.as_integer_ratio()
         below = numerator * per_day < units * denominator
-    return math.nextafter(days, math.inf) if below else days
+    if below:
+        days = math.nextafter(days, math.inf)
+    text = repr(days)
+    if len(text) < _LONGEST_FORM or (text[0] == "0" or "e" in text) and _significant_digits(text) < 17:
+        return text  # 16 significant digits or fewer (17 digits and a point take 18 characters)
+    up = repr(math.nextafter(days, math.inf))
+    return up if len(up) < len(text) else text
+
+
+#: The fewest characters a double's shortest form with 17 significant digits takes (digits and the point).
+_LONGEST_FORM = 18
+
+
+def _significant_digits(text: str) -> int:
+    """Significant digits of a float's repr (no sign: serials and durations written here are not negative)."""
+    return len(text.partition("e")[0].replace(".", "").lstrip("0"))
 
 
 def _utf16_units(value: str) -> int:
@@ -903,7 +926,7 @@ def _deflating_with_zlib_ng(entry, level: int):
     zipfile has no option for another deflate implementation; its entry writer keeps its compressor in
     ``_compressor`` (CPython 3.6 to 3.14), so that one object is swapped. zlib-ng writes standard raw deflate (any
     zip reader inflates it) about three times as fast as zlib for the same size of file: level 4 gives a file
-    14% smaller than zlib's level 2 at the same CPU. A zipfile that keeps its compressor elsewhere fails here
+    14% smaller than zlib's level 2 at the same CPU, level 5 (:data:`COMPRESSLEVEL`) another 0.5%. A zipfile that keeps its compressor elsewhere fails here
     (and in the tests) instead of silently writing with zlib."""
     if type(getattr(entry, "_compressor", None)) is not type(zlib.compressobj()):
         raise RuntimeError("zipfile's entry writer has no zlib compressor to replace: update _deflating_with_zlib_ng")
